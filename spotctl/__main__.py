@@ -1,0 +1,3 @@
+from spotctl.cli.main import run
+
+run()

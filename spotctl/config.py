@@ -1,0 +1,251 @@
+"""``spotctl.toml``: pydantic models, discovery and one-line error messages.
+
+Discovery order: ``--config PATH``, ``$SPOTCTL_CONFIG``, ``./spotctl.toml``, the user's config dir.
+Secrets are never read from this file: providers and engines name the *environment variable*
+that holds their key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spotctl.errors import ConfigError
+
+CONFIG_ENV = "SPOTCTL_CONFIG"
+CONFIG_NAME = "spotctl.toml"
+
+ProviderKind = Literal["hyperstack", "runpod", "vast", "lambda", "localcloud"]
+Quantization = Literal[
+    "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8", "none"
+]
+Capacity = Literal["spot-first", "spot", "on-demand"]
+Backend = Literal["skypilot", "hyperstack", "localcloud"]
+Exposure = Literal["ssh", "public"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerConfig(_Section):
+    path: Path | None = None  # default: spotctl.db beside the config file
+
+
+class BillingConfig(_Section):
+    poll_interval_s: Annotated[int, Field(ge=1, le=3600)] = 60
+    gap_after_s: Annotated[int, Field(ge=1)] = 150
+    stale_after_s: Annotated[int, Field(ge=1)] = 180
+    deleted_poll_every_s: Annotated[int, Field(ge=60, le=600)] = 600
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+
+class ProviderConfig(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    kind: ProviderKind
+    api_key_env: str | None = None
+    base_url: str | None = None  # default: the provider's real API
+    account: str | None = None  # label for the account when the API gives none
+
+
+class TierConfig(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    model: str
+    served_model_name: str | None = None  # what clients put in "model"; default: model
+    quantization: Quantization = "none"
+    accelerators: str | None = None  # "H100:1"
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    capacity: Capacity = "spot-first"
+    backend: Backend = "skypilot"
+    provider: str | None = None  # the [[providers]] name that bills this tier
+    clouds: list[str] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=list)
+    spot_retry_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 30
+    idle_minutes: Annotated[int, Field(ge=0)] = 15
+    weights_bucket: str | None = None  # e.g. s3://my-weights, mounted MOUNT_CACHED
+    weights_volume: str | None = None  # a volume name where the cloud has them
+    vllm_args: list[str] = Field(default_factory=list)
+    vllm_version: str = "0.11.0"
+    priority: int = 0  # lower serves first
+    exposure: Exposure = "ssh"
+    endpoint: str | None = None  # a fixed engine the user already runs: http://host:port
+    api_key_env: str | None = None  # the engine's key, for fixed or public engines
+    flavor: str | None = None  # Hyperstack / local cloud flavor name
+    engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+    @property
+    def public_model(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def fleet_managed(self) -> bool:
+        return self.endpoint is None
+
+
+class BudgetConfig(_Section):
+    daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"an IANA time zone such as 'Europe/Paris', got {value!r}") from exc
+        return value
+
+
+class GatewayConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    wake_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    first_token_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    total_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    gate_cache_s: Annotated[float, Field(ge=0, le=30)] = 2.0
+
+
+class LocalCloudConfig(_Section):
+    listen: str = "127.0.0.1:8790"
+    engine: Literal["builtin", "vllm"] = "builtin"
+
+
+class Config(_Section):
+    ledger: LedgerConfig = LedgerConfig()
+    billing: BillingConfig = BillingConfig()
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    tiers: list[TierConfig] = Field(default_factory=list)
+    budget: BudgetConfig = BudgetConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    localcloud: LocalCloudConfig = LocalCloudConfig()
+    # Where the file was read from; not a TOML key.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [p.name for p in self.providers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"providers: duplicate name {sorted(dup)[0]!r}")
+        tiers = [t.name for t in self.tiers]
+        dup = {n for n in tiers if tiers.count(n) > 1}
+        if dup:
+            raise ValueError(f"tiers: duplicate name {sorted(dup)[0]!r}")
+        for tier in self.tiers:
+            if tier.provider is not None and tier.provider not in names:
+                raise ValueError(
+                    f"tiers.{tier.name}.provider: expected one of {names}, got {tier.provider!r}"
+                )
+        return self
+
+    @property
+    def ledger_path(self) -> Path:
+        base = self.source.parent if self.source else Path.cwd()
+        path = self.ledger.path or Path("spotctl.db")
+        return path if path.is_absolute() else base / path
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        known = ", ".join(t.name for t in self.tiers) or "none configured"
+        raise ConfigError(f"unknown tier {name!r} (known: {known})")
+
+    def provider(self, name: str) -> ProviderConfig:
+        for prov in self.providers:
+            if prov.name == name:
+                return prov
+        known = ", ".join(p.name for p in self.providers) or "none configured"
+        raise ConfigError(f"unknown provider {name!r} (known: {known})")
+
+
+def user_config_path() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("spotctl")) / CONFIG_NAME
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where the configuration is, by the documented order; ``None`` when there is none."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        return path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found (from ${CONFIG_ENV})")
+        return path
+    local = Path.cwd() / CONFIG_NAME
+    if local.is_file():
+        return local
+    user = user_config_path()
+    return user if user.is_file() else None
+
+
+def _loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """Render a pydantic location as ``tiers[0].capacity`` (named ``tiers.big`` when possible)."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = None
+            if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
+                name = node[item].get("name")
+            parts.append(f"[{item}]" if not name else f"[{item}:{name}]")
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(path: Path | str, exc: ValidationError, data: dict[str, Any]) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = _loc(tuple(err.get("loc", ())), data)
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        return f"{path}: {where}: unknown key (check its spelling)"
+    found = err.get("input")
+    found_text = "missing" if err.get("type") == "missing" else repr(found)
+    if isinstance(found, dict | list):
+        found_text = type(found).__name__
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more error{'s' if more > 1 else ''})" if more > 0 else ""
+    msg = msg.removeprefix("Value error, ")
+    return f"{path}: {where}: expected {msg[0].lower() + msg[1:]}, found {found_text}{tail}"
+
+
+def parse_config(text: str, source: Path | str = CONFIG_NAME) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc, data)) from None
+    return cfg.model_copy(update={"source": Path(source).resolve()})
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find and load the configuration; with none anywhere, the defaults (ledger in cwd)."""
+    path = find_config(explicit)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, path)

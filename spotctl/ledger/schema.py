@@ -1,0 +1,153 @@
+"""The ledger's schema and its forward migrations.
+
+Units, everywhere in the ledger:
+- time: INTEGER epoch milliseconds UTC, columns named ``*_ms``;
+- money: INTEGER micro-dollars (1e-6 USD), columns named ``*_micros``;
+- rates: INTEGER micro-dollars per hour, ``rate_micros_per_h``.
+
+Migrations are append-only: never edit a released step, add a new one.
+"""
+
+from __future__ import annotations
+
+# Each entry migrates the schema from version i to i+1.
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the first schema.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    -- Every poll attempt of one provider, whatever its outcome. Billing health derives from it.
+    CREATE TABLE billing_polls (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,          -- 'ok' or an error class: timeout, http_5xx, http_429,
+                                        -- auth, malformed, regressed, unreachable, ...
+        error_message TEXT,             -- one line, never a secret
+        resources_seen INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX ix_polls_provider_time ON billing_polls (provider, started_ms);
+
+    -- One resource (or the account) as the provider billed it at one poll.
+    CREATE TABLE billing_samples (
+        id INTEGER PRIMARY KEY,
+        poll_id INTEGER NOT NULL REFERENCES billing_polls(id),
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        resource_id TEXT NOT NULL,      -- namespaced by kind: 'vm:318442', 'volume:91877'
+        resource_kind TEXT NOT NULL,    -- vm, volume, account, ...
+        tier TEXT,
+        observed_ms INTEGER NOT NULL,   -- when spotctl received the response
+        provider_ts TEXT,               -- the provider's own timestamp, verbatim, when it gives one
+        rate_micros_per_h INTEGER,      -- the provider's current rate, never used for spend
+        cumulative_micros INTEGER,      -- the provider's running total (see cumulative_kind)
+        cumulative_kind TEXT NOT NULL,  -- resource_total | account_total | balance_derived | estimate
+        created_ms INTEGER,             -- resource creation time, when the provider says
+        state TEXT,                     -- the provider's state string (ACTIVE, HIBERNATED, ...)
+        spot INTEGER,                   -- 1 spot, 0 on-demand, NULL unknown
+        balance_micros INTEGER,         -- account rows: the prepaid balance
+        payload_sha256 TEXT NOT NULL,   -- hash of the raw response(s) this sample came from
+        UNIQUE (provider, account, resource_id, observed_ms)
+    );
+    CREATE INDEX ix_samples_series ON billing_samples
+        (provider, account, resource_id, observed_ms);
+    CREATE INDEX ix_samples_time ON billing_samples (observed_ms);
+
+    -- Money added to a prepaid balance that is not spend (top-ups, vouchers, refunds).
+    CREATE TABLE credit_events (
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        occurred_ms INTEGER NOT NULL,
+        amount_micros INTEGER NOT NULL,
+        kind TEXT NOT NULL,             -- payment, auto_topup, voucher, refund, inferred
+        confirmed INTEGER NOT NULL,     -- 0 for rises seen only in the balance
+        PRIMARY KEY (provider, account, event_id)
+    );
+
+    -- A cumulative that went down, or other provider oddities. Shown, never counted as refunds.
+    CREATE TABLE billing_anomalies (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        observed_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,             -- cumulative_decreased, ...
+        previous_micros INTEGER,
+        current_micros INTEGER,
+        detail TEXT,
+        UNIQUE (provider, account, resource_id, observed_ms, kind)
+    );
+
+    -- One row per gateway request.
+    CREATE TABLE usage (
+        id TEXT PRIMARY KEY,            -- request id
+        started_ms INTEGER NOT NULL,
+        completed_ms INTEGER NOT NULL,  -- tokens count in the window holding this time
+        key_id TEXT,
+        tier TEXT,
+        model TEXT,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,           -- ok, client_cancelled, upstream_error, ... or an error code
+        http_status INTEGER,
+        latency_ms INTEGER,
+        ttft_ms INTEGER,
+        stream INTEGER NOT NULL DEFAULT 0,
+        tokens_estimated INTEGER NOT NULL DEFAULT 0  -- 0: the engine reported them
+    );
+    CREATE INDEX ix_usage_completed ON usage (completed_ms);
+
+    -- Per-minute, per-tier rollup of usage, kept in the same transaction as each usage insert,
+    -- so that a window's tokens cost O(minutes in window), not O(requests in ledger).
+    CREATE TABLE usage_minutes (
+        minute_ms INTEGER NOT NULL,
+        tier TEXT NOT NULL,             -- '' when no tier served the request
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        estimated_requests INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, tier)
+    ) WITHOUT ROWID;
+
+    -- The fleet journal: every change, with phase durations.
+    CREATE TABLE fleet_events (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        tier TEXT NOT NULL,
+        event TEXT NOT NULL,            -- launching, launched, ready, hibernating, hibernated,
+                                        -- waking, woke, preempted, fell_back, returned_to_spot,
+                                        -- down, failed
+        operation_id TEXT,              -- groups the events of one operation (resumable)
+        capacity TEXT,                  -- spot | on-demand
+        cloud TEXT,
+        region TEXT,
+        resource_id TEXT,               -- the billing resource id this tier runs on
+        endpoint TEXT,
+        phases_json TEXT,               -- {"provisioning": 41.2, "setup": 3.0, ...} in seconds
+        detail TEXT
+    );
+    CREATE INDEX ix_events_tier_time ON fleet_events (tier, ts_ms);
+
+    -- Gateway API keys: only the SHA-256 of the key is stored.
+    CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        key_sha256 TEXT NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER,
+        daily_budget_micros INTEGER
+    );
+
+    -- Last request per tier (for the idle policy), written by the gateway.
+    CREATE TABLE tier_activity (
+        tier TEXT PRIMARY KEY,
+        last_request_ms INTEGER NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,146 @@
+"""Everything that writes to the ledger. Each function is one transaction: all or nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from spotctl.ledger.db import Ledger
+from spotctl.ledger.records import (
+    Anomaly,
+    BillingSample,
+    CreditEvent,
+    FleetEvent,
+    PollRecord,
+    UsageRecord,
+)
+
+_SAMPLE_SQL = """
+INSERT INTO billing_samples (
+    poll_id, provider, account, resource_id, resource_kind, tier, observed_ms, provider_ts,
+    rate_micros_per_h, cumulative_micros, cumulative_kind, created_ms, state, spot,
+    balance_micros, payload_sha256
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (provider, account, resource_id, observed_ms) DO NOTHING
+"""
+
+
+def record_poll(
+    ledger: Ledger,
+    poll: PollRecord,
+    samples: Sequence[BillingSample] = (),
+    credits: Iterable[CreditEvent] = (),
+    anomalies: Iterable[Anomaly] = (),
+) -> tuple[int, int]:
+    """Write one provider's poll record with its samples, credits and anomalies, atomically.
+
+    Samples already in the ledger (same provider, account, resource and observed time) are
+    skipped, never doubled. (``ON CONFLICT DO NOTHING``, not ``INSERT OR IGNORE``: the latter
+    would also silently drop rows that break a NOT NULL constraint.) Returns ``(poll_id, samples_inserted)``.
+    """
+    with ledger.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO billing_polls (provider, started_ms, finished_ms, outcome, "
+            "error_message, resources_seen) VALUES (?, ?, ?, ?, ?, ?)",
+            (poll.provider, poll.started_ms, poll.finished_ms, poll.outcome,
+             poll.error_message, poll.resources_seen),
+        )
+        poll_id = int(cur.lastrowid or 0)
+        before = conn.total_changes
+        conn.executemany(
+            _SAMPLE_SQL,
+            [
+                (poll_id, s.provider, s.account, s.resource_id, s.resource_kind, s.tier,
+                 s.observed_ms, s.provider_ts, s.rate_micros_per_h, s.cumulative_micros,
+                 str(s.cumulative_kind), s.created_ms, s.state,
+                 None if s.spot is None else int(s.spot), s.balance_micros, s.payload_sha256)
+                for s in samples
+            ],
+        )
+        inserted = conn.total_changes - before
+        conn.executemany(
+            "INSERT INTO credit_events (provider, account, event_id, occurred_ms, "
+            "amount_micros, kind, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (provider, account, event_id) DO NOTHING",
+            [(c.provider, c.account, c.event_id, c.occurred_ms, c.amount_micros, c.kind,
+              int(c.confirmed)) for c in credits],
+        )
+        conn.executemany(
+            "INSERT INTO billing_anomalies (provider, account, resource_id, "
+            "observed_ms, kind, previous_micros, current_micros, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (provider, account, resource_id, observed_ms, kind) DO NOTHING",
+            [(a.provider, a.account, a.resource_id, a.observed_ms, a.kind, a.previous_micros,
+              a.current_micros, a.detail) for a in anomalies],
+        )
+    return poll_id, inserted
+
+
+_USAGE_SQL = """
+INSERT INTO usage (
+    id, started_ms, completed_ms, key_id, tier, model, prompt_tokens, completion_tokens,
+    status, http_status, latency_ms, ttft_ms, stream, tokens_estimated
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+"""
+
+_ROLLUP_SQL = """
+INSERT INTO usage_minutes (minute_ms, tier, requests, prompt_tokens, completion_tokens,
+                           estimated_requests)
+VALUES (?, ?, 1, ?, ?, ?)
+ON CONFLICT (minute_ms, tier) DO UPDATE SET
+    requests = requests + 1,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    estimated_requests = estimated_requests + excluded.estimated_requests
+"""
+
+
+def record_usage(ledger: Ledger, rows: Iterable[UsageRecord]) -> int:
+    """Insert usage rows and their per-minute rollup in one transaction; returns rows added.
+
+    A row whose id is already present is skipped (and not counted twice in the rollup).
+    """
+    added = 0
+    with ledger.transaction() as conn:
+        for r in rows:
+            cur = conn.execute(
+                _USAGE_SQL,
+                (r.id, r.started_ms, r.completed_ms, r.key_id, r.tier, r.model,
+                 r.prompt_tokens, r.completion_tokens, r.status, r.http_status, r.latency_ms,
+                 r.ttft_ms, int(r.stream), int(r.tokens_estimated)),
+            )
+            if cur.rowcount != 1:
+                continue
+            added += 1
+            conn.execute(
+                _ROLLUP_SQL,
+                (r.completed_ms - r.completed_ms % 60_000, r.tier or "", r.prompt_tokens,
+                 r.completion_tokens, int(r.tokens_estimated)),
+            )
+    return added
+
+
+def record_fleet_event(ledger: Ledger, ev: FleetEvent) -> int:
+    with ledger.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO fleet_events (ts_ms, tier, event, operation_id, capacity, cloud, region, "
+            "resource_id, endpoint, phases_json, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.ts_ms, ev.tier, ev.event, ev.operation_id, ev.capacity, ev.cloud, ev.region,
+             ev.resource_id, ev.endpoint,
+             json.dumps(ev.phases, sort_keys=True) if ev.phases else None, ev.detail),
+        )
+        return int(cur.lastrowid or 0)
+
+
+def touch_tiers(ledger: Ledger, last_request_ms: dict[str, int]) -> None:
+    """Record each tier's last request time (only ever moves forward)."""
+    if not last_request_ms:
+        return
+    with ledger.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO tier_activity (tier, last_request_ms) VALUES (?, ?) "
+            "ON CONFLICT (tier) DO UPDATE SET "
+            "last_request_ms = max(last_request_ms, excluded.last_request_ms)",
+            list(last_request_ms.items()),
+        )
