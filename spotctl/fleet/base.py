@@ -1,0 +1,71 @@
+"""The one interface every fleet backend (SkyPilot, Hyperstack, local cloud) implements.
+
+The CLI, the daemon and the gateway's wake-on-request talk only to this interface.
+Backends must be importable without importing SkyPilot: the SkyPilot backend imports ``sky``
+lazily inside its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+from spotctl.config import TierConfig
+
+CapacityKind = Literal["spot", "on-demand"]
+
+
+class TierState(StrEnum):
+    ABSENT = "absent"  # nothing exists (never launched, or down)
+    PROVISIONING = "provisioning"  # launching, setup, engine loading
+    READY = "ready"  # serving: a real completion succeeded
+    HIBERNATING = "hibernating"
+    HIBERNATED = "hibernated"  # not serving, weights kept; wakeable
+    WAKING = "waking"
+    PREEMPTED = "preempted"  # spot capacity reclaimed; recovery pending
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    tier: str
+    state: TierState
+    capacity: CapacityKind | None = None  # what was actually obtained
+    cloud: str | None = None
+    region: str | None = None
+    endpoint: str | None = None  # base URL the gateway can reach (after any tunnel), no /v1
+    resource_id: str | None = None  # the billing resource id ("vm:123") for attribution
+    detail: str | None = None
+
+
+# progress(phase, fraction_or_None, message)
+Progress = Callable[[str, float | None, str], None]
+
+
+def no_progress(phase: str, fraction: float | None, message: str) -> None:
+    return None
+
+
+@dataclass
+class PhaseTimings:
+    """Durations of an operation's phases, in seconds of the spotctl clock."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class FleetBackend(Protocol):
+    name: str
+
+    def up(self, tier: TierConfig, capacity: CapacityKind, progress: Progress = no_progress
+           ) -> tuple[TierStatus, PhaseTimings]: ...
+
+    def down(self, tier: TierConfig, *, delete_storage: bool = False) -> TierStatus: ...
+
+    def hibernate(self, tier: TierConfig) -> tuple[TierStatus, PhaseTimings]: ...
+
+    def wake(self, tier: TierConfig, progress: Progress = no_progress
+             ) -> tuple[TierStatus, PhaseTimings]: ...
+
+    def status(self, tier: TierConfig) -> TierStatus: ...
