@@ -68,7 +68,7 @@ _register_all()
 def run() -> None:
     """Console-script entry point: user errors are one line and a documented exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SpotctlError as exc:
         _print_error(exc.message)
         sys.exit(int(exc.exit_code))
@@ -90,7 +90,7 @@ def run() -> None:
             raise
         _print_error(f"internal error: {type(exc).__name__}: {exc} (set SPOTCTL_DEBUG=1 for details)")
         sys.exit(int(ExitCode.ERROR))
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _print_error(message: str) -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spotctl.errors import LedgerError
+from spotctl.errors import ExitCode, LedgerError
 from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ class Ledger:
         self.readonly = readonly
         if readonly:
             if not self.path.exists():
-                raise LedgerError(f"{self.path}: no ledger here yet (run spotctl poll-billing)")
+                raise LedgerError(f"{self.path}: no ledger here yet (run spotctl poll-billing)",
+                                  ExitCode.USAGE)
             uri = f"file:{self.path}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None,
                                    timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)

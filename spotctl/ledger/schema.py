@@ -31,6 +31,7 @@ MIGRATIONS: list[str] = [
         resources_seen INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX ix_polls_provider_time ON billing_polls (provider, started_ms);
+    CREATE INDEX ix_polls_ok ON billing_polls (provider, outcome, finished_ms);
 
     -- One resource (or the account) as the provider billed it at one poll.
     CREATE TABLE billing_samples (
@@ -82,6 +83,7 @@ MIGRATIONS: list[str] = [
         detail TEXT,
         UNIQUE (provider, account, resource_id, observed_ms, kind)
     );
+    CREATE INDEX ix_anomalies_time ON billing_anomalies (observed_ms);
 
     -- One row per gateway request.
     CREATE TABLE usage (

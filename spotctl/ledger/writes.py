@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 
 from spotctl.ledger.db import Ledger
@@ -58,6 +59,7 @@ def record_poll(
             ],
         )
         inserted = conn.total_changes - before
+        anomalies = [*anomalies, *_detect_decreases(conn, samples)]
         conn.executemany(
             "INSERT INTO credit_events (provider, account, event_id, occurred_ms, "
             "amount_micros, kind, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -144,3 +146,31 @@ def touch_tiers(ledger: Ledger, last_request_ms: dict[str, int]) -> None:
             "last_request_ms = max(last_request_ms, excluded.last_request_ms)",
             list(last_request_ms.items()),
         )
+
+
+def _detect_decreases(conn: sqlite3.Connection, samples: Sequence[BillingSample]) -> list[Anomaly]:
+    """A cumulative lower than its series' previous sample is an anomaly, recorded at write time.
+
+    Accounting reads these rows to find decreases without scanning every sample; `ledger check`
+    verifies that none is missing. Also checks the next sample, for out-of-order writes.
+    """
+    found: list[Anomaly] = []
+    for s in samples:
+        if s.cumulative_micros is None:
+            continue
+        key = (s.provider, s.account, s.resource_id)
+        prev = conn.execute(
+            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
+            "account=? AND resource_id=? AND observed_ms < ? AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms DESC LIMIT 1", (*key, s.observed_ms)).fetchone()
+        if prev is not None and s.cumulative_micros < prev[1]:
+            found.append(Anomaly(s.provider, s.account, s.resource_id, s.observed_ms,
+                                 "cumulative_decreased", prev[1], s.cumulative_micros))
+        nxt = conn.execute(
+            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
+            "account=? AND resource_id=? AND observed_ms > ? AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms ASC LIMIT 1", (*key, s.observed_ms)).fetchone()
+        if nxt is not None and nxt[1] < s.cumulative_micros:
+            found.append(Anomaly(s.provider, s.account, s.resource_id, nxt[0],
+                                 "cumulative_decreased", s.cumulative_micros, nxt[1]))
+    return found

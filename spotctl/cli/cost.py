@@ -1,0 +1,212 @@
+"""``spotctl cost`` and ``spotctl price``: invoice-true cost for a window, and price bands on it."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import typer
+
+from spotctl.cli.common import console, emit_json, get_config, open_ledger_for
+from spotctl.errors import ExitCode, UsageError
+
+
+def _window_bounds(window: str | None, since: str | None, until: str | None) -> tuple[int, int]:
+    from spotctl.accounting.window import parse_window
+    from spotctl.clock import get_clock, parse_iso, to_ms
+
+    try:
+        end = parse_iso(until) if until else get_clock().now()
+        start_dt = parse_iso(since) if since else None
+    except ValueError:
+        raise UsageError(
+            f"bad time {until if until and not since else since!r}: expected ISO 8601 such as "
+            "2026-11-21T00:00:00Z") from None
+    if start_dt is None:
+        start_dt = end - parse_window(window or "24h")
+    elif window:
+        raise UsageError("give either --window or --since, not both")
+    if start_dt >= end:
+        raise UsageError("the window must start before it ends")
+    return to_ms(start_dt), to_ms(end)
+
+
+def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
+    from spotctl.accounting.report import build_cost_report
+    from spotctl.accounting.window import parse_window
+
+    start_ms, end_ms = _window_bounds(window, since, until)
+    bucket_s = int(parse_window(bucket, what="bucket").total_seconds())
+    if min_tokens < 0:
+        raise UsageError("--min-tokens must be zero or more")
+    cfg = get_config(ctx)
+    with open_ledger_for(ctx, readonly=True) as ledger:
+        return build_cost_report(
+            ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
+            tiers=set(tier) if tier else None, providers=set(provider) if provider else None)
+
+
+def _fmt_mtok(value: Decimal | None) -> str:
+    return "—" if value is None else f"${value:,.2f}"
+
+
+def _fmt_band(b: dict) -> str:
+    if b.get("p10") is None:
+        return "—"
+    return f"${b['p10']:,.2f}–{b['p90']:,.2f}"
+
+
+def _fmt_tokens(n: int) -> str:
+    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _print_cost(report, plot: bool) -> None:
+    from rich.table import Table
+
+    from spotctl.clock import from_ms, iso
+    from spotctl.money import fmt_usd
+
+    c = console()
+    s = report.spend
+    title = f"Cost {iso(from_ms(report.start_ms))} → {iso(from_ms(report.end_ms))}"
+    table = Table(title=title, title_justify="left")
+    for col, just in [("tier", "left"), ("spend", "right"), ("out tok", "right"),
+                      ("in tok", "right"), ("$/Mtok", "right"), ("P10–P90", "right"),
+                      ("idle", "right")]:
+        table.add_column(col, justify=just, no_wrap=True)
+
+    def row(b, name: str, style: str | None = None) -> None:
+        spend = fmt_usd(b.spend_micros)
+        if name == "total" and not s.complete:
+            spend = f"≥ {spend}"
+        table.add_row(name, spend, _fmt_tokens(b.output_tokens), _fmt_tokens(b.prompt_tokens),
+                      _fmt_mtok(b.usd_per_mtok_output), _fmt_band(b.band),
+                      "—" if b.idle_share is None else f"{b.idle_share * 100:.0f}%", style=style)
+
+    for t in report.tiers:
+        row(t, t.name)
+    if report.unattributed_micros:
+        table.add_row("(no tier: volumes…)", fmt_usd(report.unattributed_micros),
+                      "", "", "", "", "")
+    row(report.total, "total", style="bold")
+    c.print(table)
+    status = s.status
+    colour = {"ok": "green", "degraded": "yellow", "lost": "red"}[status]
+    obs = f"observability: [{colour}]{status}[/{colour}]"
+    if s.dark_seconds:
+        obs += f", {s.dark_seconds // 60} min without billing data"
+    if s.coverage.last_sample_ms is not None:
+        obs += f", last billing sample {iso(from_ms(s.coverage.last_sample_ms))}"
+    c.print(obs)
+    for reason in s.reasons[:5]:
+        c.print(f"  · {reason}")
+    if s.uncertain_micros:
+        c.print(f"[yellow]uncertain[/yellow]: spend lies between "
+                f"{fmt_usd(s.micros - s.uncertain_micros)} and {fmt_usd(s.micros)} "
+                "(a balance rose without a recorded top-up)")
+    if s.estimate_micros:
+        c.print(f"estimates (not invoice-true, not in the total): {fmt_usd(s.estimate_micros)} "
+                "from providers without a billing API")
+    if s.anomalies:
+        c.print(f"[yellow]{s.anomalies} billing anomal{'y' if s.anomalies == 1 else 'ies'}[/yellow]"
+                ": a provider's running total went down; not counted as a refund")
+    if report.estimated_requests:
+        c.print(f"{report.estimated_requests} request(s) had token counts estimated, "
+                "not reported by the engine")
+    c.print(report.sentence())
+    if plot:
+        from spotctl.accounting.plot import plot_report
+
+        plot_report(report)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def cost(
+        ctx: typer.Context,
+        window: str = typer.Option(None, "--window", "-w",
+                                   help="Window ending now (or at --until): 90m, 24h, 7d, 30d."),
+        since: str = typer.Option(None, help="Window start, ISO 8601 (instead of --window)."),
+        until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
+        tier: list[str] = typer.Option(None, "--tier", help="Only this tier (repeatable)."),
+        provider: list[str] = typer.Option(None, "--provider", help="Only this provider."),
+        bucket: str = typer.Option("1h", help="Bucket size for the band: 15m, 1h, 1d."),
+        min_tokens: int = typer.Option(1000, help="Buckets with fewer output tokens are left "
+                                                  "out of the band."),
+        json_out: bool = typer.Option(False, "--json", help="Stable JSON for scripts."),
+        plot: bool = typer.Option(False, "--plot", help="Charts in the terminal."),
+        fail_over: str = typer.Option(None, help="Exit 3 when $/Mtok output exceeds this."),
+        fail_stale: bool = typer.Option(False, help="Exit 4 when observability is not ok."),
+    ) -> None:
+        """Invoice-true spend, tokens and cost per million tokens for a window."""
+        threshold = None
+        if fail_over is not None:
+            try:
+                threshold = Decimal(fail_over)
+            except InvalidOperation:
+                raise UsageError(f"bad --fail-over {fail_over!r}: expected a number") from None
+        report = _report(ctx, window, since, until, tier, provider, bucket, min_tokens)
+        if json_out:
+            emit_json(report.to_json())
+        else:
+            _print_cost(report, plot)
+        if fail_stale and report.spend.status != "ok":
+            raise typer.Exit(int(ExitCode.OBSERVABILITY))
+        per = report.total.usd_per_mtok_output
+        if threshold is not None and per is not None and per > threshold:
+            if not json_out:
+                console().print(f"[red]over threshold[/red]: ${per}/Mtok > ${threshold}/Mtok")
+            raise typer.Exit(int(ExitCode.THRESHOLD))
+
+    @app.command()
+    def price(
+        ctx: typer.Context,
+        margin: float = typer.Option(0.3, help="Gross margin on the price, 0 ≤ m < 1."),
+        window: str = typer.Option("24h", "--window", "-w"),
+        bucket: str = typer.Option("1h"),
+        min_tokens: int = typer.Option(1000),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Illustrative price bands built on the cost band: cost of goods and the price on it."""
+        if not 0 <= margin < 1:
+            raise UsageError(f"bad --margin {margin}: expected 0 ≤ margin < 1")
+        report = _report(ctx, window, None, None, None, None, bucket, min_tokens)
+        m = Decimal(str(margin))
+        rows = []
+        for b in [*report.tiers, report.total]:
+            cogs = {k: v for k, v in b.band.items()}
+            priced = {k: (None if v is None else (v / (1 - m)).quantize(Decimal("0.0001")))
+                      for k, v in cogs.items()}
+            rows.append({"name": b.name, "cost_band": {k: None if v is None else str(v)
+                                                       for k, v in cogs.items()},
+                         "price_band": {k: None if v is None else str(v)
+                                        for k, v in priced.items()},
+                         "output_tokens": b.output_tokens})
+        if json_out:
+            emit_json({"margin": str(m), "window": report.to_json()["window"],
+                       "spend_complete": report.spend.complete, "tiers": rows,
+                       "note": "illustrative: price = cost / (1 - margin), per million output "
+                               "tokens"})
+            return
+        from rich.table import Table
+
+        table = Table(title=f"Illustrative $/Mtok (output) at {margin:.0%} margin",
+                      title_justify="left")
+        for col in ("", "cost P10", "cost P50", "cost P90", "price P10", "price P50",
+                    "price P90"):
+            table.add_column(col, justify="right" if col else "left")
+        for r in rows:
+            cb, pb = r["cost_band"], r["price_band"]
+            cells = [("—" if cb[k] is None else f"${Decimal(cb[k]):,.2f}") for k in
+                     ("p10", "p50", "p90")]
+            cells += [("—" if pb[k] is None else f"${Decimal(pb[k]):,.2f}") for k in
+                      ("p10", "p50", "p90")]
+            table.add_row(r["name"], *cells)
+        console().print(table)
+        if not report.spend.complete:
+            console().print("[yellow]billing went dark in this window: the cost band is a "
+                            "lower bound[/yellow]")
+        console().print("Price = cost ÷ (1 − margin). Bands are token-weighted P10/P50/P90 across "
+                        "hourly buckets; illustrative, not a quote.")

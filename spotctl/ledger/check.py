@@ -1,0 +1,65 @@
+"""``spotctl ledger check``: SQLite's own integrity check plus the ledger's invariants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spotctl.ledger.db import Ledger
+from spotctl.ledger.schema import SCHEMA_VERSION
+
+
+@dataclass
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+_INVARIANTS: list[tuple[str, str]] = [
+    ("money columns are exact integers",
+     "SELECT count(*) FROM billing_samples WHERE typeof(cumulative_micros) NOT IN "
+     "('integer','null') OR typeof(rate_micros_per_h) NOT IN ('integer','null') OR "
+     "typeof(balance_micros) NOT IN ('integer','null')"),
+    ("times are integers",
+     "SELECT count(*) FROM billing_samples WHERE typeof(observed_ms) != 'integer'"),
+    ("no negative token counts",
+     "SELECT count(*) FROM usage WHERE prompt_tokens < 0 OR completion_tokens < 0"),
+    ("every sample belongs to a recorded poll",
+     "SELECT count(*) FROM billing_samples s LEFT JOIN billing_polls p ON p.id = s.poll_id "
+     "WHERE p.id IS NULL"),
+    ("polls finish after they start",
+     "SELECT count(*) FROM billing_polls WHERE finished_ms < started_ms"),
+    ("usage rollup agrees with usage rows",
+     "SELECT count(*) FROM (SELECT minute_ms, tier, requests, prompt_tokens, completion_tokens "
+     "FROM usage_minutes EXCEPT SELECT completed_ms - completed_ms % 60000, coalesce(tier, ''), "
+     "count(*), sum(prompt_tokens), sum(completion_tokens) FROM usage "
+     "GROUP BY completed_ms - completed_ms % 60000, coalesce(tier, ''))"),
+    ("every usage row is in the rollup",
+     "SELECT (SELECT count(*) FROM usage) - (SELECT coalesce(sum(requests), 0) "
+     "FROM usage_minutes)"),
+    ("every falling cumulative is recorded as an anomaly",
+     "SELECT count(*) FROM (SELECT provider, account, resource_id, observed_ms, cumulative_micros,"
+     " LAG(cumulative_micros) OVER (PARTITION BY provider, account, resource_id "
+     "ORDER BY observed_ms) AS prev FROM billing_samples WHERE cumulative_micros IS NOT NULL) s "
+     "WHERE s.cumulative_micros < s.prev AND NOT EXISTS (SELECT 1 FROM billing_anomalies a "
+     "WHERE a.provider=s.provider AND a.account=s.account AND a.resource_id=s.resource_id AND "
+     "a.observed_ms=s.observed_ms AND a.kind='cumulative_decreased')"),
+    ("revoked keys were created first",
+     "SELECT count(*) FROM api_keys WHERE revoked_ms IS NOT NULL AND revoked_ms < created_ms"),
+]
+
+
+def check_ledger(ledger: Ledger) -> list[CheckResult]:
+    conn = ledger.conn
+    results: list[CheckResult] = []
+    rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    results.append(CheckResult("sqlite integrity_check", rows == ["ok"], "; ".join(rows[:3])))
+    fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+    results.append(CheckResult("foreign keys", not fk, f"{len(fk)} violation(s)" if fk else ""))
+    version = ledger.schema_version()
+    results.append(CheckResult("schema version", version == SCHEMA_VERSION,
+                               f"v{version} (expected v{SCHEMA_VERSION})"))
+    for name, sql in _INVARIANTS:
+        bad = conn.execute(sql).fetchone()[0]
+        results.append(CheckResult(name, bad == 0, f"{bad} row(s) break it" if bad else ""))
+    return results

@@ -1,0 +1,183 @@
+"""Reads that feed the accounting. Each does index range scans and SQL aggregates so that Python
+touches O(series × buckets) rows, not every sample, and never scans the whole ledger.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from spotctl.ledger.records import CumulativeKind
+
+SeriesKey = tuple[str, str, str]  # (provider, account, resource_id)
+ENDED_STATES = frozenset({"deleted", "terminated"})
+
+
+@dataclass
+class SeriesData:
+    """One cumulative series, compressed to what window accounting needs.
+
+    ``points`` holds the last sample at or before the window start (the anchor), the first
+    sample in the window, the last sample of every bucket, and both sides of every recorded
+    decrease. The positive increments over these points equal those over the full series.
+    """
+
+    key: SeriesKey
+    resource_kind: str
+    cumulative_kind: str
+    tier: str | None
+    created_ms: int | None
+    last_state: str | None = None
+    last_ms: int | None = None
+    points: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def provider(self) -> str:
+        return self.key[0]
+
+    @property
+    def ended(self) -> bool:
+        return (self.last_state or "").lower() in ENDED_STATES
+
+
+def load_series(
+    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int,
+    providers: Iterable[str] | None = None,
+) -> list[SeriesData]:
+    """Every series with a sample in (start_ms, end_ms], compressed per bucket."""
+    prov = sorted(set(providers)) if providers is not None else None
+    prov_sql = f" AND provider IN ({','.join('?' * len(prov))})" if prov else ""
+    series: dict[SeriesKey, SeriesData] = {}
+    # the only interpolation is a run of "?" placeholders
+    sql = ("SELECT provider, account, resource_id, (observed_ms - ? - 1) / ? AS k, "  # noqa: S608
+           "MAX(observed_ms), cumulative_micros, resource_kind, cumulative_kind, tier, "
+           "created_ms, state FROM billing_samples INDEXED BY ix_samples_time "
+           "WHERE observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL"
+           + prov_sql + " GROUP BY provider, account, resource_id, k")
+    rows = conn.execute(
+        sql,
+        (start_ms, bucket_ms, start_ms, end_ms, *(prov or ())),
+    )
+    for prov_name, account, rid, _k, ms, cum, rkind, ckind, tier, created, state in rows:
+        key = (prov_name, account, rid)
+        data = series.get(key)
+        if data is None:
+            data = series[key] = SeriesData(key, rkind, ckind, tier, created)
+        data.points.append((ms, cum))
+        if tier and not data.tier:
+            data.tier = tier
+        if data.last_ms is None or ms > data.last_ms:
+            data.last_ms, data.last_state = ms, state
+    if not series:
+        return []
+    for key, data in series.items():
+        anchor = conn.execute(
+            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
+            "account=? AND resource_id=? AND observed_ms <= ? AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms DESC LIMIT 1", (*key, start_ms)).fetchone()
+        if anchor:
+            data.points.append(tuple(anchor))
+        first = conn.execute(
+            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
+            "account=? AND resource_id=? AND observed_ms > ? AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms ASC LIMIT 1", (*key, start_ms)).fetchone()
+        if first:
+            data.points.append(tuple(first))
+    for prov_name, account, rid, ms, _before, after in conn.execute(
+        "SELECT provider, account, resource_id, observed_ms, previous_micros, current_micros "
+        "FROM billing_anomalies WHERE kind='cumulative_decreased' AND observed_ms > ? "
+        "AND observed_ms <= ?", (start_ms, end_ms)):
+        data = series.get((prov_name, account, rid))
+        if data is None:
+            continue
+        prev = conn.execute(
+            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
+            "account=? AND resource_id=? AND observed_ms < ? AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms DESC LIMIT 1", (prov_name, account, rid, ms)).fetchone()
+        if prev:
+            data.points.append(tuple(prev))
+        data.points.append((ms, after))
+    for data in series.values():
+        data.points = sorted(set(data.points))
+    return list(series.values())
+
+
+def ok_poll_times(
+    conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
+) -> list[int]:
+    """Finish times of successful polls in (start, end], preceded by the last one at/before start."""
+    anchor = conn.execute(
+        "SELECT MAX(finished_ms) FROM billing_polls WHERE provider=? AND outcome='ok' "
+        "AND finished_ms <= ?", (provider, start_ms)).fetchone()[0]
+    rows = [r[0] for r in conn.execute(
+        "SELECT finished_ms FROM billing_polls WHERE provider=? AND outcome='ok' "
+        "AND finished_ms > ? AND finished_ms <= ? ORDER BY finished_ms",
+        (provider, start_ms, end_ms))]
+    return ([anchor] if anchor is not None else []) + rows
+
+
+def failed_polls(
+    conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
+) -> list[tuple[int, str, str | None]]:
+    return list(conn.execute(
+        "SELECT finished_ms, outcome, error_message FROM billing_polls WHERE provider=? AND "
+        "outcome != 'ok' AND finished_ms > ? AND finished_ms <= ? ORDER BY finished_ms",
+        (provider, start_ms, end_ms)))
+
+
+def polled_providers(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT provider FROM billing_polls")]
+
+
+def vanished(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:
+    return list(conn.execute(
+        "SELECT provider, resource_id, observed_ms FROM billing_anomalies WHERE kind='vanished' "
+        "AND observed_ms > ? AND observed_ms <= ?", (start_ms, end_ms)))
+
+
+def unconfirmed_credits(
+    conn: sqlite3.Connection, start_ms: int, end_ms: int
+) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for provider, amount in conn.execute(
+        "SELECT provider, amount_micros FROM credit_events WHERE confirmed=0 AND "
+        "occurred_ms > ? AND occurred_ms <= ?", (start_ms, end_ms)):
+        out[provider] += amount
+    return dict(out)
+
+
+@dataclass
+class TokenBuckets:
+    """Tokens served, by bucket index and tier (from the per-minute rollup)."""
+
+    prompt: dict[tuple[int, str], int] = field(default_factory=dict)
+    output: dict[tuple[int, str], int] = field(default_factory=dict)
+    requests: dict[tuple[int, str], int] = field(default_factory=dict)
+    estimated_requests: int = 0
+
+
+def token_buckets(
+    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
+) -> TokenBuckets:
+    """Tokens by completion time. The rollup is per minute, so the window is taken in whole
+    minutes: a request counts when its completion minute starts inside [start, end)."""
+    out = TokenBuckets()
+    for k, tier, req, prompt, output, est in conn.execute(
+        "SELECT (minute_ms - ?) / ? AS k, tier, SUM(requests), SUM(prompt_tokens), "
+        "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
+        "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY k, tier",
+        (start_ms, bucket_ms, start_ms, end_ms)):
+        key = (max(0, k), tier)
+        out.prompt[key] = out.prompt.get(key, 0) + prompt
+        out.output[key] = out.output.get(key, 0) + output
+        out.requests[key] = out.requests.get(key, 0) + req
+        out.estimated_requests += est
+    return out
+
+
+INVOICE_TRUE = frozenset(
+    {str(CumulativeKind.RESOURCE_TOTAL), str(CumulativeKind.ACCOUNT_TOTAL),
+     str(CumulativeKind.BALANCE_DERIVED)}
+)
