@@ -44,6 +44,11 @@ _INVARIANTS: list[tuple[str, str]] = [
      "WHERE s.cumulative_micros < s.prev AND NOT EXISTS (SELECT 1 FROM billing_anomalies a "
      "WHERE a.provider=s.provider AND a.account=s.account AND a.resource_id=s.resource_id AND "
      "a.observed_ms=s.observed_ms AND a.kind='cumulative_decreased')"),
+    ("the series catalogue covers every sample",
+     "SELECT count(*) FROM (SELECT provider, account, resource_id, min(observed_ms) AS f, "
+     "max(observed_ms) AS l FROM billing_samples WHERE cumulative_micros IS NOT NULL "
+     "GROUP BY 1, 2, 3) s LEFT JOIN billing_series c USING (provider, account, resource_id) "
+     "WHERE c.first_ms IS NULL OR c.first_ms != s.f OR c.last_ms != s.l"),
     ("revoked keys were created first",
      "SELECT count(*) FROM api_keys WHERE revoked_ms IS NOT NULL AND revoked_ms < created_ms"),
 ]

@@ -46,45 +46,39 @@ def load_series(
     conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int,
     providers: Iterable[str] | None = None,
 ) -> list[SeriesData]:
-    """Every series with a sample in (start_ms, end_ms], compressed per bucket."""
-    prov = sorted(set(providers)) if providers is not None else None
-    prov_sql = f" AND provider IN ({','.join('?' * len(prov))})" if prov else ""
+    """Every series with a sample in (start_ms, end_ms], compressed per bucket.
+
+    The series come from the ``billing_series`` catalogue; each series' points are found by one
+    index seek per bucket boundary, so the cost is O(series × buckets), whatever the ledger's size.
+    """
+    prov = set(providers) if providers is not None else None
     series: dict[SeriesKey, SeriesData] = {}
-    # the only interpolation is a run of "?" placeholders
-    sql = ("SELECT provider, account, resource_id, (observed_ms - ? - 1) / ? AS k, "  # noqa: S608
-           "MAX(observed_ms), cumulative_micros, resource_kind, cumulative_kind, tier, "
-           "created_ms, state FROM billing_samples INDEXED BY ix_samples_time "
-           "WHERE observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL"
-           + prov_sql + " GROUP BY provider, account, resource_id, k")
-    rows = conn.execute(
-        sql,
-        (start_ms, bucket_ms, start_ms, end_ms, *(prov or ())),
-    )
-    for prov_name, account, rid, _k, ms, cum, rkind, ckind, tier, created, state in rows:
-        key = (prov_name, account, rid)
-        data = series.get(key)
-        if data is None:
-            data = series[key] = SeriesData(key, rkind, ckind, tier, created)
-        data.points.append((ms, cum))
-        if tier and not data.tier:
-            data.tier = tier
-        if data.last_ms is None or ms > data.last_ms:
-            data.last_ms, data.last_state = ms, state
-    if not series:
-        return []
+    for p, a, r, rkind, ckind, tier, created, last_ms, last_state in conn.execute(
+        "SELECT provider, account, resource_id, resource_kind, cumulative_kind, tier, created_ms,"
+        " last_ms, last_state FROM billing_series WHERE last_ms > ? AND first_ms <= ?",
+        (start_ms, end_ms)):
+        if prov is not None and p not in prov:
+            continue
+        data = SeriesData((p, a, r), rkind, ckind, tier, created)
+        data.last_ms, data.last_state = last_ms, last_state
+        series[(p, a, r)] = data
     for key, data in series.items():
-        anchor = conn.execute(
-            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
-            "account=? AND resource_id=? AND observed_ms <= ? AND cumulative_micros IS NOT NULL "
-            "ORDER BY observed_ms DESC LIMIT 1", (*key, start_ms)).fetchone()
-        if anchor:
-            data.points.append(tuple(anchor))
+        # the anchor (last sample at/before start) and the last sample at/before each boundary
+        data.points.extend(conn.execute(
+            "WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT min(t + ?, ?) FROM b WHERE t < ?) "
+            "SELECT s.observed_ms, s.cumulative_micros FROM b JOIN billing_samples s ON s.id = ("
+            "SELECT id FROM billing_samples WHERE provider=? AND account=? AND resource_id=? "
+            "AND observed_ms <= b.t AND cumulative_micros IS NOT NULL "
+            "ORDER BY observed_ms DESC LIMIT 1)",
+            (start_ms, bucket_ms, end_ms, end_ms, *key)))
         first = conn.execute(
             "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
             "account=? AND resource_id=? AND observed_ms > ? AND cumulative_micros IS NOT NULL "
             "ORDER BY observed_ms ASC LIMIT 1", (*key, start_ms)).fetchone()
         if first:
             data.points.append(tuple(first))
+    if not series:
+        return []
     for prov_name, account, rid, ms, _before, after in conn.execute(
         "SELECT provider, account, resource_id, observed_ms, previous_micros, current_micros "
         "FROM billing_anomalies WHERE kind='cumulative_decreased' AND observed_ms > ? "

@@ -58,6 +58,22 @@ MIGRATIONS: list[str] = [
         (provider, account, resource_id, observed_ms);
     CREATE INDEX ix_samples_time ON billing_samples (observed_ms);
 
+    -- One row per billing series (provider, account, resource): a catalogue kept in the same
+    -- transaction as the samples, so that window queries find their series without a scan.
+    CREATE TABLE billing_series (
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        resource_kind TEXT NOT NULL,
+        cumulative_kind TEXT NOT NULL,
+        tier TEXT,
+        created_ms INTEGER,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        last_state TEXT,
+        PRIMARY KEY (provider, account, resource_id)
+    ) WITHOUT ROWID;
+
     -- Money added to a prepaid balance that is not spend (top-ups, vouchers, refunds).
     CREATE TABLE credit_events (
         provider TEXT NOT NULL,

@@ -25,6 +25,18 @@ INSERT INTO billing_samples (
 ON CONFLICT (provider, account, resource_id, observed_ms) DO NOTHING
 """
 
+_SERIES_SQL = """
+INSERT INTO billing_series (provider, account, resource_id, resource_kind, cumulative_kind, tier,
+                            created_ms, first_ms, last_ms, last_state)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (provider, account, resource_id) DO UPDATE SET
+    last_state = CASE WHEN excluded.last_ms >= last_ms THEN excluded.last_state ELSE last_state END,
+    first_ms = min(first_ms, excluded.first_ms),
+    last_ms = max(last_ms, excluded.last_ms),
+    tier = coalesce(excluded.tier, tier),
+    created_ms = coalesce(created_ms, excluded.created_ms)
+"""
+
 
 def record_poll(
     ledger: Ledger,
@@ -59,6 +71,10 @@ def record_poll(
             ],
         )
         inserted = conn.total_changes - before
+        conn.executemany(_SERIES_SQL, [
+            (s.provider, s.account, s.resource_id, s.resource_kind, str(s.cumulative_kind),
+             s.tier, s.created_ms, s.observed_ms, s.observed_ms, s.state)
+            for s in samples if s.cumulative_micros is not None])
         anomalies = [*anomalies, *_detect_decreases(conn, samples)]
         conn.executemany(
             "INSERT INTO credit_events (provider, account, event_id, occurred_ms, "

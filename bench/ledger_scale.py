@@ -1,0 +1,140 @@
+"""Ledger scale: `spotctl cost` as a whole process on a big ledger, and on one 10x smaller.
+
+Builds (and caches under bench/out/) a ledger of DAYS days x 20 resources sampled every minute
+(90 days: about 2.6 M samples) and USAGE_ROWS usage rows (20 M) with their per-minute rollup,
+then times `spotctl cost --window 30d` and `--window 24h` as whole processes, alternating the
+big and the small ledger in each round, and reports medians.
+
+    .venv/bin/python bench/ledger_scale.py            # full size (builds in a few minutes once)
+    .venv/bin/python bench/ledger_scale.py --quick    # 9 days, 2 M rows: a fast sanity run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spotctl.ledger.db import Ledger  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+RESOURCES = 20
+MIN = 60_000
+END_MS = 1_795_000_000_000 - 1_795_000_000_000 % MIN  # a fixed "now" (2026-11-18)
+
+
+def build(path: Path, days: int, usage_rows: int) -> None:
+    if path.exists():
+        return
+    tmp = path.with_suffix(".building")
+    for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
+        p.unlink(missing_ok=True)
+    led = Ledger(tmp)
+    conn = led.conn
+    conn.execute("PRAGMA synchronous = OFF")
+    minutes = days * 1440
+    start = END_MS - minutes * MIN
+    t0 = time.perf_counter()
+    with led.transaction():
+        # one poll row per minute (the provider answered), then 20 samples per poll
+        conn.execute(
+            "WITH RECURSIVE m(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM m WHERE i < ?) "
+            "INSERT INTO billing_polls (id, provider, started_ms, finished_ms, outcome, "
+            "resources_seen) SELECT i + 1, 'hs', ? + i * 60000 - 300, ? + i * 60000, 'ok', ? "
+            "FROM m", (minutes, start, start, RESOURCES))
+        for r in range(RESOURCES):
+            rate = 30_000 + r * 1_000  # micro-dollars per minute
+            tier = f"tier-{r % 4}" if r < 16 else None
+            kind = "vm" if r < 16 else "volume"
+            conn.execute(
+                "WITH RECURSIVE m(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM m WHERE i < ?) "
+                "INSERT INTO billing_samples (poll_id, provider, account, resource_id, "
+                "resource_kind, tier, observed_ms, rate_micros_per_h, cumulative_micros, "
+                "cumulative_kind, created_ms, state, spot, payload_sha256) "
+                "SELECT i + 1, 'hs', 'acct', ?, ?, ?, ? + i * 60000, ?, i * ?, "
+                "'resource_total', ?, 'ACTIVE', 1, 'bench' FROM m",
+                (minutes, f"{kind}:{r}", kind, tier, start, rate * 60, rate, start))
+        conn.execute(
+            "INSERT INTO billing_series (provider, account, resource_id, resource_kind, "
+            "cumulative_kind, tier, created_ms, first_ms, last_ms, last_state) SELECT provider, "
+            "account, resource_id, resource_kind, cumulative_kind, tier, min(created_ms), "
+            "min(observed_ms), max(observed_ms), 'ACTIVE' FROM billing_samples GROUP BY 1, 2, 3")
+    t1 = time.perf_counter()
+    with led.transaction():
+        step = max(1, (minutes * MIN) // usage_rows)
+        conn.execute(
+            "WITH RECURSIVE u(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM u WHERE i < ?) "
+            "INSERT INTO usage (id, started_ms, completed_ms, key_id, tier, model, "
+            "prompt_tokens, completion_tokens, status, http_status, latency_ms, ttft_ms, stream, "
+            "tokens_estimated) SELECT printf('r%d', i), ? + i * ? - 900, ? + i * ?, 'k', "
+            "'tier-' || (i % 4), 'm', 200 + i % 700, 50 + i % 300, 'ok', 200, 900, 80, 1, 0 "
+            "FROM u", (usage_rows - 1, start, step, start, step))
+        conn.execute(
+            "INSERT INTO usage_minutes (minute_ms, tier, requests, prompt_tokens, "
+            "completion_tokens, estimated_requests) SELECT completed_ms - completed_ms % 60000, "
+            "tier, count(*), sum(prompt_tokens), sum(completion_tokens), 0 FROM usage "
+            "GROUP BY 1, 2")
+    t2 = time.perf_counter()
+    conn.execute("ANALYZE")
+    led.close()
+    os.replace(tmp, path)
+    print(f"built {path.name}: samples {t1 - t0:.0f} s, usage {t2 - t1:.0f} s")
+
+
+def write_config(path: Path, ledger: Path) -> Path:
+    cfg = path.with_suffix(".toml")
+    cfg.write_text(f'[ledger]\npath = "{ledger}"\n[[providers]]\nname = "hs"\nkind = '
+                   '"hyperstack"\napi_key_env = "HS_KEY"\n')
+    return cfg
+
+
+def time_cmd(args: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {out.stderr}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    OUT.mkdir(exist_ok=True)
+    days, rows = (9, 2_000_000) if args.quick else (90, 20_000_000)
+    big = OUT / f"ledger-{days}d.db"
+    small = OUT / f"ledger-{days}d-small.db"
+    build(big, days, rows)
+    build(small, max(1, days // 10), rows // 10)
+    exe = [sys.executable, "-m", "spotctl"]
+    env = {**os.environ, "SPOTCTL_CLOCK": f"fixed:{END_MS // 1000}"}
+    from datetime import UTC, datetime
+
+    env["SPOTCTL_CLOCK"] = "fixed:" + datetime.fromtimestamp(END_MS / 1000, UTC).isoformat()
+    cases = [("--help", None, ["--help"])]
+    for window in ("24h", "30d"):
+        cases.append((f"cost --window {window}", "big", ["cost", "--window", window, "--json"]))
+        cases.append((f"cost --window {window}", "small", ["cost", "--window", window, "--json"]))
+    cfgs = {"big": write_config(big, big), "small": write_config(small, small)}
+    times: dict[tuple[str, str | None], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, which, cargs in cases:
+            cmd = exe + (["--config", str(cfgs[which])] if which else []) + cargs
+            times.setdefault((name, which), []).append(time_cmd(cmd, env))
+    print(f"| command | ledger | median s | min s | runs |\n|---|---|---|---|---|")
+    for (name, which), ts in times.items():
+        label = {"big": f"{days} d", "small": f"{max(1, days // 10)} d", None: "-"}[which]
+        print(f"| `spotctl {name}` | {label} | {statistics.median(ts):.3f} | {min(ts):.3f} "
+              f"| {len(ts)} |")
+
+
+if __name__ == "__main__":
+    main()
