@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotctl.ledger.db import Ledger  # noqa: E402
+from spotctl.ledger.db import Ledger
 
 OUT = Path(__file__).resolve().parent / "out"
 RESOURCES = 20
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, which, cargs in cases:
             cmd = exe + (["--config", str(cfgs[which])] if which else []) + cargs
             times.setdefault((name, which), []).append(time_cmd(cmd, env))
-    print(f"| command | ledger | median s | min s | runs |\n|---|---|---|---|---|")
+    print("| command | ledger | median s | min s | runs |\n|---|---|---|---|---|")
     for (name, which), ts in times.items():
         label = {"big": f"{days} d", "small": f"{max(1, days // 10)} d", None: "-"}[which]
         print(f"| `spotctl {name}` | {label} | {statistics.median(ts):.3f} | {min(ts):.3f} "
