@@ -12,6 +12,8 @@ from spotctl.ledger.db import Ledger
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+pytest_plugins = ["tests.fixtures_localcloud"]
+
 
 @pytest.fixture
 def clock() -> ManualClock:

@@ -50,8 +50,8 @@ def test_spend_is_never_negative_and_decreases_are_not_refunds(steps):
         points.append(((i + 1) * MIN, total))
     result = series_spend(points, 0, len(points) * MIN + 1)
     assert result.micros >= 0
-    expected = sum(max(0, b[1] - a[1]) for a, b in itertools.pairwise(points))
-    assert result.micros == expected
+    # held at the high-water mark: spend is the growth of the running maximum
+    assert result.micros == max(c for _, c in points) - points[0][1]
     assert len(result.decreases) == sum(1 for a, b in itertools.pairwise(points)
                                         if b[1] < a[1])
 
@@ -145,8 +145,8 @@ def test_account_series_not_double_counted_and_anomaly_recorded(ledger):
                                 _vm(m * MIN, 1_000_000 + m * 10_000, rid="account", tier=None,
                                     kind=CumulativeKind.ACCOUNT_TOTAL, rkind="account")])
     r = spend_between(ledger, 0, 10 * MIN, CFG)
-    # 0→40k (+40k), 40k→20k (anomaly, 0), 20k→60k (+40k), 60k→100k (+40k)
-    assert r.micros == 120_000
+    # 0→40k (+40k), 40k→20k (anomaly: held at 40k), 20k→60k (+20k above the high), →100k
+    assert r.micros == 100_000
     assert r.anomalies == 1
     rows = ledger.conn.execute(
         "SELECT kind, observed_ms, previous_micros, current_micros FROM billing_anomalies"

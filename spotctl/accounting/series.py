@@ -1,10 +1,14 @@
 """Invoice-true spend of one cumulative series. Pure functions, no I/O.
 
 A series is a provider's running total for one resource (or the account), sampled over time.
-Spend over a window is the sum of the series' increases between the last sample at or before
-the window's start and the last sample at or before its end. A decrease (a provider correction
-or a counter reset) is an anomaly: it contributes nothing (never a refund) and the series
-re-bases from the new value. Never rate × time, never interpolation.
+Spend over a window is the growth of that total between the last sample at or before the
+window's start and the last sample at or before its end. Never rate × time, never interpolation.
+
+A decrease (a provider correction, a transient under-report or a counter reset) is an anomaly:
+it is never a refund. The series is held at its high-water mark: spend resumes only once the
+provider's total exceeds its previous high, so a total that dips and recovers is neither
+refunded nor counted twice. (A genuine counter reset therefore pauses spend until the total
+passes the old high: the report flags the anomaly, and the figure is a lower bound.)
 """
 
 from __future__ import annotations
@@ -47,26 +51,29 @@ def series_spend(
     """
     out = SeriesSpend()
     width = bucket_ms or max(1, end_ms - start_ms)
-    prev: int | None = None
+    prev: int | None = None  # the previous sample's value
+    high: int | None = None  # the high-water mark
     for ms, cum in points:
         if ms <= start_ms:
             prev = cum
+            high = cum if high is None else max(high, cum)
             continue
         if ms > end_ms:
             break
-        if prev is None:
+        if prev is None or high is None:
             created_inside = created_ms is not None and start_ms < created_ms <= end_ms
             if counts_from_creation and created_inside:
-                prev = 0
+                prev = high = 0
             else:
-                prev = cum
+                prev = high = cum
                 continue
-        delta = cum - prev
-        if delta > 0:
+        if cum < prev:
+            out.decreases.append((ms, prev, cum))
+        if cum > high:
+            delta = cum - high
             out.micros += delta
             k = bucket_of(ms, start_ms, width)
             out.by_bucket[k] = out.by_bucket.get(k, 0) + delta
-        elif delta < 0:
-            out.decreases.append((ms, prev, cum))
+            high = cum
         prev = cum
     return out

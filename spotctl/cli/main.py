@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "spotctl.cli.cost",
     "spotctl.cli.ledger_cmd",
     "spotctl.cli.example",
+    "spotctl.cli.localcloud",
+    "spotctl.cli.billing",
 ]
 
 app = typer.Typer(

@@ -126,9 +126,16 @@ def polled_providers(conn: sqlite3.Connection) -> list[str]:
 
 
 def vanished(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:
+    """Resources that vanished in the window and never reappeared (live or with a final total)
+    by its end: their spend after the last sample is unknown. Returns their last sample time."""
     return list(conn.execute(
-        "SELECT provider, resource_id, observed_ms FROM billing_anomalies WHERE kind='vanished' "
-        "AND observed_ms > ? AND observed_ms <= ?", (start_ms, end_ms)))
+        "SELECT a.provider, a.resource_id, coalesce(c.last_ms, a.observed_ms) "
+        "FROM billing_anomalies a LEFT JOIN billing_series c ON c.provider = a.provider AND "
+        "c.account = a.account AND c.resource_id = a.resource_id WHERE a.kind='vanished' AND "
+        "a.observed_ms > ? AND a.observed_ms <= ? AND NOT EXISTS (SELECT 1 FROM billing_samples "
+        "s WHERE s.provider = a.provider AND s.account = a.account AND "
+        "s.resource_id = a.resource_id AND s.observed_ms > a.observed_ms AND s.observed_ms <= ?)",
+        (start_ms, end_ms, end_ms)))
 
 
 def unconfirmed_credits(

@@ -1,0 +1,130 @@
+"""``spotctl poll-billing``, ``spotctl billing status`` and ``spotctl reconcile``."""
+
+from __future__ import annotations
+
+import typer
+
+from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.errors import ExitCode, UsageError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("poll-billing")
+    def poll_billing(
+        ctx: typer.Context,
+        daemon: bool = typer.Option(False, "--daemon",
+                                    help="Poll every [billing] poll_interval_s until SIGTERM."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Record every provider's billing in the ledger (one-shot for cron, or --daemon).
+
+        Exit 0 when every provider answered, 4 when any failed (the failure is recorded).
+        """
+        from spotctl.clock import get_clock
+        from spotctl.providers.poller import poll_lock, poll_once
+
+        cfg = get_config(ctx)
+        if not cfg.providers:
+            raise UsageError("no [[providers]] in the configuration: nothing to poll")
+        clock = get_clock()
+        with open_ledger_for(ctx) as ledger:
+            if daemon:
+                _daemon(cfg, ledger, clock)
+                return
+            with poll_lock(ledger.path):
+                outcomes = poll_once(cfg, ledger, clock)
+        if json_out:
+            emit_json({"providers": [o.__dict__ for o in outcomes]})
+        for o in outcomes:
+            if not o.ok:
+                err_console().print(f"{o.provider}: {o.kind}: {o.message}")
+            elif not json_out:
+                console().print(f"{o.provider}: ok, {o.resources_seen} resources, "
+                                f"{o.samples} samples")
+        if any(not o.ok for o in outcomes):
+            raise typer.Exit(int(ExitCode.OBSERVABILITY))
+
+    billing = typer.Typer(help="Billing health.", no_args_is_help=True)
+    app.add_typer(billing, name="billing")
+
+    @billing.command("status")
+    def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+        """Per provider: fresh / stale / failing / regressed, last good sample, last error.
+        Exit 4 when any provider is not fresh."""
+        from spotctl.clock import from_ms, get_clock, iso, to_ms
+        from spotctl.providers.health import FRESH, provider_health
+
+        cfg = get_config(ctx)
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            rows = provider_health(ledger, cfg, to_ms(get_clock().now()))
+        if json_out:
+            emit_json({"providers": [r.to_json() for r in rows]})
+        else:
+            from rich.table import Table
+
+            table = Table(title="Billing health", title_justify="left")
+            for col in ("provider", "health", "last good sample", "last error"):
+                table.add_column(col)
+            colours = {"fresh": "green", "regressed": "yellow"}
+            for r in rows:
+                c = colours.get(r.status, "red")
+                table.add_row(r.provider, f"[{c}]{r.status}[/{c}]",
+                              iso(from_ms(r.last_good_ms)) if r.last_good_ms else "never",
+                              r.last_error or "")
+            console().print(table)
+        if any(r.status != FRESH for r in rows):
+            raise typer.Exit(int(ExitCode.OBSERVABILITY))
+
+    @app.command()
+    def reconcile(
+        ctx: typer.Context,
+        day: str = typer.Option(..., help="The UTC day to check, YYYY-MM-DD."),
+        max_drift_pct: float = typer.Option(1.0, help="Exit 3 above this drift."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Compare the ledger's spend for a day with the provider's own daily figure."""
+        from datetime import date, timedelta
+
+        from spotctl.providers.reconcile import reconcile_day
+
+        try:
+            d = date.fromisoformat(day)
+        except ValueError:
+            raise UsageError(f"bad --day {day!r}: expected YYYY-MM-DD") from None
+        cfg = get_config(ctx)
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            rows = reconcile_day(cfg, ledger, d, d + timedelta(days=1))
+        if json_out:
+            emit_json({"day": day, "providers": rows})
+        else:
+            for r in rows:
+                console().print(
+                    f"{r['provider']}: ledger ${r['ledger_usd']} vs provider "
+                    f"${r['provider_usd']} → drift ${r['drift_usd']} ({r['drift_pct']}%)"
+                    + ("" if r["ledger_complete"] else " [ledger incomplete that day]"))
+        if any(r["drift_pct"] is not None and abs(float(r["drift_pct"])) > max_drift_pct
+               for r in rows):
+            raise typer.Exit(int(ExitCode.THRESHOLD))
+
+
+def _daemon(cfg, ledger, clock) -> None:
+    import signal
+    import threading
+
+    from spotctl.clock import iso
+    from spotctl.providers.poller import run_daemon
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def log(line: str) -> None:
+        print(f"{iso(clock.now())} {line}", flush=True)
+
+    log(f"polling {len(cfg.providers)} provider(s) every {cfg.billing.poll_interval_s}s")
+    run_daemon(cfg, ledger, clock, stop, log=log)
+    log("stopped")

@@ -1,0 +1,91 @@
+"""The billing-adapter interface, its classified errors, and tier attribution.
+
+An adapter turns one poll of a provider's API into ledger samples. It declares what the provider
+can give (``Capability``); spotctl never fills a gap with rate × time, except in adapters whose
+capability is ``ESTIMATE_ONLY`` and whose samples are marked as estimates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from spotctl.config import Config, ProviderConfig
+from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
+
+
+class Capability(StrEnum):
+    PER_RESOURCE_CUMULATIVE = "per_resource_cumulative"  # Hyperstack total_bill
+    ACCOUNT_CUMULATIVE = "account_cumulative"  # RunPod clientLifetimeSpend
+    BALANCE_ONLY = "balance_only"  # Vast credit (+ invoices feed)
+    ESTIMATE_ONLY = "estimate_only"  # Lambda: no billing API at all
+
+
+class BillingError(Exception):
+    """A classified poll failure. ``kind`` is stored as the poll's outcome."""
+
+    KINDS = ("timeout", "unreachable", "http_5xx", "http_429", "auth", "malformed", "http_4xx",
+             "config")
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class PollResult:
+    samples: list[BillingSample] = field(default_factory=list)
+    credits: list[CreditEvent] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    resources_seen: int = 0
+
+
+class BillingAdapter(Protocol):
+    capability: Capability
+    provider: ProviderConfig
+
+    def poll(self, now_ms: int) -> PollResult: ...
+
+    def close(self) -> None: ...
+
+
+def api_key_for(provider: ProviderConfig) -> str:
+    """The provider's key, from the environment variable named in the config (never the file)."""
+    if not provider.api_key_env:
+        raise BillingError("config", f"{provider.name}: api_key_env is not set in the config")
+    key = os.environ.get(provider.api_key_env)
+    if not key:
+        raise BillingError("config", f"{provider.name}: ${provider.api_key_env} is not set")
+    return key
+
+
+TIER_LABEL_PREFIX = "spotctl-tier="
+
+
+def resource_name_for(tier: str) -> str:
+    """The name spotctl gives a tier's VM (and its weights volume gets ``-weights``)."""
+    return f"spotctl-{tier}"
+
+
+def tier_for_resource(name: str | None, labels: list[str] | None, cfg: Config) -> str | None:
+    """Which configured tier a provider resource belongs to.
+
+    A label ``spotctl-tier=<tier>`` wins; else a name ``spotctl-<tier>`` or
+    ``spotctl-<tier>-<suffix>`` (longest configured tier name first). Volumes holding a tier's
+    weights (``spotctl-<tier>-weights``) are attributed to that tier too.
+    """
+    known = {t.name for t in cfg.tiers}
+    for label in labels or []:
+        if isinstance(label, str) and label.startswith(TIER_LABEL_PREFIX):
+            tier = label[len(TIER_LABEL_PREFIX):]
+            return tier if tier in known else None
+    if not name or not name.startswith("spotctl-"):
+        return None
+    rest = name[len("spotctl-"):]
+    for tier in sorted(known, key=len, reverse=True):
+        if rest == tier or rest.startswith(tier + "-"):
+            return tier
+    return None

@@ -1,0 +1,49 @@
+"""pytest plugin: the local cloud on a real loopback port, driven by a ManualClock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from spotctl.clock import ManualClock, set_clock
+from spotctl.localcloud.runner import LocalCloudHandle, serve_in_thread
+from spotctl.localcloud.simclock import ManualControl
+
+LOCALCLOUD_KEY = "lc-test-key-7f3a9c"
+
+
+@dataclass
+class LocalCloudFixture:
+    handle: LocalCloudHandle
+    clock: ManualClock
+    api_key: str
+
+    @property
+    def base_url(self) -> str:
+        return self.handle.base_url
+
+    def control(self, method: str, path: str, **body) -> dict:
+        r = httpx.request(method, f"{self.handle.control_url}{path}", json=body or None,
+                          timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def config_toml(self, ledger: str = "spotctl.db", extra: str = "") -> str:
+        return (f'[ledger]\npath = "{ledger}"\n[billing]\ntimeout_s = 2\n'
+                f'[[providers]]\nname = "lc"\nkind = "localcloud"\n'
+                f'api_key_env = "LC_KEY"\nbase_url = "{self.base_url}"\n{extra}')
+
+
+@pytest.fixture
+def localcloud(monkeypatch):
+    clock = ManualClock(datetime(2026, 11, 1, tzinfo=UTC))
+    set_clock(clock)
+    monkeypatch.setenv("LC_KEY", LOCALCLOUD_KEY)
+    handle = serve_in_thread(clock, LOCALCLOUD_KEY, control=ManualControl(clock),
+                             dark_hang_s=3.0)
+    yield LocalCloudFixture(handle, clock, LOCALCLOUD_KEY)
+    handle.stop()
+    set_clock(None)
