@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "spotctl.cli.example",
     "spotctl.cli.localcloud",
     "spotctl.cli.billing",
+    "spotctl.cli.gateway",
 ]
 
 app = typer.Typer(

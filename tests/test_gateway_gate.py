@@ -1,0 +1,181 @@
+"""The fail-closed budget gate and wake-on-request, through the real OpenAI SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import openai
+import pytest
+
+from spotctl.clock import ManualClock, to_ms
+from spotctl.config import parse_config
+from spotctl.gateway.gate import budget_day, evaluate_gate
+from spotctl.gateway.upstreams import HIBERNATED, SERVING, Upstream
+from spotctl.ledger.db import Ledger
+from spotctl.providers.poller import poll_once
+from tests.fixtures_engines import gateway_key, start_builtin, start_gateway
+
+
+def _cfg(tmp_path, lc, engine, budget="1000", tz="UTC"):
+    return parse_config(
+        lc.config_toml(extra=(
+            f'[[tiers]]\nname = "fixed"\nmodel = "{engine.model}"\nendpoint = '
+            f'"{engine.base_url}"\napi_key_env = "ENGINE_KEY"\nprovider = "lc"\n'
+            f'[budget]\ndaily_usd = {budget}\ntimezone = "{tz}"\n')),
+        tmp_path / "spotctl.toml")
+
+
+def _wait_gate(handle, status, timeout=5.0):
+    deadline = time.monotonic() + timeout  # clock-ok
+    while handle.app.gate.status != status and time.monotonic() < deadline:  # clock-ok
+        time.sleep(0.02)  # clock-ok
+    assert handle.app.gate.status == status, handle.app.gate
+
+
+def test_gate_closes_when_billing_goes_stale_and_reopens(localcloud, builtin_engine, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
+    lc = localcloud
+    cfg = _cfg(tmp_path, lc, builtin_engine)
+    lc.handle.cloud.create_vm("spotctl-fixed", "n3-H100x1")
+    led = Ledger(cfg.ledger_path)
+    for _ in range(3):
+        lc.clock.advance(60)
+        poll_once(cfg, led, lc.clock)
+    key = gateway_key(cfg.ledger_path)
+    handle = start_gateway(cfg, lc.clock)
+    client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
+    msg = [{"role": "user", "content": "hello"}]
+    _wait_gate(handle, "open")
+    client.chat.completions.create(model=builtin_engine.model, messages=msg, max_tokens=3)
+    # billing goes dark: no successful poll for longer than stale_after_s
+    lc.control("POST", "/faults", kind="http_500", minutes=10)
+    for _ in range(4):
+        lc.clock.advance(60)
+        poll_once(cfg, led, lc.clock)
+    _wait_gate(handle, "billing_stale")
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model=builtin_engine.model, messages=msg, max_tokens=3)
+    assert err.value.status_code == 503 and err.value.code == "billing_stale"
+    # fresh samples again: the gate reopens by itself
+    lc.control("DELETE", "/faults")
+    lc.clock.advance(60)
+    poll_once(cfg, led, lc.clock)
+    _wait_gate(handle, "open")
+    client.chat.completions.create(model=builtin_engine.model, messages=msg, max_tokens=3)
+    handle.stop()
+    led.close()
+
+
+def test_budget_exhausted_with_retry_after_until_day_rolls_over(localcloud, builtin_engine,
+                                                                tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
+    lc = localcloud
+    # the budget day is Pacific: it rolls over at 08:00 UTC (PST, UTC-8, in November)
+    cfg = _cfg(tmp_path, lc, builtin_engine, budget="1.00", tz="America/Los_Angeles")
+    lc.clock.set(datetime(2026, 11, 2, 6, 0, tzinfo=UTC))  # 22:00 the day before, local
+    lc.handle.cloud.create_vm("spotctl-fixed", "n3-H100x1")
+    led = Ledger(cfg.ledger_path)
+    for _ in range(60):  # an hour of H100 at $2.40/h: over the $1 budget
+        lc.clock.advance(60)
+        poll_once(cfg, led, lc.clock)
+    key = gateway_key(cfg.ledger_path)
+    handle = start_gateway(cfg, lc.clock)
+    _wait_gate(handle, "budget_exhausted")
+    client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model=builtin_engine.model, max_tokens=3,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert err.value.code == "budget_exhausted"
+    retry_after = int(err.value.response.headers["retry-after"])
+    assert retry_after == 3600  # 07:00 UTC now; the Pacific day ends at 08:00 UTC
+    # the day rolls over at local midnight: spend restarts from zero and the gate reopens
+    for _ in range(retry_after // 60 + 1):
+        lc.clock.advance(60)
+        poll_once(cfg, led, lc.clock)
+    _wait_gate(handle, "open")
+    assert handle.app.gate.spend_micros == 40_000  # the new day's first minute
+    handle.stop()
+    led.close()
+
+
+def test_budget_day_in_a_non_utc_zone():
+    now = datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # a DST change day in the US
+    start, end = budget_day(now, "America/New_York")
+    assert start.isoformat() == "2026-03-08T00:00:00-05:00"
+    assert end.isoformat() == "2026-03-09T00:00:00-04:00"
+    assert (end.astimezone(UTC) - start.astimezone(UTC)).total_seconds() == 23 * 3600
+
+
+class EngineOnWakeRuntime:
+    """A runtime whose tier is hibernated until woken; waking starts a real engine process."""
+
+    def __init__(self, delay_s: float = 0.5) -> None:
+        self.wakes = 0
+        self.delay_s = delay_s
+        self.proc = None
+        self.engine = None
+        self.lock = threading.Lock()
+
+    def current(self, tier):
+        if self.engine is None:
+            return Upstream(HIBERNATED)
+        return Upstream(SERVING, self.engine.base_url, self.engine.api_key)
+
+    def wake(self, tier):
+        with self.lock:
+            self.wakes += 1
+            time.sleep(self.delay_s)  # clock-ok: a real, bounded wake
+            self.proc, self.engine = start_builtin("sleepy")
+        return self.current(tier)
+
+
+def test_concurrent_requests_share_one_wake(tmp_path):
+    cfg = parse_config('[[tiers]]\nname = "sleepy"\nmodel = "sleepy"\nbackend = "localcloud"\n'
+                       '[gateway]\nwake_timeout_s = 30\n', tmp_path / "spotctl.toml")
+    runtime = EngineOnWakeRuntime()
+    key = gateway_key(cfg.ledger_path)
+    clock = ManualClock(datetime(2026, 11, 1, tzinfo=UTC))
+    handle = start_gateway(cfg, clock, runtime)
+    client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
+
+    def call(i):
+        return client.chat.completions.create(
+            model="sleepy", max_tokens=2, messages=[{"role": "user", "content": f"n{i}"}])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    assert len(results) == 8 and runtime.wakes == 1
+    assert handle.app.metrics.wakes == 1
+    handle.stop()
+    runtime.proc.terminate()
+    runtime.proc.wait(10)
+
+
+def test_wake_past_the_cap_is_504(tmp_path):
+    cfg = parse_config('[[tiers]]\nname = "sleepy"\nmodel = "sleepy"\nbackend = "localcloud"\n'
+                       '[gateway]\nwake_timeout_s = 0.3\n', tmp_path / "spotctl.toml")
+    runtime = EngineOnWakeRuntime(delay_s=2.0)
+    key = gateway_key(cfg.ledger_path)
+    handle = start_gateway(cfg, ManualClock(), runtime)
+    client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="sleepy", max_tokens=2,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 504 and err.value.code == "wake_timeout"
+    time.sleep(2.2)  # clock-ok: let the wake finish before stopping
+    handle.stop()
+    if runtime.proc:
+        runtime.proc.terminate()
+        runtime.proc.wait(10)
+
+
+def test_gate_with_budget_but_no_provider_fails_closed(tmp_path):
+    cfg = parse_config("[budget]\ndaily_usd = 5\n", tmp_path / "spotctl.toml")
+    with Ledger(cfg.ledger_path) as led:
+        state = evaluate_gate(led, cfg, ManualClock())
+    assert state.status == "billing_stale"
+    assert to_ms(ManualClock().now()) >= 0
