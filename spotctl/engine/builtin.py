@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-WORDS = tuple(
-    ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "spot", "prices", "fall", "and", "every", "token", "is", "counted", "twice", "before", "the", "invoice", "arrives", "on", "time"]
+WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "spot",
+    "prices", "fall", "and", "every", "token", "is", "counted", "twice", "before", "the",
+    "invoice", "arrives", "on", "time",
 )
 
 
