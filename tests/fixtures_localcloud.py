@@ -37,13 +37,30 @@ class LocalCloudFixture:
                 f'api_key_env = "LC_KEY"\nbase_url = "{self.base_url}"\n{extra}')
 
 
-@pytest.fixture
-def localcloud(monkeypatch):
+def _serve(monkeypatch, launcher=None):
     clock = ManualClock(datetime(2026, 11, 1, tzinfo=UTC))
     set_clock(clock)
     monkeypatch.setenv("LC_KEY", LOCALCLOUD_KEY)
     handle = serve_in_thread(clock, LOCALCLOUD_KEY, control=ManualControl(clock),
-                             dark_hang_s=3.0)
-    yield LocalCloudFixture(handle, clock, LOCALCLOUD_KEY)
-    handle.stop()
+                             dark_hang_s=3.0, launcher=launcher)
+    return LocalCloudFixture(handle, clock, LOCALCLOUD_KEY)
+
+
+@pytest.fixture
+def localcloud(monkeypatch):
+    """Billing-only: VMs run no engine."""
+    lc = _serve(monkeypatch)
+    yield lc
+    lc.handle.stop()
+    set_clock(None)
+
+
+@pytest.fixture
+def localcloud_engines(monkeypatch):
+    """VMs run the real built-in engine (model "tiny") while ACTIVE."""
+    from spotctl.localcloud.engines import ProcessLauncher
+
+    lc = _serve(monkeypatch, ProcessLauncher(model="tiny"))
+    yield lc
+    lc.handle.stop()
     set_clock(None)

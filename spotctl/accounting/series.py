@@ -61,7 +61,7 @@ def series_spend(
         if ms > end_ms:
             break
         if prev is None or high is None:
-            created_inside = created_ms is not None and start_ms < created_ms <= end_ms
+            created_inside = created_ms is not None and start_ms <= created_ms <= end_ms
             if counts_from_creation and created_inside:
                 prev = high = 0
             else:

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "spotctl.cli.localcloud",
     "spotctl.cli.billing",
     "spotctl.cli.gateway",
+    "spotctl.cli.fleet",
 ]
 
 app = typer.Typer(

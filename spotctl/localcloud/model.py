@@ -129,6 +129,7 @@ class LocalCloud:
         self._credit_base = start_credit_micros
         self.events: list[Event] = []
         self.daily: dict[int, dict[str, int]] = {}  # UTC day start ms -> {kind: micros}
+        self.spot_available = True  # the control API can take spot capacity away
         self.on_vm_active = on_vm_active or (lambda vm: None)
         self.on_vm_inactive = on_vm_inactive or (lambda vm: None)
 
@@ -196,6 +197,8 @@ class LocalCloud:
                 raise CloudError(400, f"Flavor {flavor_name} not found", "flavor_not_found")
             if self.credit_micros() <= 0:
                 raise CloudError(400, "Insufficient credit", "insufficient_credit")
+            if spot and not self.spot_available:
+                raise CloudError(400, f"No spot capacity for {flavor_name}", "no_spot_capacity")
             vm = Resource(self._next_vm, "vm", name, now, "CREATING", now, flavor=flavor,
                           spot=spot, environment=environment, labels=list(labels or []))
             if spot and "spot" not in vm.labels:

@@ -326,6 +326,11 @@ def build_app(state: ServerState) -> Starlette:
                                          "resource": f.resource} for f in
                                         state.active_faults().values()]})
 
+    async def c_spot(request: Request) -> Response:
+        body = await request.json()
+        cloud.spot_available = bool(body.get("available", True))
+        return JSONResponse({"spot_available": cloud.spot_available})
+
     async def c_invoice(request: Request) -> Response:
         return JSONResponse(cloud.invoice())
 
@@ -357,6 +362,7 @@ def build_app(state: ServerState) -> Starlette:
         Route("/_control/vms/{vm_id:int}/preempt", c_preempt, methods=["POST"]),
         Route("/_control/topup", c_topup, methods=["POST"]),
         Route("/_control/faults", c_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_control/spot", c_spot, methods=["POST"]),
         Route("/_control/invoice", c_invoice),
         Route("/_control/events", c_events),
         Route("/_control/health", health),

@@ -1,0 +1,183 @@
+"""``spotctl up / down / hibernate / wake / status / events / daemon``."""
+
+from __future__ import annotations
+
+import typer
+
+from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.errors import UsageError
+
+
+def _progress():
+    """A progress callback that prints each phase change to stderr (rich, honours NO_COLOR)."""
+    last = {"phase": None}
+    c = err_console()
+
+    def report(phase: str, fraction: float | None, message: str) -> None:
+        if phase != last["phase"]:
+            c.print(f"[bold]{phase.replace('_', ' ')}[/bold]: {message}")
+            last["phase"] = phase
+
+    return report
+
+
+def _manager(ctx: typer.Context):
+    from spotctl.clock import get_clock
+    from spotctl.fleet.manager import FleetManager
+
+    return FleetManager(get_config(ctx), get_clock())
+
+
+def _fleet_tier(ctx: typer.Context, name: str):
+    tier = get_config(ctx).tier(name)
+    if not tier.fleet_managed:
+        raise UsageError(f"tier {name!r} is a fixed engine ({tier.endpoint}); spotctl does not "
+                         "manage its machine")
+    return tier
+
+
+def _print_phases(status, verb: str) -> None:
+    console().print(f"tier {status.tier}: {verb} — {status.state.value}"
+                    + (f" on {status.capacity}" if status.capacity else "")
+                    + (f", endpoint {status.endpoint}" if status.endpoint else ""))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def up(ctx: typer.Context, tier: str,
+           dry_run: bool = typer.Option(False, "--dry-run",
+                                        help="Print the task and the vLLM command; launch "
+                                             "nothing.")) -> None:
+        """Launch a tier (spot first, bounded on-demand fallback) and wait until it serves."""
+        t = _fleet_tier(ctx, tier)
+        if dry_run:
+            from spotctl.fleet.dryrun import render_dry_run
+
+            console().print(render_dry_run(t), markup=False, highlight=False)
+            return
+        status = _manager(ctx).up(t, _progress())
+        _print_phases(status, "up")
+
+    @app.command()
+    def hibernate(ctx: typer.Context, tier: str) -> None:
+        """Stop paying for the GPU, keep the weights (native hibernate, stop, or down)."""
+        _print_phases(_manager(ctx).hibernate(_fleet_tier(ctx, tier)), "hibernated")
+
+    @app.command()
+    def wake(ctx: typer.Context, tier: str) -> None:
+        """Restore or relaunch a tier and wait until it serves."""
+        _print_phases(_manager(ctx).wake(_fleet_tier(ctx, tier), _progress()), "awake")
+
+    @app.command()
+    def down(ctx: typer.Context, tier: str,
+             delete_storage: bool = typer.Option(False, "--delete-storage",
+                                                 help="Also delete the weights storage."),
+             yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
+        """Tear a tier down. Its weights storage stays unless --delete-storage."""
+        t = _fleet_tier(ctx, tier)
+        if delete_storage and not yes and not typer.confirm(
+                f"Delete the weights storage of {tier!r} too? The next up re-downloads them."):
+            raise typer.Exit(1)
+        _manager(ctx).down(t, delete_storage)
+        console().print(f"tier {tier}: down" + (" (storage deleted)" if delete_storage else
+                                                " (weights storage kept)"))
+
+    @app.command()
+    def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+        """Per tier: state, capacity, cloud/region, endpoint, $/h, idle, last wake, billing age."""
+        from spotctl.fleet.status import tier_rows
+
+        cfg = get_config(ctx)
+        rows = tier_rows(cfg)
+        if json_out:
+            emit_json({"tiers": rows})
+            return
+        from rich.table import Table
+
+        table = Table(title="Fleet", title_justify="left")
+        cols = ("tier", "state", "capacity", "where", "endpoint", "$/h", "idle", "last wake",
+                "billing age")
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["tier"], r["state"], r["capacity"] or "", r["where"] or "",
+                          r["endpoint"] or "", r["usd_per_hour"] or "—",
+                          _ago(r["idle_seconds"]), _ago(r["last_wake_seconds"]),
+                          _ago(r["billing_age_seconds"]))
+        console().print(table)
+
+    @app.command()
+    def events(ctx: typer.Context,
+               tier: str = typer.Option(None, "--tier"),
+               since: str = typer.Option(None, help="ISO time or a window such as 24h."),
+               json_out: bool = typer.Option(False, "--json")) -> None:
+        """The fleet journal: every launch, wake, hibernation, preemption and fallback."""
+        import json as _json
+
+        from spotctl.accounting.window import parse_window
+        from spotctl.clock import from_ms, get_clock, iso, parse_iso, to_ms
+
+        since_ms = 0
+        if since:
+            try:
+                since_ms = to_ms(parse_iso(since))
+            except ValueError:
+                since_ms = to_ms(get_clock().now() - parse_window(since, what="--since"))
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            rows = ledger.conn.execute(
+                "SELECT ts_ms, tier, event, capacity, resource_id, phases_json, detail, "
+                "operation_id FROM fleet_events WHERE ts_ms >= ? AND (? IS NULL OR tier = ?) "
+                "ORDER BY id", (since_ms, tier, tier)).fetchall()
+        data = [{"at": iso(from_ms(r[0])), "tier": r[1], "event": r[2], "capacity": r[3],
+                 "resource_id": r[4], "phases": _json.loads(r[5]) if r[5] else {},
+                 "detail": r[6], "operation_id": r[7]} for r in rows]
+        if json_out:
+            emit_json({"events": data})
+            return
+        from rich.table import Table
+
+        table = Table(title="Fleet events", title_justify="left")
+        for col in ("at", "tier", "event", "capacity", "phases (s)", "detail"):
+            table.add_column(col)
+        for d in data:
+            phases = ", ".join(f"{k} {v:.0f}" for k, v in d["phases"].items())
+            table.add_row(d["at"], d["tier"], d["event"], d["capacity"] or "", phases,
+                          d["detail"] or "")
+        console().print(table)
+
+    @app.command()
+    def daemon(ctx: typer.Context,
+               once: bool = typer.Option(False, help="One pass, then exit.")) -> None:
+        """Every minute: poll billing, detect preemption, recover, hibernate idle tiers."""
+        import signal
+        import threading
+
+        from spotctl.clock import get_clock, iso
+        from spotctl.fleet.daemon import FleetDaemon
+
+        cfg = get_config(ctx)
+        clock = get_clock()
+
+        def log(line: str) -> None:
+            print(f"{iso(clock.now())} {line}", flush=True)
+
+        d = FleetDaemon(cfg, clock, log)
+        if once:
+            d.run_once()
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        signal.signal(signal.SIGINT, lambda *a: stop.set())
+        log(f"daemon: {len(cfg.tiers)} tier(s), {len(cfg.providers)} provider(s)")
+        d.run(stop)
+        log("daemon: stopped")
+
+
+def _ago(seconds: int | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"

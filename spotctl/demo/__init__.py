@@ -1,0 +1,1 @@
+"""`spotctl demo`: the whole tool on the embedded local cloud, a simulated day in about a minute."""

@@ -1,0 +1,111 @@
+"""The whole fleet cycle on the local cloud, with real engines, the real gateway and the real
+daemon logic: up, traffic, idle hibernation, wake on request, a spot preemption, fallback to
+on-demand within spot_retry_minutes, back to spot, down. The ledger's spend equals the local
+cloud's invoice and the journal has every transition with its phase durations."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+
+from spotctl.accounting.spend import spend_between
+from spotctl.clock import to_ms
+from spotctl.config import parse_config
+from spotctl.fleet.base import TierState
+from spotctl.fleet.daemon import FleetDaemon
+from spotctl.fleet.manager import FleetManager
+from spotctl.fleet.runtime import FleetRuntime
+from spotctl.gateway.upstreams import RoutingRuntime
+from spotctl.ledger.db import Ledger
+from tests.fixtures_engines import gateway_key, start_gateway
+
+
+def _cfg(lc, tmp_path):
+    return parse_config(lc.config_toml(extra=(
+        '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
+        'capacity = "spot-first"\nspot_retry_minutes = 3\nidle_minutes = 10\n'
+        'flavor = "n3-A100x1"\n[gateway]\nwake_timeout_s = 60\n')), tmp_path / "spotctl.toml")
+
+
+def _minutes(daemon, lc, n):
+    for _ in range(n):
+        lc.clock.advance(60)
+        daemon.run_once()
+
+
+def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    tier = cfg.tiers[0]
+    logs: list[str] = []
+    daemon = FleetDaemon(cfg, lc.clock, logs.append)
+    manager = FleetManager(cfg, lc.clock)
+    start = to_ms(lc.clock.now())
+    daemon.run_once()
+
+    st = manager.up(tier)
+    assert st.state == TierState.READY and st.capacity == "spot" and st.endpoint
+
+    key = gateway_key(cfg.ledger_path)
+    gw = start_gateway(cfg, lc.clock, RoutingRuntime(FleetRuntime(cfg, lc.clock)))
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    _minutes(daemon, lc, 2)
+    gw.app.refresh()  # the gate re-reads billing health (it also does so every 0.05 s)
+    for i in range(5):
+        client.chat.completions.create(model="tiny", max_tokens=8,
+                                       messages=[{"role": "user", "content": f"hello {i}"}])
+    time.sleep(0.5)  # clock-ok: usage rows reach the ledger (writer flushes every 0.25 s)
+
+    # idle for idle_minutes: the daemon hibernates the tier
+    _minutes(daemon, lc, 12)
+    assert manager.status(tier).state == TierState.HIBERNATED
+    # a request wakes it (the gateway calls the fleet runtime), and is served
+    gw.app.refresh()
+    r = client.chat.completions.create(model="tiny", max_tokens=4,
+                                       messages=[{"role": "user", "content": "wake up"}])
+    assert r.usage.completion_tokens == 4
+    assert manager.status(tier).state == TierState.READY
+
+    # spot preemption while spot capacity is gone: retry spot, then fall back to on-demand
+    vm_id = int(manager.status(tier).resource_id.split(":")[1])
+    lc.control("POST", "/spot", available=False)
+    lc.control("POST", f"/vms/{vm_id}/preempt")
+    _minutes(daemon, lc, 1)
+    st = manager.status(tier)
+    assert st.state == TierState.READY and st.capacity == "on-demand"
+    # spot capacity returns: the daemon moves the tier back to spot and releases on-demand
+    lc.control("POST", "/spot", available=True)
+    gw.app.refresh()
+    client.chat.completions.create(model="tiny", max_tokens=2,
+                                   messages=[{"role": "user", "content": "keep busy"}])
+    time.sleep(0.4)  # clock-ok
+    _minutes(daemon, lc, 1)
+    st = manager.status(tier)
+    assert st.capacity == "spot" and st.state == TierState.READY
+    manager.down(tier)
+    _minutes(daemon, lc, 11)  # final totals of deleted VMs are fetched
+    gw.stop()
+
+    with Ledger(cfg.ledger_path) as led:
+        events = led.conn.execute("SELECT event, phases_json FROM fleet_events ORDER BY id"
+                                  ).fetchall()
+        names = [e for e, _ in events]
+        for expected in ("launching", "ready", "hibernating", "hibernated", "waking", "woke",
+                         "preempted", "fell_back", "returned_to_spot", "down"):
+            assert expected in names, (expected, names, logs)
+        ready = json.loads(dict(events)["ready"])
+        assert {"provisioning", "engine_loading", "first_completion"} <= set(ready)
+        woke = json.loads(dict(events)["woke"])
+        assert {"restoring", "first_completion"} <= set(woke)
+        spend = spend_between(led, start, to_ms(lc.clock.now()), cfg)
+        inv = lc.control("GET", "/invoice")["resources"]
+        mine = {r.data.key[2]: r.spend.micros for r in spend.series if r.spend.micros}
+        assert mine == {k: v for k, v in inv.items() if v}
+        assert spend.micros == lc.control("GET", "/invoice")["total_micros"] and spend.complete
+        assert spend_between(led, start, to_ms(lc.clock.now()), cfg,
+                             tiers={"big"}).micros == spend.micros
+        tokens = led.conn.execute("SELECT count(*), sum(completion_tokens) FROM usage "
+                                  "WHERE status = 'ok'").fetchone()
+        assert tokens == (7, 5 * 8 + 4 + 2)
