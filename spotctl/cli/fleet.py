@@ -140,9 +140,10 @@ def register(app: typer.Typer) -> None:
         for col in ("at", "tier", "event", "capacity", "phases (s)", "detail"):
             table.add_column(col)
         for d in data:
-            phases = ", ".join(f"{k} {v:.0f}" for k, v in d["phases"].items())
-            table.add_row(d["at"], d["tier"], d["event"], d["capacity"] or "", phases,
-                          d["detail"] or "")
+            phases = " ".join(f"{k.replace('first_completion', '1st').replace('engine_', '')}"
+                              f"={v:.0f}" for k, v in d["phases"].items())
+            table.add_row(d["at"][:16].replace("T", " "), d["tier"], d["event"],
+                          d["capacity"] or "", phases, d["detail"] or "")
         console().print(table)
 
     @app.command()

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "spotctl.cli.billing",
     "spotctl.cli.gateway",
     "spotctl.cli.fleet",
+    "spotctl.cli.demo",
 ]
 
 app = typer.Typer(

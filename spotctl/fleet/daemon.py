@@ -47,7 +47,7 @@ class FleetDaemon:
             return "idle (not launched)"
         if status.state == TierState.PREEMPTED:
             m.journal(tier.name, "preempted", last[4], status, detail="capacity reclaimed")
-            new = m.up(tier)
+            new = m.up(tier)  # under the tier lock: no second launch if a wake got there first
             return f"preempted; relaunched on {new.capacity}"
         if status.state == TierState.READY:
             idle_since = self.last_activity_ms(tier.name)
@@ -63,14 +63,15 @@ class FleetDaemon:
         from spotctl.fleet.manager import backend_for
 
         backend = backend_for(tier, self.cfg, self.clock)
-        try:
-            spot, timings = backend.up(tier, "spot")
-        except SpotctlError:
-            return "on-demand (spot still unavailable)"
-        if hasattr(backend, "delete_vm") and on_demand.resource_id:
-            backend.delete_vm(tier, on_demand.resource_id)
-        self.manager.journal(tier.name, "returned_to_spot", None, spot, timings,
-                             detail=f"released {on_demand.resource_id}")
+        with self.manager.tier_lock(tier):
+            try:
+                spot, timings = backend.up(tier, "spot")
+            except SpotctlError:
+                return "on-demand (spot still unavailable)"
+            if hasattr(backend, "delete_vm") and on_demand.resource_id:
+                backend.delete_vm(tier, on_demand.resource_id)
+            self.manager.journal(tier.name, "returned_to_spot", None, spot, timings,
+                                 detail=f"released {on_demand.resource_id}")
         return "returned to spot"
 
     def _resume(self, tier: TierConfig, event: str, status) -> str:

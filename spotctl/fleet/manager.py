@@ -6,8 +6,12 @@ and the backends.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
@@ -66,10 +70,30 @@ class FleetManager:
     def _backend(self, tier: TierConfig):
         return backend_for(tier, self.cfg, self.clock)
 
+    @contextmanager
+    def tier_lock(self, tier: TierConfig) -> Iterator[None]:
+        """One fleet operation per tier at a time, across processes (CLI, daemon, gateway):
+        whoever comes second waits, then finds the work done instead of doing it twice."""
+        path = Path(f"{self.ledger_path}.{tier.name}.fleet.lock")
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     # -- operations -----------------------------------------------------------------------
     def up(self, tier: TierConfig, progress: Progress = no_progress,
            op: str | None = None) -> TierStatus:
         """Launch: spot first (for up to ``spot_retry_minutes``), then on-demand if allowed."""
+        with self.tier_lock(tier):
+            current = self._backend(tier).status(tier)
+            if current.state == TierState.READY:
+                return current  # someone else launched it while we waited
+            return self._up(tier, progress, op)
+
+    def _up(self, tier: TierConfig, progress: Progress, op: str | None) -> TierStatus:
         op = op or uuid.uuid4().hex[:12]
         backend = self._backend(tier)
         first = "on-demand" if tier.capacity == "on-demand" else "spot"
@@ -97,13 +121,26 @@ class FleetManager:
         return status
 
     def hibernate(self, tier: TierConfig) -> TierStatus:
-        op = uuid.uuid4().hex[:12]
-        self.journal(tier.name, "hibernating", op)
-        status, timings = self._backend(tier).hibernate(tier)
-        self.journal(tier.name, "hibernated", op, status, timings)
-        return status
+        with self.tier_lock(tier):
+            current = self._backend(tier).status(tier)
+            if current.state == TierState.HIBERNATED:
+                return current
+            op = uuid.uuid4().hex[:12]
+            self.journal(tier.name, "hibernating", op)
+            status, timings = self._backend(tier).hibernate(tier)
+            self.journal(tier.name, "hibernated", op, status, timings)
+            return status
 
     def wake(self, tier: TierConfig, progress: Progress = no_progress) -> TierStatus:
+        with self.tier_lock(tier):
+            current = self._backend(tier).status(tier)
+            if current.state == TierState.READY:
+                return current
+            if current.state == TierState.ABSENT:
+                return self._up(tier, progress, None)
+            return self._wake(tier, progress)
+
+    def _wake(self, tier: TierConfig, progress: Progress) -> TierStatus:
         op = uuid.uuid4().hex[:12]
         self.journal(tier.name, "waking", op)
         t0 = self.clock.monotonic()
@@ -113,7 +150,7 @@ class FleetManager:
             current = self._backend(tier).status(tier)
             if current.state in (TierState.ABSENT, TierState.PREEMPTED):
                 # nothing to restore (preempted or downed while hibernated): relaunch
-                return self.up(tier, progress, op)
+                return self._up(tier, progress, op)
             self.journal(tier.name, "failed", op, detail=str(exc))
             raise
         timings.phases["total"] = self.clock.monotonic() - t0
@@ -122,7 +159,8 @@ class FleetManager:
 
     def down(self, tier: TierConfig, delete_storage: bool = False) -> TierStatus:
         op = uuid.uuid4().hex[:12]
-        status = self._backend(tier).down(tier, delete_storage=delete_storage)
+        with self.tier_lock(tier):
+            status = self._backend(tier).down(tier, delete_storage=delete_storage)
         self.journal(tier.name, "down", op, detail="storage deleted" if delete_storage
                      else "weights storage kept")
         return status

@@ -148,9 +148,11 @@ class LocalCloud:
         if rate:
             t, last = res.billed_until_ms, res.billed_until_ms + minutes * MINUTE_MS
             while t < last:
-                day = t + MINUTE_MS - (t + MINUTE_MS) % DAY_MS  # day of the next boundary
-                boundary_end = min(last, day + DAY_MS - MINUTE_MS)
-                n = (boundary_end - t) // MINUTE_MS
+                boundary = t + MINUTE_MS
+                day = boundary - boundary % DAY_MS
+                # boundaries boundary, boundary + 1 min, ... before the next midnight, up to last
+                n = min((last - t) // MINUTE_MS,
+                        (day + DAY_MS - boundary - 1) // MINUTE_MS + 1)
                 book = self.daily.setdefault(day, {})
                 book[res.kind] = book.get(res.kind, 0) + n * rate
                 t += n * MINUTE_MS
