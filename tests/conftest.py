@@ -12,7 +12,8 @@ from spotctl.ledger.db import Ledger
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-pytest_plugins = ["tests.fixtures_localcloud", "tests.fixtures_engines", "tests.fixtures_vllm"]
+pytest_plugins = ["tests.fixtures_localcloud", "tests.fixtures_engines", "tests.fixtures_vllm",
+                  "tests.fixtures_sshd"]
 
 
 @pytest.fixture
