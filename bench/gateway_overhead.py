@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spotctl.localcloud.engines import free_port  # noqa: E402
+from spotctl.localcloud.engines import free_port
 
 
 def start(argv: list[str], env: dict | None = None) -> subprocess.Popen:
