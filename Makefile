@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.spotctl-installed
 VLLM_STAMP := .venv-vllm/.vllm-ready
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench install clean sshd
+.PHONY: demo test lint bench install clean sshd chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ sshd:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server); }
 
-test: $(STAMP) $(VLLM_STAMP) sshd
+# A headless browser for the HTML report test (Debian's chromium), only when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); }
+
+test: $(STAMP) $(VLLM_STAMP) sshd chromium
 	$(BIN)/ruff check spotctl tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

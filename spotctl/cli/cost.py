@@ -210,3 +210,25 @@ def register(app: typer.Typer) -> None:
                             "lower bound[/yellow]")
         console().print("Price = cost ÷ (1 − margin). Bands are token-weighted P10/P50/P90 across "
                         "hourly buckets; illustrative, not a quote.")
+
+    @app.command()
+    def report(
+        ctx: typer.Context,
+        window: str = typer.Option("7d", "--window", "-w"),
+        bucket: str = typer.Option("1h"),
+        out: str = typer.Option("report.html", "--out", help="The HTML file to write."),
+    ) -> None:
+        """One self-contained HTML report (no network needed to view it)."""
+        import os
+        from pathlib import Path
+
+        from spotctl.accounting.html_report import render_html
+
+        rep = _report(ctx, window, None, None, None, None, bucket, 1000)
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            page = render_html(ledger, rep)
+        path = Path(out)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+        console().print(f"wrote {path} ({len(page) // 1024} KiB)")
