@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from spotctl.money import MICROS_PER_USD
 
@@ -21,7 +22,7 @@ def plot_report(report, width: int | None = None) -> None:
            for b in buckets]
     band = report.total.band
     plt.clear_figure()
-    if "NO_COLOR" in os.environ:
+    if "NO_COLOR" in os.environ or not sys.stdout.isatty():
         plt.theme("clear")
     plt.subplots(3, 1)
     plt.plotsize(width or min(110, plt.terminal_width() or 100), 30)
@@ -41,4 +42,9 @@ def plot_report(report, width: int | None = None) -> None:
             plt.hline(float(band[key]))
     plt.title("$/Mtok output per bucket, with the P10/P50/P90 band")
     plt.xticks(xs[:: max(1, len(xs) // 12)], labels[:: max(1, len(xs) // 12)])
-    plt.show()
+    text = plt.build()
+    if "NO_COLOR" in os.environ or not sys.stdout.isatty():
+        import re
+
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    print(text)
