@@ -11,7 +11,6 @@ All times are timezone-aware UTC ``datetime`` objects. ``monotonic()`` is in sim
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -88,6 +87,8 @@ class SystemClock:
             _time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(max(0.0, seconds))
 
 
@@ -128,6 +129,8 @@ class ManualClock:
             self.advance(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         self.sleep(seconds)
         await asyncio.sleep(0)
 
@@ -174,6 +177,8 @@ class ScaledClock:
             _time.sleep(seconds / self.timeline.speed)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(max(0.0, seconds) / self.timeline.speed)
 
 
@@ -224,6 +229,8 @@ class FileClock:
             _time.sleep(seconds / self.speed())
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(max(0.0, seconds) / self.speed())
 
     @staticmethod
