@@ -78,6 +78,11 @@ class TierConfig(_Section):
     api_key_env: str | None = None  # the engine's key, for fixed or public engines
     flavor: str | None = None  # Hyperstack / local cloud flavor name
     engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
+    ssh_user: str = "ubuntu"
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    ssh_key_path: Path = Path("~/.ssh/id_ed25519")
+    ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
 
     @property
     def public_model(self) -> str:

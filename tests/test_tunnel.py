@@ -63,3 +63,29 @@ def test_wrong_host_key_is_refused(sshd, builtin_engine, tmp_path):
     with pytest.raises(SpotctlError) as err:
         SSHTunnel(_target(sshd, builtin_engine, _known(tmp_path, sshd, other))).start()
     assert "does not match" in err.value.message
+
+
+def test_fleet_runtime_reaches_a_remote_engine_through_the_tunnel(sshd, builtin_engine,
+                                                                   tmp_path):
+    """A fleet tier with exposure = "ssh": the gateway's runtime turns the VM's endpoint into
+    the local end of a verified tunnel."""
+    from spotctl.clock import ManualClock
+    from spotctl.config import parse_config
+    from spotctl.fleet.base import TierState, TierStatus
+    from spotctl.fleet.runtime import FleetRuntime
+
+    known = _known(tmp_path, sshd)
+    port = int(builtin_engine.base_url.rsplit(":", 1)[1])
+    cfg = parse_config(
+        f'[[tiers]]\nname = "remote"\nmodel = "tiny"\nbackend = "hyperstack"\n'
+        f'ssh_user = "{getpass.getuser()}"\nssh_port = {sshd.port}\n'
+        f'ssh_key_path = "{sshd.client_key}"\nssh_known_hosts = "{known}"\n',
+        tmp_path / "spotctl.toml")
+    runtime = FleetRuntime(cfg, ManualClock())
+    runtime.manager.status = lambda tier: TierStatus(  # the VM as the backend reports it
+        tier.name, TierState.READY, "spot", endpoint=f"http://127.0.0.1:{port}")
+    up = runtime.current(cfg.tiers[0])
+    assert up.state == "serving" and up.endpoint != f"http://127.0.0.1:{port}"
+    r = httpx.get(f"{up.endpoint}/health", timeout=10)
+    assert r.status_code == 200
+    runtime._tunnels.close()
