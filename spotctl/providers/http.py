@@ -132,3 +132,21 @@ def money(value: Any, where: str) -> int:
             raise BillingError("malformed", f"{where}: implausible amount")
         return micros
     raise BillingError("malformed", f"{where}: not an amount")
+
+
+class BearerAdapter:
+    """Shared set-up of adapters whose API takes ``Authorization: Bearer <key>``."""
+
+    default_base = ""
+
+    def __init__(self, provider, cfg, clock: Clock) -> None:
+        from spotctl.providers.base import api_key_for
+
+        self.provider, self.cfg, self.clock = provider, cfg, clock
+        key = api_key_for(provider)
+        self.http = ProviderHTTP(provider.base_url or self.default_base,
+                                 {"Authorization": f"Bearer {key}"}, clock,
+                                 timeout_s=cfg.billing.timeout_s, secrets=(key,))
+
+    def close(self) -> None:
+        self.http.close()

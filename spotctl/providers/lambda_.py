@@ -7,28 +7,18 @@ shows them apart. (This is the only place spotctl multiplies a rate by time, and
 
 from __future__ import annotations
 
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
+from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CumulativeKind
-from spotctl.providers.base import Capability, PollResult, api_key_for, tier_for_resource
-from spotctl.providers.http import ProviderHTTP, need
+from spotctl.providers.base import Capability, PollResult, tier_for_resource
+from spotctl.providers.http import BearerAdapter, need
 
 DEFAULT_BASE = "https://cloud.lambda.ai/api/v1"
 
 
-class LambdaAdapter:
+class LambdaAdapter(BearerAdapter):
     capability = Capability.ESTIMATE_ONLY
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        key = api_key_for(provider)
-        self.http = ProviderHTTP(provider.base_url or DEFAULT_BASE,
-                                 {"Authorization": f"Bearer {key}"}, clock,
-                                 timeout_s=cfg.billing.timeout_s, secrets=(key,))
-
-    def close(self) -> None:
-        self.http.close()
+    default_base = DEFAULT_BASE
 
     def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
         got = self.http.read("GET", "/instances")

@@ -9,31 +9,21 @@ explicit User-Agent (Cloudflare refuses Python's default).
 
 from __future__ import annotations
 
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
+from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CumulativeKind
 from spotctl.providers.balance import advance, previous_account
-from spotctl.providers.base import Capability, PollResult, api_key_for, tier_for_resource
-from spotctl.providers.http import ProviderHTTP, money, need
+from spotctl.providers.base import Capability, PollResult, tier_for_resource
+from spotctl.providers.http import BearerAdapter, money, need
 
 DEFAULT_BASE = "https://api.runpod.io"
 QUERY = ("query { myself { id clientBalance currentSpendPerHr spendLimit clientLifetimeSpend "
          "pods { id name desiredStatus podType costPerHr adjustedCostPerHr } } }")
 
 
-class RunPodAdapter:
+class RunPodAdapter(BearerAdapter):
     capability = Capability.ACCOUNT_CUMULATIVE
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        key = api_key_for(provider)
-        self.http = ProviderHTTP(provider.base_url or DEFAULT_BASE,
-                                 {"Authorization": f"Bearer {key}"}, clock,
-                                 timeout_s=cfg.billing.timeout_s, secrets=(key,))
-
-    def close(self) -> None:
-        self.http.close()
+    default_base = DEFAULT_BASE
 
     def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
         got = self.http.read("POST", "/graphql", json_body={"query": QUERY})

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 import json
 
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
+from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CreditEvent, CumulativeKind
 from spotctl.providers.balance import advance, previous_account
-from spotctl.providers.base import Capability, PollResult, api_key_for, tier_for_resource
-from spotctl.providers.http import ProviderHTTP, money, need
+from spotctl.providers.base import Capability, PollResult, tier_for_resource
+from spotctl.providers.http import BearerAdapter, money, need
 
 DEFAULT_BASE = "https://console.vast.ai"
 
 
-class VastAdapter:
+class VastAdapter(BearerAdapter):
     capability = Capability.BALANCE_ONLY
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        key = api_key_for(provider)
-        self.http = ProviderHTTP(provider.base_url or DEFAULT_BASE,
-                                 {"Authorization": f"Bearer {key}"}, clock,
-                                 timeout_s=cfg.billing.timeout_s, secrets=(key,))
-
-    def close(self) -> None:
-        self.http.close()
+    default_base = DEFAULT_BASE
 
     def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
         user = self.http.read("GET", "/api/v0/users/current")
