@@ -109,3 +109,29 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
         tokens = led.conn.execute("SELECT count(*), sum(completion_tokens) FROM usage "
                                   "WHERE status = 'ok'").fetchone()
         assert tokens == (7, 5 * 8 + 4 + 2)
+
+
+def test_daemon_restarted_mid_wake_finishes_it_without_a_second_launch(localcloud_engines,
+                                                                        tmp_path):
+    """A wake was under way when its process died (journal says `waking`, the VM is
+    RESTORING): a fresh daemon finishes the wake instead of launching another VM."""
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    tier = cfg.tiers[0]
+    manager = FleetManager(cfg, lc.clock)
+    manager.up(tier)
+    manager.hibernate(tier)
+    vm_id = int(manager.status(tier).resource_id.split(":")[1])
+    manager.journal(tier.name, "waking", "op-killed")  # ... and then the process died
+    lc.handle.cloud.restore(vm_id)
+    daemon = FleetDaemon(cfg, lc.clock, lambda line: None)  # a fresh daemon, no memory
+    what = daemon.check_tier(tier)
+    assert what.startswith("resumed")
+    st = manager.status(tier)
+    assert st.state == TierState.READY and st.resource_id == f"vm:{vm_id}"
+    vms = [vm for vm in lc.handle.cloud.list_vms() if vm.name == "spotctl-big"]
+    assert len(vms) == 1  # no second launch
+    with Ledger(cfg.ledger_path) as led:
+        last = led.conn.execute("SELECT event FROM fleet_events ORDER BY id DESC LIMIT 1"
+                                ).fetchone()[0]
+    assert last == "woke"
