@@ -16,6 +16,7 @@ from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
 from spotctl.fleet.daemon import FleetDaemon
 from spotctl.fleet.manager import FleetManager
+from spotctl.fleet.policy import SPOT_CHECK_MINUTES
 from spotctl.fleet.runtime import FleetRuntime
 from spotctl.gateway.upstreams import RoutingRuntime
 from spotctl.ledger.db import Ledger
@@ -73,17 +74,23 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
     lc.control("POST", "/spot", available=False)
     lc.control("POST", f"/vms/{vm_id}/preempt")
     _minutes(daemon, lc, 1)
+    assert manager.status(tier).state == TierState.PREEMPTED  # retrying spot, one try a pass
+    _minutes(daemon, lc, 1)
+    assert manager.status(tier).state == TierState.PREEMPTED
+    _minutes(daemon, lc, 2)  # spot_retry_minutes = 3 have passed: on-demand
     st = manager.status(tier)
-    assert st.state == TierState.READY and st.capacity == "on-demand"
-    # spot capacity returns: the daemon moves the tier back to spot and releases on-demand
+    assert st.state == TierState.READY and st.capacity == "on-demand", logs[-4:]
+    # spot capacity returns: the next spot check moves the tier back and releases on-demand
     lc.control("POST", "/spot", available=True)
     gw.app.refresh()
     client.chat.completions.create(model="tiny", max_tokens=2,
                                    messages=[{"role": "user", "content": "keep busy"}])
     time.sleep(0.4)  # clock-ok
-    _minutes(daemon, lc, 1)
+    _minutes(daemon, lc, SPOT_CHECK_MINUTES)
     st = manager.status(tier)
-    assert st.capacity == "spot" and st.state == TierState.READY
+    assert st.capacity == "spot" and st.state == TierState.READY, logs[-6:]
+    live = [vm for vm in lc.handle.cloud.list_vms() if vm.state != "DELETED"]
+    assert len(live) == 1  # the on-demand VM was released
     manager.down(tier)
     _minutes(daemon, lc, 11)  # final totals of deleted VMs are fetched
     gw.stop()
@@ -92,7 +99,7 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
         events = led.conn.execute("SELECT event, phases_json FROM fleet_events ORDER BY id"
                                   ).fetchall()
         names = [e for e, _ in events]
-        for expected in ("launching", "ready", "hibernating", "hibernated", "waking", "woke",
+        for expected in ("launching", "launched", "ready", "hibernating", "hibernated", "waking", "woke",
                          "preempted", "fell_back", "returned_to_spot", "down"):
             assert expected in names, (expected, names, logs)
         ready = json.loads(dict(events)["ready"])

@@ -112,10 +112,8 @@ def register(app: typer.Typer) -> None:
                since: str = typer.Option(None, help="ISO time or a window such as 24h."),
                json_out: bool = typer.Option(False, "--json")) -> None:
         """The fleet journal: every launch, wake, hibernation, preemption and fallback."""
-        import json as _json
-
         from spotctl.accounting.window import parse_window
-        from spotctl.clock import from_ms, get_clock, iso, parse_iso, to_ms
+        from spotctl.clock import get_clock, parse_iso, to_ms
 
         since_ms = 0
         if since:
@@ -123,27 +121,23 @@ def register(app: typer.Typer) -> None:
                 since_ms = to_ms(parse_iso(since))
             except ValueError:
                 since_ms = to_ms(get_clock().now() - parse_window(since, what="--since"))
+        from spotctl.fleet.journal import read_events
+
         with open_ledger_for(ctx, readonly=True) as ledger:
-            rows = ledger.conn.execute(
-                "SELECT ts_ms, tier, event, capacity, resource_id, phases_json, detail, "
-                "operation_id FROM fleet_events WHERE ts_ms >= ? AND (? IS NULL OR tier = ?) "
-                "ORDER BY id", (since_ms, tier, tier)).fetchall()
-        data = [{"at": iso(from_ms(r[0])), "tier": r[1], "event": r[2], "capacity": r[3],
-                 "resource_id": r[4], "phases": _json.loads(r[5]) if r[5] else {},
-                 "detail": r[6], "operation_id": r[7]} for r in rows]
+            data = [e.to_json() for e in read_events(ledger, tier, since_ms)]
         if json_out:
             emit_json({"events": data})
             return
         from rich.table import Table
 
         table = Table(title="Fleet events", title_justify="left")
-        for col in ("at", "tier", "event", "capacity", "phases (s)", "detail"):
+        for col in ("at", "tier", "event", "capacity", "resource", "phases (s)", "detail"):
             table.add_column(col)
         for d in data:
             phases = " ".join(f"{k.replace('first_completion', '1st').replace('engine_', '')}"
                               f"={v:.0f}" for k, v in d["phases"].items())
             table.add_row(d["at"][:16].replace("T", " "), d["tier"], d["event"],
-                          d["capacity"] or "", phases, d["detail"] or "")
+                          d["capacity"] or "", d["resource_id"] or "", phases, d["detail"] or "")
         console().print(table)
 
     @app.command()

@@ -1,7 +1,11 @@
 """``spotctl daemon``: every minute, poll billing, detect preemption, recover (spot again for up
 to ``spot_retry_minutes``, then on-demand, and back to spot when capacity returns), hibernate
-idle tiers, and finish any operation a previous daemon left half done. State lives in the
-ledger and the backends only, so a restart at any moment resumes correctly.
+idle tiers, and finish any operation a previous process left half done.
+
+Each pass gathers :class:`~spotctl.fleet.policy.Facts` from the journal, the gateway's activity
+and the backend, asks :func:`~spotctl.fleet.policy.decide`, and takes at most one bounded step
+per tier (one launch attempt, not a blocking retry loop). State lives in the ledger and the
+backends only, so a restart at any moment resumes correctly.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from collections.abc import Callable
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import SpotctlError
-from spotctl.fleet.base import TierState
-from spotctl.fleet.manager import FleetManager
+from spotctl.fleet.base import TierStatus
+from spotctl.fleet.journal import LAUNCHING, SERVING, JournalEntry
+from spotctl.fleet.manager import FleetManager, new_op, tier_policy
+from spotctl.fleet.policy import Action, Decision, Facts, decide
 from spotctl.ledger.db import Ledger
 
-UNFINISHED = {"launching", "waking", "hibernating", "fell_back"}
+UNFINISHED = LAUNCHING | {"waking", "hibernating"}  # kept for callers of the old name
 
 
 class FleetDaemon:
@@ -26,80 +32,64 @@ class FleetDaemon:
         self.log = log
         self.manager = FleetManager(cfg, clock)
 
-    def last_activity_ms(self, tier: str) -> int | None:
-        with Ledger(self.cfg.ledger_path) as led:
-            req = led.conn.execute("SELECT last_request_ms FROM tier_activity WHERE tier=?",
-                                   (tier,)).fetchone()
-            ev = led.conn.execute(
-                "SELECT MAX(ts_ms) FROM fleet_events WHERE tier=? AND event IN "
-                "('ready', 'woke', 'returned_to_spot')", (tier,)).fetchone()
-        values = [v for v in ((req or [None])[0], ev[0]) if v is not None]
-        return max(values) if values else None
+    # -- facts ------------------------------------------------------------------------------
+    def facts(self, tier: TierConfig) -> tuple[Facts, TierStatus, JournalEntry | None]:
+        m, j = self.manager, self.manager.journal_
+        busy = m.busy(tier)
+        last = j.last(tier.name)
+        status = m.status(tier)
+        op_started = None
+        if last is not None and last.operation_id:
+            first = j.operation(last.operation_id)
+            op_started = first[0].ts_ms if first else last.ts_ms
+        serving = j.last(tier.name, SERVING)
+        facts = Facts(now_ms=to_ms(self.clock.now()), state=status.state,
+                      capacity=status.capacity, last_event=last.event if last else None,
+                      op_started_ms=op_started,
+                      serving_since_ms=serving.ts_ms if serving else None,
+                      last_request_ms=j.last_request_ms(tier.name), busy=busy)
+        return facts, status, last
 
+    # -- one tier ---------------------------------------------------------------------------
     def check_tier(self, tier: TierConfig) -> str:
         """One pass over one tier; returns what was done (for the log)."""
+        facts, status, last = self.facts(tier)
+        decision = decide(tier_policy(tier), facts)
+        if decision.action == Action.MARK_PREEMPTED:
+            op = new_op()
+            self.manager.journal(tier.name, "preempted", op, status, detail=decision.reason)
+            if not decision.was_serving:
+                self.manager.journal(tier.name, "down", op,
+                                     detail="vanished while hibernated; the next request "
+                                            "relaunches it")
+                return "preempted while hibernated; relaunch on the next request"
+            facts, status, last = self.facts(tier)
+            decision = decide(tier_policy(tier), facts)
+        return self._execute(tier, decision, status, last)
+
+    def _execute(self, tier: TierConfig, d: Decision, status: TierStatus,
+                 last: JournalEntry | None) -> str:
         m = self.manager
-        last = m.last_event(tier.name)
-        status = m.status(tier)
-        if last and last[0] in UNFINISHED:
-            return self._resume(tier, last[0], status)
-        if last is None or last[0] in ("down", "failed"):
-            return "idle (not launched)"
-        if status.state == TierState.PREEMPTED:
-            m.journal(tier.name, "preempted", last[4], status, detail="capacity reclaimed")
-            new = m.up(tier)  # under the tier lock: no second launch if a wake got there first
-            return f"preempted; relaunched on {new.capacity}"
-        if status.state == TierState.READY:
-            idle_since = self.last_activity_ms(tier.name)
-            now = to_ms(self.clock.now())
-            if idle_since is not None and now - idle_since >= tier.idle_minutes * 60_000:
-                m.hibernate(tier)
-                return f"hibernated after {(now - idle_since) // 60_000} idle minutes"
-            if status.capacity == "on-demand" and tier.capacity == "spot-first":
-                return self._try_return_to_spot(tier, status)
-        return status.state.value
-
-    def _try_return_to_spot(self, tier: TierConfig, on_demand) -> str:
-        from spotctl.fleet.manager import backend_for
-
-        backend = backend_for(tier, self.cfg, self.clock)
-        with self.manager.tier_lock(tier):
-            try:
-                spot, timings = backend.up(tier, "spot")
-            except SpotctlError:
-                return "on-demand (spot still unavailable)"
-            if hasattr(backend, "delete_vm") and on_demand.resource_id:
-                backend.delete_vm(tier, on_demand.resource_id)
-            self.manager.journal(tier.name, "returned_to_spot", None, spot, timings,
-                                 detail=f"released {on_demand.resource_id}")
-        return "returned to spot"
-
-    def _resume(self, tier: TierConfig, event: str, status) -> str:
-        """Finish what a killed daemon (or CLI) left half done, without a second launch."""
-        m = self.manager
-        if event in ("launching", "fell_back"):
-            if status.state == TierState.READY:
-                m.journal(tier.name, "ready", None, status, detail="resumed after a restart")
-                return "resumed: launch had finished"
-            if status.state in (TierState.ABSENT, TierState.PREEMPTED):
-                m.up(tier)
-                return "resumed: launched"
-            m.wake(tier)
-            return "resumed: waited for the launch"
-        if event == "waking":
-            if status.state == TierState.READY:
-                m.journal(tier.name, "woke", None, status, detail="resumed after a restart")
-                return "resumed: wake had finished"
-            m.wake(tier)
-            return "resumed: woke"
-        if event == "hibernating":
-            if status.state == TierState.HIBERNATED:
-                m.journal(tier.name, "hibernated", None, status, detail="resumed")
-                return "resumed: hibernation had finished"
+        if d.action == Action.NOTHING:
+            return d.reason
+        if d.action == Action.FINISH and last is not None:
+            st = m.finish(tier, last)
+            return f"resumed: {last.event} finished ({st.state.value})"
+        if d.action == Action.LAUNCH and last is not None and d.capacity is not None:
+            op = last.operation_id or new_op()
+            st = m.launch_once(tier, d.capacity, op)
+            if st is None:
+                return f"{d.reason}: no spot capacity yet"
+            return f"{d.reason}: serving on {st.capacity} ({st.resource_id})"
+        if d.action == Action.HIBERNATE:
             m.hibernate(tier)
-            return "resumed: hibernated"
-        return "nothing to resume"
+            return f"hibernated: {d.reason}"
+        if d.action == Action.CHECK_SPOT:
+            st = m.return_to_spot(tier, status)
+            return "returned to spot" if st is not None else f"{d.reason} not yet"
+        return d.reason
 
+    # -- passes -----------------------------------------------------------------------------
     def poll_billing(self) -> None:
         from spotctl.providers.poller import poll_once
 
@@ -118,7 +108,7 @@ class FleetDaemon:
             self.poll_billing()
 
     def check_tiers(self) -> None:
-        for tier in self.cfg.tiers:
+        for tier in sorted(self.cfg.tiers, key=lambda t: t.priority):
             if not tier.fleet_managed:
                 continue
             try:

@@ -87,8 +87,10 @@ class HyperstackBackend:
     def _find_vm(self, client: httpx.Client, tier: TierConfig) -> dict | None:
         name = resource_name_for(tier.name)
         vms = self._call(client, "GET", "/core/virtual-machines").get("instances", [])
-        mine = [vm for vm in vms if vm.get("name") == name]
-        return max(mine, key=lambda vm: vm["id"]) if mine else None
+        mine = [vm for vm in vms if vm.get("name") == name and vm.get("status") != "DELETED"]
+        # while a spot VM replaces an on-demand one, the serving (ACTIVE) VM is the tier's
+        return max(mine, key=lambda vm: (vm.get("status") == "ACTIVE", vm["id"])) if mine \
+            else None
 
     def _status_of(self, tier: TierConfig, vm: dict | None) -> TierStatus:
         if vm is None:
