@@ -86,7 +86,7 @@ class Journal:
     def last(self, tier: str, events: frozenset[str] | tuple[str, ...] | None = None
              ) -> JournalEntry | None:
         """The newest entry of the tier (of one of ``events`` if given)."""
-        sql = f"SELECT {_COLS} FROM fleet_events WHERE tier = ?"
+        sql = f"SELECT {_COLS} FROM fleet_events WHERE tier = ?"  # noqa: S608 - constant columns
         args: list = [tier]
         if events:
             sql += f" AND event IN ({','.join('?' * len(events))})"
@@ -98,8 +98,9 @@ class Journal:
     def operation(self, op: str) -> list[JournalEntry]:
         """Every entry of one operation, oldest first."""
         with Ledger(self.ledger_path) as led:
-            rows = led.conn.execute(f"SELECT {_COLS} FROM fleet_events WHERE operation_id = ? "
-                                    "ORDER BY id", (op,)).fetchall()
+            rows = led.conn.execute(
+                f"SELECT {_COLS} FROM fleet_events WHERE operation_id = ? "  # noqa: S608
+                "ORDER BY id", (op,)).fetchall()
         return [_entry(r) for r in rows]
 
     def last_request_ms(self, tier: str) -> int | None:
@@ -113,8 +114,8 @@ class Journal:
 def read_events(ledger: Ledger, tier: str | None = None, since_ms: int = 0) -> list[JournalEntry]:
     """The journal, oldest first, for ``spotctl events``."""
     rows = ledger.conn.execute(
-        f"SELECT {_COLS} FROM fleet_events WHERE ts_ms >= ? AND (? IS NULL OR tier = ?) "
-        "ORDER BY id", (since_ms, tier, tier)).fetchall()
+        f"SELECT {_COLS} FROM fleet_events WHERE ts_ms >= ? "  # noqa: S608 - constant columns
+        "AND (? IS NULL OR tier = ?) ORDER BY id", (since_ms, tier, tier)).fetchall()
     return [_entry(r) for r in rows]
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import SpotctlError
-from spotctl.fleet.base import (CapacityKind, PhaseTimings, Progress, TierState, TierStatus,
-                                no_progress)
+from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
 from spotctl.fleet.journal import Journal, JournalEntry, derived_state
 from spotctl.fleet.policy import TierPolicy, launch_capacity
 from spotctl.fleet.registry import _BACKENDS, backend_for  # noqa: F401 - re-exported
