@@ -182,6 +182,9 @@ class Demo:
             if on_tick:
                 on_tick(self)
             threading.Event().wait(0.05)
+        # the day has reached the present: follow real time before waiting for the requests
+        # still in flight, so the simulated clock does not run past it while we wait
+        httpx.post(f"{self.control}/clock", json={"real": True}, timeout=10)
         pool.shutdown(wait=True)
 
     def _request(self, client, max_tokens: int, words: int) -> None:
@@ -233,8 +236,7 @@ class Demo:
 
     # -- tear-down --------------------------------------------------------------------------
     def finish(self) -> None:
-        """At the real present: follow real time, release the tier, record final totals."""
-        httpx.post(f"{self.control}/clock", json={"real": True}, timeout=10)
+        """At the real present: release the tier, record final totals."""
         self.spotctl("down", TIER)
         self.spotctl("poll-billing")  # the deleted VM's final total, right now
 

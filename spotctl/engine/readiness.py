@@ -22,11 +22,13 @@ class ReadyReport:
 
 
 def wait_ready(base_url: str, api_key: str | None, model: str, timeout_s: float, clock: Clock,
-               *, poll_s: float = 0.1, max_real_s: float = 120.0) -> ReadyReport:
+               *, poll_s: float = 0.1, max_real_s: float = 120.0,
+               min_real_s: float = 20.0) -> ReadyReport:
     """Wait until ``/health`` answers and a 1-token completion succeeds.
 
-    ``timeout_s`` is in the clock's seconds; since the engine is a real process, the wait is also
-    bounded in real seconds (``max_real_s``) and polls in real time.
+    ``timeout_s`` is in the clock's seconds. The engine is a real process, so the wait also
+    counts real seconds: it never gives up before ``min_real_s`` (a simulated clock running
+    1000× would otherwise time a real start-up out) nor waits past ``max_real_s``.
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     report = ReadyReport()
@@ -51,7 +53,8 @@ def wait_ready(base_url: str, api_key: str | None, model: str, timeout_s: float,
                         return report
             except (httpx.HTTPError, ValueError):
                 pass
-            if clock.monotonic() - start > timeout_s or real_waited > max_real_s:
+            sim_expired = clock.monotonic() - start > timeout_s and real_waited >= min_real_s
+            if sim_expired or real_waited > max_real_s:
                 raise NotReady(f"engine at {base_url} not ready after {timeout_s:g} s "
                                f"({phase.replace('_', ' ')})")
             threading.Event().wait(poll_s)
