@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
             if minute == 11 * 60 and day % 3 == 0:  # spot preemption, relaunch
                 httpx.post(f"{lc.control_url}/vms/{vm.id}/preempt", timeout=10)
                 vm = cloud.create_vm("spotctl-big", "n3-H100x1", spot=day % 2 == 0)
-            if minute == 13 * 60 and day % 5 == 1:
-                httpx.post(f"{lc.control_url}/topup", json={"usd": "250"}, timeout=10)
+            if minute == 13 * 60 and day % 5 == 1:  # keep the prepaid account above zero
+                httpx.post(f"{lc.control_url}/topup", json={"usd": "600"}, timeout=10)
             if minute == 15 * 60:
                 kind = FAULTS[day % len(FAULTS)]
                 body = {"kind": kind, "minutes": 20}
