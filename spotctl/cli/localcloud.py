@@ -28,13 +28,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the local cloud until SIGTERM/SIGINT (engine processes are stopped too)."""
         import os
-        import signal
 
         from spotctl.cli.common import err_console
         from spotctl.clock import parse_iso, real_epoch
         from spotctl.errors import UsageError
         from spotctl.localcloud.engines import NullLauncher, ProcessLauncher
-        from spotctl.localcloud.runner import serve_in_thread
         from spotctl.localcloud.simclock import SteerableClock
 
         key = os.environ.get(api_key_env)
@@ -54,20 +52,34 @@ def register(app: typer.Typer) -> None:
         clock = SteerableClock(sim_start, speed, clock_file)
         launcher = (ProcessLauncher(model=engine_model) if engine == "builtin"
                     else NullLauncher())
-        handle = serve_in_thread(clock, key, launcher=launcher, control=clock, host=host,
-                                 port=int(port), dark_hang_s=dark_hang_s)
-        err_console().print(f"local cloud on {handle.base_url} (control {handle.control_url}); "
-                            f"speed {speed}x")
-        print(f"READY {handle.base_url}", flush=True)
-        stop = {"now": False}
+        import threading
 
-        def on_signal(signum, frame):
-            stop["now"] = True
+        import uvicorn
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        while not stop["now"]:
-            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
-            if handle._thread is not None and not handle._thread.is_alive():
-                break
-        handle.stop()
+        from spotctl.localcloud.runner import make_state
+        from spotctl.localcloud.server import build_app
+
+        state, launcher = make_state(clock, key, launcher, clock, dark_hang_s)
+        server = uvicorn.Server(uvicorn.Config(
+            build_app(state), host=host, port=int(port), log_level="warning", lifespan="off",
+            access_log=False, ws="none"))
+        base = f"http://{host}:{port}"
+
+        def announce() -> None:
+            while not server.started and not server.should_exit:
+                threading.Event().wait(0.02)
+            err_console().print(f"local cloud on {base}/v1 (control {base}/_control); "
+                                f"speed {speed}x")
+            print(f"READY {base}/v1", flush=True)
+
+        threading.Thread(target=announce, daemon=True).start()
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with these handlers
+        # that re-raise is harmless, so the engines below are always stopped
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *a: None)
+        signal.signal(signal.SIGINT, lambda *a: None)
+        try:
+            server.run()  # in the main thread: uvicorn handles SIGTERM/SIGINT itself
+        finally:
+            launcher.stop_all()  # every engine process this local cloud started
