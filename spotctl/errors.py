@@ -1,4 +1,31 @@
-"""Exit codes and the errors that carry them. The same codes for every command."""
+"""Exit codes and the one error tree. The same codes for every command.
+
+Every error meant for a person is a :class:`SpotctlError`: one line, a documented exit code, no
+traceback. Foreign errors (httpx, SkyPilot, a provider's HTTP answers, sqlite3/psycopg) are
+mapped to this tree **once**, at the module that talks to the foreign thing (the provider
+clients, ``fleet/skypilot.py``, ``ledger/``); nothing above those modules inspects a foreign
+exception or searches an error's text.
+
+::
+
+    SpotctlError                      exit 1 unless a subclass says otherwise
+    ├── UsageError                    exit 2: bad flags, arguments or input
+    │   └── ConfigError               exit 2: spotctl.toml is wrong (names file, key, expected, found)
+    ├── LedgerError                   the ledger cannot be opened, migrated or written
+    ├── ProviderError                 a provider's API refused or failed (``provider`` names it)
+    │   ├── ProviderAuthError         401/403: the key is wrong or lacks a permission
+    │   ├── ProviderQuotaError        quota, credit or limit exhausted
+    │   ├── ProviderNotFound          the resource does not exist (any more)
+    │   ├── ProviderBadState          the resource is in a state that forbids the call
+    │   ├── ProviderUnavailable       unreachable, timed out, 429/5xx after the retries
+    │   └── NoSpotCapacity            spot capacity refused: worth retrying later, or on demand
+    ├── FleetError                    a fleet operation failed (VM error, not ready in time, ...)
+    ├── ThresholdCrossed              exit 3: --fail-over, a closed budget, reconcile drift
+    └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
+
+``spotctl.billing.base.BillingError`` is the poller's classification of one failed poll (its
+``kind`` is stored as the poll outcome); it is a :class:`ProviderError`.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +56,58 @@ class UsageError(SpotctlError):
     exit_code = ExitCode.USAGE
 
 
-class ConfigError(SpotctlError):
+class ConfigError(UsageError):
     exit_code = ExitCode.USAGE
 
 
 class LedgerError(SpotctlError):
     exit_code = ExitCode.ERROR
+
+
+class ProviderError(SpotctlError):
+    """A provider API call failed. ``provider`` is the configured provider's name (or kind)."""
+
+    exit_code = ExitCode.ERROR
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None, *,
+                 provider: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, exit_code)
+        self.provider = provider
+        self.status = status
+
+
+class ProviderAuthError(ProviderError):
+    exit_code = ExitCode.USAGE
+
+
+class ProviderQuotaError(ProviderError):
+    pass
+
+
+class ProviderNotFound(ProviderError):
+    pass
+
+
+class ProviderBadState(ProviderError):
+    pass
+
+
+class ProviderUnavailable(ProviderError):
+    pass
+
+
+class NoSpotCapacity(ProviderError):
+    """Spot capacity was refused for lack of it. The fleet retries spot within the tier's
+    ``spot_retry_minutes`` and then falls back to on-demand; any other error is not retried."""
+
+
+class FleetError(SpotctlError):
+    exit_code = ExitCode.ERROR
+
+
+class ThresholdCrossed(SpotctlError):
+    exit_code = ExitCode.THRESHOLD
+
+
+class ObservabilityLost(SpotctlError):
+    exit_code = ExitCode.OBSERVABILITY

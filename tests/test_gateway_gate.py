@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
+from spotctl.billing.poller import poll_once
 from spotctl.clock import ManualClock, to_ms
 from spotctl.config import parse_config
 from spotctl.gateway.gate import budget_day, evaluate_gate
 from spotctl.gateway.upstreams import HIBERNATED, SERVING, Upstream
 from spotctl.ledger.db import Ledger
-from spotctl.providers.poller import poll_once
 from tests.fixtures_engines import gateway_key, start_builtin, start_gateway
 
 

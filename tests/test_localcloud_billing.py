@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from spotctl.accounting.spend import spend_between
+from spotctl.billing.health import provider_health
+from spotctl.billing.poller import poll_once
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
-from spotctl.providers.health import provider_health
-from spotctl.providers.poller import poll_once
 
 FIX = Path(__file__).parent / "fixtures" / "providers" / "hyperstack"
 

@@ -135,8 +135,8 @@ def test_any_config_text_is_a_config_or_one_clear_line(text):
 def test_any_provider_usage_payload_parses_or_is_malformed(payload):
     """Tolerant parsing: whatever the provider sends, a poll yields samples or a classified
     error, never a crash."""
-    from spotctl.providers.base import BillingError
-    from spotctl.providers.hyperstack import HyperstackAdapter
+    from spotctl.billing.base import BillingError
+    from spotctl.billing.hyperstack import HyperstackAdapter
 
     adapter = HyperstackAdapter.__new__(HyperstackAdapter)
     adapter.account = "a"

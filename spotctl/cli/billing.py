@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when every provider answered, 4 when any failed (the failure is recorded).
         """
+        from spotctl.billing.poller import poll_lock, poll_once
         from spotctl.clock import get_clock
-        from spotctl.providers.poller import poll_lock, poll_once
 
         cfg = get_config(ctx)
         if not cfg.providers:
@@ -51,8 +51,8 @@ def register(app: typer.Typer) -> None:
     def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
         """Per provider: fresh / stale / failing / regressed, last good sample, last error.
         Exit 4 when any provider is not fresh."""
+        from spotctl.billing.health import FRESH, provider_health
         from spotctl.clock import from_ms, get_clock, iso, to_ms
-        from spotctl.providers.health import FRESH, provider_health
 
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Compare the ledger's spend for a day with the provider's own daily figure."""
         from datetime import date, timedelta
 
-        from spotctl.providers.reconcile import reconcile_day
+        from spotctl.billing.reconcile import reconcile_day
 
         try:
             d = date.fromisoformat(day)
@@ -111,8 +111,8 @@ def _daemon(cfg, ledger, clock) -> None:
     import signal
     import threading
 
+    from spotctl.billing.poller import run_daemon
     from spotctl.clock import iso
-    from spotctl.providers.poller import run_daemon
 
     stop = threading.Event()
 

@@ -91,7 +91,7 @@ class FleetDaemon:
 
     # -- passes -----------------------------------------------------------------------------
     def poll_billing(self) -> None:
-        from spotctl.providers.poller import poll_once
+        from spotctl.billing.poller import poll_once
 
         if self.cfg.providers:
             with Ledger(self.cfg.ledger_path) as led:
@@ -119,7 +119,7 @@ class FleetDaemon:
 
     def run(self, stop: threading.Event) -> None:
         """Billing polls run in their own thread, so a long recovery never stops them."""
-        from spotctl.providers.poller import run_daemon
+        from spotctl.billing.poller import run_daemon
 
         billing = threading.Thread(target=self._billing_loop, args=(stop, run_daemon),
                                    name="billing", daemon=True)

@@ -12,8 +12,8 @@ def render_dry_run(tier: TierConfig) -> str:
         from spotctl.fleet.skypilot_task import render_task
 
         return render_task(tier)
+    from spotctl.billing.base import TIER_LABEL_PREFIX, resource_name_for
     from spotctl.engine.vllm_cmd import vllm_command
-    from spotctl.providers.base import TIER_LABEL_PREFIX, resource_name_for
 
     argv, env = vllm_command(tier)
     body = {"name": resource_name_for(tier.name), "flavor_name": tier.flavor or "n3-H100x1",

@@ -15,22 +15,18 @@ from typing import Any
 
 import httpx
 
+from spotctl.billing.base import TIER_LABEL_PREFIX, resource_name_for
 from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
 from spotctl.engine.readiness import NotReady, wait_ready
-from spotctl.errors import ExitCode, SpotctlError
+from spotctl.errors import ExitCode, NoSpotCapacity, SpotctlError
 from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
-from spotctl.providers.base import TIER_LABEL_PREFIX, resource_name_for
 
 DEFAULT_FLAVOR = "n3-H100x1"
 STATES = {"CREATING": TierState.PROVISIONING, "BUILD": TierState.PROVISIONING,
           "ACTIVE": TierState.READY, "HIBERNATING": TierState.HIBERNATING,
           "HIBERNATED": TierState.HIBERNATED, "RESTORING": TierState.WAKING,
           "SHUTOFF": TierState.FAILED, "ERROR": TierState.FAILED}
-
-
-class NoSpotCapacity(SpotctlError):
-    exit_code = ExitCode.ERROR
 
 
 class HyperstackBackend:
@@ -55,8 +51,8 @@ class HyperstackBackend:
                            ExitCode.USAGE)
 
     def _client(self, tier: TierConfig) -> httpx.Client:
-        from spotctl.providers.http import ssl_context
-        from spotctl.providers.hyperstack import DEFAULT_BASE
+        from spotctl.billing.http import ssl_context
+        from spotctl.billing.hyperstack import DEFAULT_BASE
 
         prov = self._provider(tier)
         key = os.environ.get(prov.api_key_env or "", "")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
-from spotctl.errors import SpotctlError
+from spotctl.errors import NoSpotCapacity, SpotctlError
 from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
 from spotctl.fleet.journal import Journal, JournalEntry, derived_state
 from spotctl.fleet.policy import TierPolicy, launch_capacity
@@ -29,10 +29,9 @@ def new_op() -> str:
 
 
 def no_spot(exc: SpotctlError) -> bool:
-    """A refusal for lack of spot capacity (worth retrying), as every backend words it."""
-    from spotctl.fleet.hyperstack import NoSpotCapacity
-
-    return isinstance(exc, NoSpotCapacity) or "spot" in exc.message.lower()
+    """A refusal for lack of spot capacity (worth retrying). Backends raise the type; the
+    message is never searched (a tier named "spot-llama" once retried any error forever)."""
+    return isinstance(exc, NoSpotCapacity)
 
 
 def tier_policy(tier: TierConfig) -> TierPolicy:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
-from spotctl.errors import ExitCode, SpotctlError
+from spotctl.errors import ExitCode, NoSpotCapacity, SpotctlError
 from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
 from spotctl.fleet.skypilot_task import cluster_name, task_config
 
@@ -68,7 +68,7 @@ class SkyPilotBackend:
         except Exception as exc:
             err = map_sky_error(exc, tier.name)
             if _exc_name(exc) == "ResourcesUnavailableError" and capacity == "spot":
-                err = SpotctlError(f"tier {tier.name!r}: no spot capacity: {err.message}")
+                err = NoSpotCapacity(f"tier {tier.name!r}: no spot capacity: {err.message}")
             raise err from None
         timings.phases["provisioning"] = self.clock.monotonic() - t0
         status = self.status(tier)

@@ -63,8 +63,8 @@ def budget_day(now: datetime, tz_name: str) -> tuple[datetime, datetime]:
 
 def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock) -> GateState:
     from spotctl.accounting.spend import spend_between
+    from spotctl.billing.health import KNOWN_SPEND, provider_health
     from spotctl.money import to_micros
-    from spotctl.providers.health import KNOWN_SPEND, provider_health
 
     now = clock.now()
     now_ms = to_ms(now)

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from spotctl.billing.base import BillingError
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, ProviderConfig
 from spotctl.errors import ExitCode, SpotctlError
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import PollRecord
 from spotctl.ledger.writes import record_poll
-from spotctl.providers.base import BillingError
 
 LOCK_WAIT_S = 30.0
 
@@ -59,7 +59,7 @@ def poll_lock(ledger_path: Path, wait_s: float = LOCK_WAIT_S):
 
 
 def _context(ledger: Ledger, provider: str):
-    from spotctl.providers.hyperstack import PollContext
+    from spotctl.billing.hyperstack import PollContext
 
     conn = ledger.conn
     last_ok = conn.execute(
@@ -79,7 +79,7 @@ def _context(ledger: Ledger, provider: str):
 
 def poll_provider(prov: ProviderConfig, cfg: Config, ledger: Ledger, clock: Clock
                   ) -> PollOutcome:
-    from spotctl.providers.registry import adapter_for
+    from spotctl.billing.registry import adapter_for
 
     started = to_ms(clock.now())
     adapter = None

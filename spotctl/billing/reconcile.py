@@ -10,16 +10,16 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from spotctl.accounting.spend import spend_between
+from spotctl.billing.base import BillingError, api_key_for
+from spotctl.billing.http import ProviderHTTP, money, need
 from spotctl.clock import get_clock, to_ms
 from spotctl.config import Config
 from spotctl.ledger.db import Ledger
 from spotctl.money import usd_str
-from spotctl.providers.base import BillingError, api_key_for
-from spotctl.providers.http import ProviderHTTP, money, need
 
 
 def provider_day_total(cfg: Config, name: str, day: date, end: date) -> int:
-    from spotctl.providers.hyperstack import DEFAULT_BASE
+    from spotctl.billing.hyperstack import DEFAULT_BASE
 
     prov = cfg.provider(name)
     key = api_key_for(prov)

@@ -18,17 +18,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from spotctl.clock import Clock, parse_iso, to_ms
-from spotctl.config import Config, ProviderConfig
-from spotctl.ledger.records import Anomaly, BillingSample, CumulativeKind
-from spotctl.providers.base import (
+from spotctl.billing.base import (
     BillingError,
     Capability,
     PollResult,
     api_key_for,
     tier_for_resource,
 )
-from spotctl.providers.http import ProviderHTTP, money, need
+from spotctl.billing.http import ProviderHTTP, money, need
+from spotctl.clock import Clock, parse_iso, to_ms
+from spotctl.config import Config, ProviderConfig
+from spotctl.ledger.records import Anomaly, BillingSample, CumulativeKind
 
 DEFAULT_BASE = "https://infrahub-api.nexgencloud.com/v1"
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from spotctl.config import Config, ProviderConfig
+from spotctl.errors import ProviderError
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
 
 
@@ -23,7 +24,7 @@ class Capability(StrEnum):
     ESTIMATE_ONLY = "estimate_only"  # Lambda: no billing API at all
 
 
-class BillingError(Exception):
+class BillingError(ProviderError):
     """A classified poll failure. ``kind`` is stored as the poll's outcome."""
 
     KINDS = ("timeout", "unreachable", "http_5xx", "http_429", "auth", "malformed", "http_4xx",
@@ -32,7 +33,6 @@ class BillingError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-        self.message = message
 
 
 @dataclass

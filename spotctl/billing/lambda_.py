@@ -7,11 +7,11 @@ shows them apart. (This is the only place spotctl multiplies a rate by time, and
 
 from __future__ import annotations
 
+from spotctl.billing.base import Capability, PollResult, tier_for_resource
+from spotctl.billing.http import BearerAdapter, need
 from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CumulativeKind
-from spotctl.providers.base import Capability, PollResult, tier_for_resource
-from spotctl.providers.http import BearerAdapter, need
 
 DEFAULT_BASE = "https://cloud.lambda.ai/api/v1"
 

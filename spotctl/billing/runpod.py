@@ -9,12 +9,12 @@ explicit User-Agent (Cloudflare refuses Python's default).
 
 from __future__ import annotations
 
+from spotctl.billing.balance import advance, previous_account
+from spotctl.billing.base import Capability, PollResult, tier_for_resource
+from spotctl.billing.http import BearerAdapter, money, need
 from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CumulativeKind
-from spotctl.providers.balance import advance, previous_account
-from spotctl.providers.base import Capability, PollResult, tier_for_resource
-from spotctl.providers.http import BearerAdapter, money, need
 
 DEFAULT_BASE = "https://api.runpod.io"
 QUERY = ("query { myself { id clientBalance currentSpendPerHr spendLimit clientLifetimeSpend "
@@ -28,7 +28,7 @@ class RunPodAdapter(BearerAdapter):
     def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
         got = self.http.read("POST", "/graphql", json_body={"query": QUERY})
         if isinstance(got.data, dict) and got.data.get("errors"):
-            from spotctl.providers.base import BillingError
+            from spotctl.billing.base import BillingError
 
             raise BillingError("auth" if "auth" in str(got.data["errors"]).lower() else
                                "malformed", "GraphQL error from RunPod")

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from spotctl.accounting.spend import spend_between
+from spotctl.billing.poller import poll_once
 from spotctl.clock import ManualClock, to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
-from spotctl.providers.poller import poll_once
 
 FIX = Path(__file__).parent / "fixtures" / "providers"
 KEY = "replay-key-1c9d"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from spotctl.billing.base import BillingError
 from spotctl.clock import Clock
 from spotctl.config import Config, ProviderConfig
-from spotctl.providers.base import BillingError
 
 _ADAPTERS = {
-    "hyperstack": ("spotctl.providers.hyperstack", "HyperstackAdapter"),
-    "localcloud": ("spotctl.providers.hyperstack", "HyperstackAdapter"),
-    "runpod": ("spotctl.providers.runpod", "RunPodAdapter"),
-    "vast": ("spotctl.providers.vast", "VastAdapter"),
-    "lambda": ("spotctl.providers.lambda_", "LambdaAdapter"),
+    "hyperstack": ("spotctl.billing.hyperstack", "HyperstackAdapter"),
+    "localcloud": ("spotctl.billing.hyperstack", "HyperstackAdapter"),
+    "runpod": ("spotctl.billing.runpod", "RunPodAdapter"),
+    "vast": ("spotctl.billing.vast", "VastAdapter"),
+    "lambda": ("spotctl.billing.lambda_", "LambdaAdapter"),
 }
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
+from spotctl.billing.base import BillingError
 from spotctl.clock import Clock
-from spotctl.providers.base import BillingError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 _SSL_CONTEXT = None
@@ -140,7 +140,7 @@ class BearerAdapter:
     default_base = ""
 
     def __init__(self, provider, cfg, clock: Clock) -> None:
-        from spotctl.providers.base import api_key_for
+        from spotctl.billing.base import api_key_for
 
         self.provider, self.cfg, self.clock = provider, cfg, clock
         key = api_key_for(provider)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
+from spotctl.billing.balance import advance, previous_account
+from spotctl.billing.base import Capability, PollResult, tier_for_resource
+from spotctl.billing.http import BearerAdapter, money, need
 from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CreditEvent, CumulativeKind
-from spotctl.providers.balance import advance, previous_account
-from spotctl.providers.base import Capability, PollResult, tier_for_resource
-from spotctl.providers.http import BearerAdapter, money, need
 
 DEFAULT_BASE = "https://console.vast.ai"
 
