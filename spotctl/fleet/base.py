@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from spotctl.config import TierConfig
 
@@ -38,6 +38,10 @@ class TierStatus:
     endpoint: str | None = None  # base URL the gateway can reach (after any tunnel), no /v1
     resource_id: str | None = None  # the billing resource id ("vm:123") for attribution
     detail: str | None = None
+    # The rate the provider quoted when this machine was launched (flavor price, pricebook or the
+    # SkyPilot catalog), micro-dollars per hour; the billing poller compares the billed rate with
+    # it. An estimate of price, never used for spend.
+    quoted_rate_micros_per_h: int | None = None
 
 
 # progress(phase, fraction_or_None, message)
@@ -69,3 +73,27 @@ class FleetBackend(Protocol):
              ) -> tuple[TierStatus, PhaseTimings]: ...
 
     def status(self, tier: TierConfig) -> TierStatus: ...
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One provider machine that belongs to a tier (by name ``spotctl-<tier>`` or its label)."""
+
+    resource_id: str  # the billing resource id: "vm:123"
+    name: str
+    state: TierState
+    capacity: CapacityKind | None = None
+    created_ms: int | None = None
+    endpoint: str | None = None
+
+
+@runtime_checkable
+class EnumeratesMachines(Protocol):
+    """A backend that can list and delete every machine of a tier individually (Hyperstack, the
+    local cloud). The fleet uses it to return to spot beside an on-demand machine, to find
+    orphans that keep billing, and to make ``down`` delete every machine of the tier. SkyPilot
+    (one cluster per tier) does not implement it. Checked with ``isinstance``."""
+
+    def machines(self, tier: TierConfig) -> list[Machine]: ...
+
+    def delete_machine(self, tier: TierConfig, resource_id: str) -> None: ...

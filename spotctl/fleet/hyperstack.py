@@ -20,7 +20,15 @@ from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
 from spotctl.engine.readiness import NotReady, wait_ready
 from spotctl.errors import ExitCode, NoSpotCapacity, SpotctlError
-from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
+from spotctl.fleet.base import (
+    CapacityKind,
+    Machine,
+    PhaseTimings,
+    Progress,
+    TierState,
+    TierStatus,
+    no_progress,
+)
 
 DEFAULT_FLAVOR = "n3-H100x1"
 STATES = {"CREATING": TierState.PROVISIONING, "BUILD": TierState.PROVISIONING,
@@ -225,7 +233,22 @@ class HyperstackBackend:
                         self._call(client, "DELETE", f"/core/volumes/{v['id']}")
         return TierStatus(tier.name, TierState.ABSENT)
 
-    def delete_vm(self, tier: TierConfig, resource_id: str) -> None:
+    def machines(self, tier: TierConfig) -> list[Machine]:
+        """Every VM of the tier (by name or label), whatever its state."""
+        with self._client(tier) as client:
+            vms = self._call(client, "GET", "/core/virtual-machines").get("instances", [])
+        out = []
+        for vm in vms:
+            labels = vm.get("labels") or []
+            if vm.get("name") != resource_name_for(tier.name) and \
+                    f"{TIER_LABEL_PREFIX}{tier.name}" not in labels:
+                continue
+            st = self._status_of(tier, vm)
+            out.append(Machine(f"vm:{vm['id']}", str(vm.get("name")), st.state, st.capacity,
+                               None, st.endpoint))
+        return out
+
+    def delete_machine(self, tier: TierConfig, resource_id: str) -> None:
         """Delete one specific VM of the tier (the on-demand one after returning to spot)."""
         with self._client(tier) as client:
             self._call(client, "DELETE", f"/core/virtual-machines/{resource_id.split(':')[1]}")

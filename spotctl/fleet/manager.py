@@ -16,7 +16,15 @@ from pathlib import Path
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import NoSpotCapacity, SpotctlError
-from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
+from spotctl.fleet.base import (
+    CapacityKind,
+    EnumeratesMachines,
+    PhaseTimings,
+    Progress,
+    TierState,
+    TierStatus,
+    no_progress,
+)
 from spotctl.fleet.journal import Journal, JournalEntry, derived_state
 from spotctl.fleet.policy import TierPolicy, launch_capacity
 from spotctl.fleet.registry import _BACKENDS, backend_for  # noqa: F401 - re-exported
@@ -242,7 +250,7 @@ class FleetManager:
         """Launch the tier on spot beside its on-demand machine; once the spot one serves,
         release the on-demand one. ``None`` when spot capacity is still not there."""
         backend = self._backend(tier)
-        if not hasattr(backend, "delete_vm"):
+        if not isinstance(backend, EnumeratesMachines):
             return None  # SkyPilot: a cluster is one launch; it moves on the next recovery
         op = new_op()
         with self.tier_lock(tier):
@@ -253,7 +261,7 @@ class FleetManager:
                     return None
                 raise
             if on_demand.resource_id and on_demand.resource_id != spot.resource_id:
-                backend.delete_vm(tier, on_demand.resource_id)
+                backend.delete_machine(tier, on_demand.resource_id)
             self.journal(tier.name, "returned_to_spot", op, spot, timings,
                          detail=f"released on-demand {on_demand.resource_id}")
             return spot
