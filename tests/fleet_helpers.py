@@ -55,3 +55,47 @@ class CrashingBackend:
 def live_vms(lc) -> list:
     """The local cloud's VMs that are not deleted (whatever their name)."""
     return [vm for vm in lc.handle.cloud.list_vms() if vm.state != "DELETED"]
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The process with a listening TCP socket on ``port`` (Linux /proc), or None."""
+    import os
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]  # noqa: SIM115 - tiny /proc file
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            local, state, inode = parts[1], parts[3], parts[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{inode}]")
+    if not inodes:
+        return None
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def signal_engine(endpoint: str, sig: int) -> int:
+    """Send ``sig`` to the engine process serving ``endpoint`` (http://host:port); its pid."""
+    import os
+    from urllib.parse import urlsplit
+
+    pid = pid_listening_on(urlsplit(endpoint).port or 80)
+    assert pid is not None, f"no process listens for {endpoint}"
+    os.kill(pid, sig)
+    return pid

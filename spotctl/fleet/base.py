@@ -105,4 +105,7 @@ class RestartsEngine(Protocol):
     machine). The daemon uses it to recover an engine that stopped answering; without it, the
     machine is replaced. Checked with ``isinstance``."""
 
-    def restart_engine(self, tier: TierConfig) -> None: ...
+    def restart_engine(self, tier: TierConfig) -> TierStatus:
+        """Restart the engine and return once it serves a real completion again (raise a
+        :class:`~spotctl.errors.SpotctlError` otherwise)."""
+        ...

@@ -18,18 +18,20 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import SpotctlError, UsageError
-from spotctl.fleet.base import TierStatus
-from spotctl.fleet.journal import STARTED_SERVING, JournalEntry
+from spotctl.fleet.base import TierState, TierStatus
+from spotctl.fleet.journal import SERVING, STARTED_SERVING, JournalEntry
 from spotctl.fleet.manager import FleetManager, new_op, tier_policy
 from spotctl.fleet.policy import Action, Decision, Facts, decide
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.journal import record_orphan, tier_last_request_ms
+
+SERVING_OR_FAILED = SERVING | {"failed"}
 
 
 class DaemonAlreadyRunning(UsageError):
@@ -81,6 +83,7 @@ class FleetDaemon:
         self.clock = clock
         self.log = log
         self.manager = manager or FleetManager(cfg, clock)
+        self._probe_failures: dict[str, tuple[int, str]] = {}
 
     # -- facts ------------------------------------------------------------------------------
     def facts(self, tier: TierConfig) -> tuple[Facts, TierStatus, JournalEntry | None]:
@@ -114,9 +117,26 @@ class FleetDaemon:
             what = self._step(tier)
             return what + self._report_orphans(tier)
 
+    def _probed(self, tier: TierConfig, facts: Facts, status: TierStatus,
+                last: JournalEntry | None) -> Facts:
+        """Probe a serving tier's engine; failures in a row are counted in memory (a restarted
+        daemon starts counting again: it recovers later, never wrongly)."""
+        if status.state != TierState.READY or last is None or last.event not in SERVING_OR_FAILED:
+            self._probe_failures.pop(tier.name, None)
+            return facts
+        probe = self.manager.probe(tier, status.endpoint)
+        if probe.ok:
+            self._probe_failures.pop(tier.name, None)
+            return facts
+        n, _ = self._probe_failures.get(tier.name, (0, ""))
+        self._probe_failures[tier.name] = (n + 1, probe.detail)
+        self.log(f"tier {tier.name}: engine probe failed ({n + 1} in a row): {probe.detail}")
+        return replace(facts, probe_failures=n + 1)
+
     def _step(self, tier: TierConfig) -> str:
         policy = tier_policy(tier, self.cfg)
         facts, status, last = self.facts(tier)
+        facts = self._probed(tier, facts, status, last)
         decision = decide(policy, facts)
         if decision.action == Action.MARK_PREEMPTED:
             op = new_op()
@@ -153,6 +173,12 @@ class FleetDaemon:
         if d.action == Action.STOP_DRAINED and last is not None:
             st = m.stop_drained(tier, last, d.reason)
             return f"{d.reason}: {st.state.value}"
+        if d.action == Action.RECOVER_ENGINE:
+            _, detail = self._probe_failures.pop(tier.name, (0, ""))
+            st = m.recover_engine(tier, status, f"{d.reason} (last: {detail})")
+            if st is None:
+                return f"{d.reason}: machine replaced; no spot capacity yet"
+            return f"{d.reason}: recovered, serving on {st.capacity} ({st.resource_id})"
         if d.action == Action.CHECK_SPOT:
             st = m.return_to_spot(tier, status)
             return "returned to spot" if st is not None else f"{d.reason} not yet"

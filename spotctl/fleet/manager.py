@@ -28,6 +28,7 @@ from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
+from spotctl.engine.readiness import Probe, probe_engine
 from spotctl.errors import NoSpotCapacity, SpotctlError
 from spotctl.fleet.base import (
     CapacityKind,
@@ -36,6 +37,7 @@ from spotctl.fleet.base import (
     Machine,
     PhaseTimings,
     Progress,
+    RestartsEngine,
     TierState,
     TierStatus,
     no_progress,
@@ -44,6 +46,7 @@ from spotctl.fleet.journal import (
     OP_DOWN,
     OP_HIBERNATE,
     OP_ORPHANS,
+    OP_RECOVER,
     OP_RETURN,
     OP_UP,
     OP_WAKE,
@@ -54,6 +57,7 @@ from spotctl.fleet.journal import (
 )
 from spotctl.fleet.policy import TierPolicy, launch_capacity
 from spotctl.fleet.registry import Backends
+from spotctl.fleet.tunnel import EngineReach
 
 SPOT_RETRY_SLEEP_S = 60.0
 OP_DOWN_STORAGE = "down_delete_storage"
@@ -153,6 +157,7 @@ class FleetManager:
         self.ledger_path = Path(ledger_path or cfg.ledger_path)
         self.journal_ = Journal(self.ledger_path, clock)
         self.open_requests = open_requests or (lambda tier: 0)
+        self.reach = EngineReach()
 
     # -- journal --------------------------------------------------------------------------
     def journal(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,
@@ -469,14 +474,17 @@ class FleetManager:
             if last.event == "draining":
                 return self.stop_drained(tier, last, "finished after a restart")
             if last.event == "relaunching":
-                # the machine being replaced may still exist: delete it, then one launch
-                # attempt (None: no spot yet; the journal says `launching`, next pass retries)
-                self._delete_tier_machines(tier, only=last.resource_id)
-                first = self.journal_.operation(op)
-                started = first[0].ts_ms if first else to_ms(self.clock.now())
-                capacity = launch_capacity(tier_policy(tier), started, to_ms(self.clock.now()))
-                self.journal(tier.name, "launching", op, detail=f"capacity {capacity}")
-                return self.launch_once(tier, capacity, op, progress)
+                return self._relaunch_once(tier, op, last.resource_id, progress)
+            if last.event == "restarting_engine":
+                current = self.backend(tier).status(tier)
+                if current.state == TierState.READY and self._engine_serves(tier, current):
+                    self.journal(tier.name, "ready", op, current,
+                                 detail="engine restarted (finished after a restart)")
+                    return current
+                self.journal(tier.name, "relaunching", op, current,
+                             detail="the engine restart did not finish: replacing the machine")
+                return self._relaunch_once(tier, op, current.resource_id or last.resource_id,
+                                           progress)
             current = self.backend(tier).status(tier)
             if last.event == "hibernating":
                 if current.state != TierState.HIBERNATED:
@@ -508,6 +516,64 @@ class FleetManager:
                 self.journal(tier.name, "hibernated", op, current, detail=why)
                 return current
             return self._stop_hibernate(tier, op, current, why)
+
+    # -- a dead engine ------------------------------------------------------------------------
+    def probe(self, tier: TierConfig, endpoint: str | None) -> Probe:
+        """One engine probe (``GET /v1/models``, ``[fleet] probe_timeout_s``), through the
+        tier's SSH tunnel when it has one."""
+        if not endpoint:
+            return Probe(False, "no endpoint")
+        try:
+            url = self.reach.endpoint(tier, endpoint)
+        except SpotctlError as exc:
+            return Probe(False, f"tunnel: {exc.message}")
+        key = os.environ.get(tier.api_key_env) if tier.api_key_env else None
+        return probe_engine(url or endpoint, key, tier.public_model,
+                            timeout_s=self.cfg.fleet.probe_timeout_s)
+
+    def _engine_serves(self, tier: TierConfig, status: TierStatus) -> bool:
+        return self.probe(tier, status.endpoint).ok
+
+    def recover_engine(self, tier: TierConfig, status: TierStatus, why: str,
+                       progress: Progress = no_progress) -> TierStatus | None:
+        """The engine on a running machine stopped answering: journal the tier ``failed``,
+        then restart the engine where the backend can (:class:`RestartsEngine`), else replace
+        the machine (one launch attempt; ``None`` when spot is not there yet, the daemon's next
+        pass goes on). Every step is journaled under one operation."""
+        with self.tier_lock(tier):
+            op = new_op()
+            self.journal(tier.name, "failed", op, status, detail=f"engine not serving: {why}",
+                         operation=OP_RECOVER)
+            backend = self.backend(tier)
+            if isinstance(backend, RestartsEngine):
+                self.journal(tier.name, "restarting_engine", op, status)
+                t0 = self.clock.monotonic()
+                try:
+                    st = backend.restart_engine(tier)
+                except SpotctlError as exc:
+                    self.journal(tier.name, "relaunching", op, status,
+                                 detail=f"engine restart failed ({exc.message}): replacing "
+                                        "the machine")
+                else:
+                    self.journal(tier.name, "ready", op, st,
+                                 PhaseTimings({"total": self.clock.monotonic() - t0}),
+                                 detail="engine restarted")
+                    return st
+            else:
+                self.journal(tier.name, "relaunching", op, status,
+                             detail="replacing the machine (the backend cannot restart engines)")
+            return self._relaunch_once(tier, op, status.resource_id, progress)
+
+    def _relaunch_once(self, tier: TierConfig, op: str, resource_id: str | None,
+                       progress: Progress) -> TierStatus | None:
+        """Delete the machine being replaced (it may still exist), then one launch attempt;
+        ``None``: no spot yet (the journal says ``launching``, the next pass retries)."""
+        self._delete_tier_machines(tier, only=resource_id)
+        first = self.journal_.operation(op)
+        started = first[0].ts_ms if first else to_ms(self.clock.now())
+        capacity = launch_capacity(tier_policy(tier), started, to_ms(self.clock.now()))
+        self.journal(tier.name, "launching", op, detail=f"capacity {capacity}")
+        return self.launch_once(tier, capacity, op, progress)
 
     # -- return to spot -----------------------------------------------------------------------
     def return_to_spot(self, tier: TierConfig, on_demand: TierStatus | None = None,
@@ -563,16 +629,13 @@ class FleetManager:
         """A return to spot whose process died: keep a spot machine that already serves (and
         release the on-demand one), else delete the half-made spot machine and stay on demand
         (the next spot check tries again)."""
-        from spotctl.engine.readiness import probe_engine
-
         backend = self.backend(tier)
         op = last.operation_id or new_op()
         on_demand = last.resource_id
         assert isinstance(backend, EnumeratesMachines)
         others = [m for m in backend.machines(tier) if m.resource_id != on_demand]
-        key = os.environ.get(tier.api_key_env) if tier.api_key_env else None
-        serving = [m for m in others if m.state == TierState.READY and m.endpoint and
-                   probe_engine(m.endpoint, key, tier.public_model).ok]
+        serving = [m for m in others if m.state == TierState.READY and
+                   self.probe(tier, m.endpoint).ok]
         if serving:
             spot = max(serving, key=lambda m: m.created_ms or 0)
             for m in others:
