@@ -29,7 +29,7 @@ from spotctl.fleet.journal import SERVING, STARTED_SERVING, JournalEntry
 from spotctl.fleet.manager import FleetManager, new_op, tier_policy
 from spotctl.fleet.policy import Action, Decision, Facts, decide
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.journal import record_orphan, tier_last_request_ms
+from spotctl.ledger.journal import record_orphan
 
 SERVING_OR_FAILED = SERVING | {"failed"}
 
@@ -96,8 +96,7 @@ class FleetDaemon:
             op_started = first[0].ts_ms if first else last.ts_ms
         serving = j.last(tier.name, STARTED_SERVING)
         spot_check = j.last(tier.name, frozenset({"returning_to_spot"}))
-        with Ledger(m.ledger_path) as led:
-            last_request = tier_last_request_ms(led, tier.name)
+        last_request = m.last_request_ms(tier)
         facts = Facts(now_ms=to_ms(self.clock.now()), state=status.state,
                       capacity=status.capacity, last_event=last.event if last else None,
                       op_started_ms=op_started,
@@ -168,8 +167,12 @@ class FleetDaemon:
                 return f"{d.reason}: no spot capacity yet"
             return f"{d.reason}: serving on {st.capacity} ({st.resource_id})"
         if d.action == Action.HIBERNATE:
-            m.hibernate(tier)
-            return f"hibernated: {d.reason}"
+            st = m.idle_hibernate(tier, d.reason)
+            return f"hibernated: {d.reason}" if st is not None else \
+                f"{d.reason}, but a request came while draining: serving on"
+        if d.action == Action.ABORT_DRAIN and last is not None:
+            m.abort_drain(tier, last, d.reason)
+            return f"drain aborted: {d.reason}"
         if d.action == Action.STOP_DRAINED and last is not None:
             st = m.stop_drained(tier, last, d.reason)
             return f"{d.reason}: {st.state.value}"

@@ -45,6 +45,7 @@ from spotctl.fleet.base import (
 from spotctl.fleet.journal import (
     OP_DOWN,
     OP_HIBERNATE,
+    OP_IDLE,
     OP_ORPHANS,
     OP_RECOVER,
     OP_RETURN,
@@ -58,8 +59,11 @@ from spotctl.fleet.journal import (
 from spotctl.fleet.policy import TierPolicy, launch_capacity
 from spotctl.fleet.registry import Backends
 from spotctl.fleet.tunnel import EngineReach
+from spotctl.ledger.db import Ledger
 
 SPOT_RETRY_SLEEP_S = 60.0
+DRAIN_POLL_S = 1.0  # clock seconds between two reads of the open requests while draining
+DRAIN_POLL_REAL_S = 0.02  # ... and at least this much real time
 OP_DOWN_STORAGE = "down_delete_storage"
 
 
@@ -143,7 +147,8 @@ class FleetManager:
     """Fleet operations for one configuration. ``backends`` maps a backend kind to the backend
     object (or is a :class:`~spotctl.fleet.registry.Backends`); by default they are built from
     the configuration on first use. ``open_requests(tier) -> int`` tells how many requests the
-    gateways have in flight to a tier (drains wait for them; default: none)."""
+    gateways have in flight to a tier (drains wait for them; default: the gateways' heartbeats
+    in the ledger, :func:`spotctl.ledger.usage.open_requests`)."""
 
     def __init__(self, cfg: Config, clock: Clock,
                  backends: Backends | Mapping[str, FleetBackend] | None = None,
@@ -156,8 +161,45 @@ class FleetManager:
         self.backends = backends
         self.ledger_path = Path(ledger_path or cfg.ledger_path)
         self.journal_ = Journal(self.ledger_path, clock)
-        self.open_requests = open_requests or (lambda tier: 0)
+        self.open_requests = open_requests or self._ledger_open_requests
         self.reach = EngineReach()
+
+    # -- what the gateways are doing ---------------------------------------------------------
+    def _ledger_open_requests(self, tier: TierConfig) -> int:
+        """Requests in flight to the tier over every gateway (a gateway whose heartbeat went
+        stale with requests in flight still counts them, up to the drain cap)."""
+        from spotctl.ledger.usage import open_requests
+
+        stale_ms = int(max(10.0, 5 * self.cfg.gateway.gate_cache_s) * 1000)
+        with Ledger(self.ledger_path) as led:
+            return open_requests(led, tier.name, to_ms(self.clock.now()), stale_ms,
+                                 drain_cap_ms=int(self.cfg.fleet.drain_timeout_s * 1000))
+
+    def last_request_ms(self, tier: TierConfig) -> int | None:
+        """The later of the tier's last request start and completion, over every gateway."""
+        from spotctl.ledger.usage import last_request_ms
+
+        with Ledger(self.ledger_path) as led:
+            return last_request_ms(led, tier.name)
+
+    def _drain(self, tier: TierConfig, cap_s: float | None = None) -> str | None:
+        """Wait until the gateways have no request in flight to the tier, up to the drain cap
+        (``[fleet] drain_timeout_s``). The gateways stop admitting to a ``draining`` tier within
+        their refresh period, so an empty count is trusted only after that grace. Returns why
+        the wait ended early (the cap), ``None`` when drained."""
+        cap = self.cfg.fleet.drain_timeout_s if cap_s is None else cap_s
+        grace = min(cap, 2 * self.cfg.gateway.gate_cache_s + 1.0)
+        t0 = self.clock.monotonic()
+        while True:
+            waited = self.clock.monotonic() - t0
+            n = self.open_requests(tier)
+            if n <= 0 and waited >= grace:
+                return None
+            if waited >= cap:
+                return f"drain cap of {cap:g} s reached with {n} request(s) in flight" if n \
+                    else None
+            self.clock.sleep(DRAIN_POLL_S)
+            threading.Event().wait(DRAIN_POLL_REAL_S)  # the gateways run in real time
 
     # -- journal --------------------------------------------------------------------------
     def journal(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,
@@ -381,7 +423,32 @@ class FleetManager:
                 return current
             op = op or new_op()
             self.journal(tier.name, "draining", op, current, operation=OP_HIBERNATE)
-            return self._stop_hibernate(tier, op, current)
+            return self._stop_hibernate(tier, op, current, self._drain(tier))
+
+    def idle_hibernate(self, tier: TierConfig, why: str) -> TierStatus | None:
+        """The daemon's idle hibernation: drain (journal ``draining``: the gateways stop
+        admitting), and hibernate unless a request arrived meanwhile or one is still open: then
+        ``drain_aborted`` and the tier serves on (``None``)."""
+        with self.tier_lock(tier):
+            current = self.status(tier)
+            op = new_op()
+            began = self.journal(tier.name, "draining", op, current, detail=why,
+                                 operation=OP_IDLE)
+            self._drain(tier, cap_s=0.0)  # the grace only: an idle tier has nothing open
+            n = self.open_requests(tier)
+            last = self.last_request_ms(tier)
+            if n > 0 or (last is not None and last > began.ts_ms):
+                self.journal(tier.name, "drain_aborted", op, current,
+                             detail=f"{n} request(s) in flight" if n else
+                             "a request arrived while draining")
+                return None
+            return self._stop_hibernate(tier, op, current, why)
+
+    def abort_drain(self, tier: TierConfig, last: JournalEntry, why: str) -> TierStatus:
+        with self.tier_lock(tier):
+            current = self.status(tier)
+            self.journal(tier.name, "drain_aborted", last.operation_id, current, detail=why)
+            return current
 
     def _stop_hibernate(self, tier: TierConfig, op: str, current: TierStatus | None,
                         detail: str | None = None) -> TierStatus:
@@ -428,7 +495,7 @@ class FleetManager:
             current = self.status(tier)
             self.journal(tier.name, "draining", op, current,
                          operation=OP_DOWN_STORAGE if delete_storage else OP_DOWN)
-            return self._stop_down(tier, op, delete_storage)
+            return self._stop_down(tier, op, delete_storage, self._drain(tier))
 
     def _stop_down(self, tier: TierConfig, op: str, delete_storage: bool,
                    detail: str | None = None) -> TierStatus:
@@ -603,17 +670,20 @@ class FleetManager:
                 self.journal(tier.name, "stayed_on_demand", op, current,
                              detail=why + (f"; deleted {', '.join(gone)}" if gone else ""))
                 return None
+            # requests in flight on the on-demand machine finish before it goes (new ones go
+            # to spot once the gateways refresh), up to the drain cap
+            cut = self._drain(tier)
             return self._release_on_demand(tier, backend, op, spot, timings,
-                                           current.resource_id)
+                                           current.resource_id, cut)
 
     def _release_on_demand(self, tier: TierConfig, backend: EnumeratesMachines, op: str,
                            spot: TierStatus, timings: PhaseTimings | None,
-                           on_demand_id: str | None) -> TierStatus:
+                           on_demand_id: str | None, note: str | None = None) -> TierStatus:
         for m in backend.machines(tier):
             if m.resource_id == on_demand_id and m.resource_id != spot.resource_id:
                 backend.delete_machine(tier, m.resource_id)
         self.journal(tier.name, "returned_to_spot", op, spot, timings,
-                     detail=f"released on-demand {on_demand_id}")
+                     detail=f"released on-demand {on_demand_id}" + (f"; {note}" if note else ""))
         return spot
 
     def _delete_spot_attempts(self, tier: TierConfig, backend: EnumeratesMachines,

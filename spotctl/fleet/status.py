@@ -9,7 +9,8 @@ from spotctl.config import Config
 from spotctl.errors import SpotctlError
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.journal import last_fleet_event, latest_vm_rate, tier_last_request_ms
+from spotctl.ledger.journal import last_fleet_event, latest_vm_rate
+from spotctl.ledger.usage import last_request_ms
 from spotctl.money import usd_str
 
 
@@ -34,7 +35,7 @@ def tier_rows(cfg: Config, manager: FleetManager | None = None) -> list[dict]:
                 except SpotctlError as exc:
                     st, st_state = None, f"unknown ({exc.message})"
             rate = latest_vm_rate(led, tier.name)
-            last_request = tier_last_request_ms(led, tier.name)
+            last_request = last_request_ms(led, tier.name)
             woke = last_fleet_event(led, tier.name, frozenset({"woke"}))
             rows.append({
                 "tier": tier.name, "model": tier.public_model, "state": st_state,

@@ -127,14 +127,6 @@ def newest_quoted_rate(ledger: Ledger, resource_id: str) -> int | None:
     return int(row[0]) if row else None
 
 
-# -- what the fleet reads of the gateway --------------------------------------------------------
-def tier_last_request_ms(ledger: Ledger, tier: str) -> int | None:
-    """The gateway's last request to the tier (``tier_activity``)."""
-    row = ledger.conn.execute("SELECT last_request_ms FROM tier_activity WHERE tier = ?",
-                              (tier,)).fetchone()
-    return int(row[0]) if row else None
-
-
 # -- spotctl status ----------------------------------------------------------------------------
 def latest_vm_rate(ledger: Ledger, tier: str) -> tuple[int | None, int] | None:
     """The provider's newest billed rate for the tier's machines and when it was observed."""
