@@ -23,22 +23,13 @@ provider = "example-cloud"
 """
 
 
-def _scenario_path() -> Path:
-    here = Path(__file__).resolve().parents[2] / "examples" / "scenario.toml"
-    if here.is_file():
-        return here
-    from importlib.resources import files
-
-    return Path(str(files("spotctl") / "data" / "scenario.toml"))
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def example(
         directory: Path = typer.Option(Path("spotctl-example"), "--dir",
                                        help="Workspace to create (replaced if it exists)."),
     ) -> None:
-        """Build an example ledger from examples/scenario.toml, then run cost and price on it."""
+        """Build an example ledger from the packaged example scenario, then run cost and price on it."""
         import os
         import shutil
         import subprocess
@@ -59,10 +50,10 @@ def register(app: typer.Typer) -> None:
             fh.write(EXAMPLE_TOML)
         now = get_clock().now()
         with Ledger(directory / "spotctl.db") as ledger:
-            summary = build_example(_scenario_path(), ledger, now)
+            summary = build_example(ledger, now)
         c.print(f"[bold yellow]EXAMPLE DATA[/bold yellow]: {summary.samples:,} billing samples "
                 f"and {summary.requests:,} requests written by the example scenario "
-                f"(examples/scenario.toml) into {directory}/spotctl.db — not a real bill.\n")
+                f"(spotctl/data/scenario.toml) into {directory}/spotctl.db — not a real bill.\n")
         for args in (["cost", "--window", "24h"], ["price", "--margin", "0.3"]):
             cmd = [sys.executable, "-m", "spotctl", "--config", str(cfg_path), *args]
             c.print(f"$ spotctl --config {cfg_path} {' '.join(args)}", style="dim")

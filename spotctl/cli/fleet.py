@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    get_config,
+    json_option,
+    open_ledger_for,
+    require_ledger,
+)
 from spotctl.errors import UsageError
 
 
@@ -83,11 +91,13 @@ def register(app: typer.Typer) -> None:
                                                 " (weights storage kept)"))
 
     @app.command()
-    def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def status(ctx: typer.Context, json_out: bool = False) -> None:
         """Per tier: state, capacity, cloud/region, endpoint, $/h, idle, last wake, billing age."""
         from spotctl.fleet.status import tier_rows
 
         cfg = get_config(ctx)
+        require_ledger(ctx)  # a read command: never creates one
         rows = tier_rows(cfg)
         if json_out:
             emit_json({"tiers": rows})
@@ -107,10 +117,11 @@ def register(app: typer.Typer) -> None:
         console().print(table)
 
     @app.command()
+    @json_option
     def events(ctx: typer.Context,
                tier: str = typer.Option(None, "--tier"),
                since: str = typer.Option(None, help="ISO time or a window such as 24h."),
-               json_out: bool = typer.Option(False, "--json")) -> None:
+               json_out: bool = False) -> None:
         """The fleet journal: every launch, wake, hibernation, preemption and fallback."""
         from spotctl.accounting.window import parse_window
         from spotctl.clock import get_clock, parse_iso, to_ms

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
 from spotctl.errors import ExitCode, UsageError
 
 
@@ -53,10 +53,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys, name="keys")
 
     @keys.command("create")
+    @json_option
     def keys_create(
         ctx: typer.Context, name: str,
         daily_usd: str = typer.Option(None, "--daily-usd", help="This key's daily budget."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
         """Create a key and print it once."""
         from decimal import Decimal, InvalidOperation
@@ -81,13 +82,14 @@ def register(app: typer.Typer) -> None:
             console().print(f"key {name!r} created. It is shown only this once:\n{key}")
 
     @keys.command("list")
-    def keys_list(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def keys_list(ctx: typer.Context, json_out: bool = False) -> None:
         """List keys (names, budgets, state: never the keys themselves)."""
         from spotctl.clock import from_ms, iso
         from spotctl.gateway.keys import list_keys
         from spotctl.money import usd_str
 
-        with open_ledger_for(ctx) as ledger:
+        with open_ledger_for(ctx, readonly=True) as ledger:
             rows = list_keys(ledger)
         data = [{"name": k.name, "created": iso(from_ms(k.created_ms)),
                  "revoked": iso(from_ms(k.revoked_ms)) if k.revoked_ms else None,
@@ -120,7 +122,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(budget, name="budget")
 
     @budget.command("status")
-    def budget_status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def budget_status(ctx: typer.Context, json_out: bool = False) -> None:
         """Spend today, budget, gate state and reason. Exit 3 closed by budget, 4 by billing."""
         from spotctl.clock import get_clock
         from spotctl.gateway.gate import BILLING_STALE, BUDGET_EXHAUSTED, evaluate_gate

@@ -1,4 +1,5 @@
-"""``spotctl ledger check``: SQLite's own integrity check plus the ledger's invariants."""
+"""``spotctl ledger check`` (SQLite's own integrity check plus the ledger's invariants) and the
+small reads the CLI's first-contact commands need (names seen in the ledger)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,25 @@ from dataclasses import dataclass
 
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class LedgerNames:
+    """The tier and provider names the ledger has seen (billing or usage), for validating
+    ``--tier``/``--provider`` filters: a tier removed from the config still has its history."""
+
+    tiers: frozenset[str]
+    providers: frozenset[str]
+
+
+def ledger_names(ledger: Ledger) -> LedgerNames:
+    conn = ledger.conn
+    tiers = {r[0] for r in conn.execute(
+        "SELECT tier FROM billing_series WHERE tier IS NOT NULL "
+        "UNION SELECT tier FROM usage_minutes WHERE tier <> ''")}
+    providers = {r[0] for r in conn.execute(
+        "SELECT provider FROM billing_series UNION SELECT DISTINCT provider FROM billing_polls")}
+    return LedgerNames(frozenset(tiers), frozenset(providers))
 
 
 @dataclass
