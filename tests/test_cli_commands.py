@@ -22,7 +22,7 @@ from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import FleetEvent
 from spotctl.ledger.writes import record_fleet_event
-from tests.harness import free_port, write_config
+from spotctl.testing import free_port, write_config
 
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 KEY_ENV = "SPOTCTL_TEST_CLI_KEY"
@@ -95,7 +95,7 @@ def test_the_walk_sees_every_documented_command():
     assert {"cost", "price", "report", "poll-billing", "billing status", "reconcile", "gateway",
             "keys create", "keys list", "keys revoke", "budget status", "up", "hibernate",
             "wake", "down", "status", "events", "daemon", "localcloud serve", "ledger check",
-            "demo", "example"} <= names
+            "demo", "example", "init", "config show", "doctor"} <= names
 
 
 # -- usage errors: exit 2, one line ------------------------------------------------------------

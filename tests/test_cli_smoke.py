@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import write_config
+from spotctl.testing import write_config
 
 SPOTCTL = Path(sys.executable).with_name("spotctl")
 

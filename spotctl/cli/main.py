@@ -31,6 +31,7 @@ from spotctl.errors import ExitCode, SpotctlError
 
 # Each module exposes ``register(app: typer.Typer) -> None``. Add a line to add a command group.
 COMMAND_MODULES = [
+    "spotctl.cli.setup",
     "spotctl.cli.cost",
     "spotctl.cli.ledger_cmd",
     "spotctl.cli.example",

@@ -124,11 +124,13 @@ class Ledger:
 
 
 def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    """Split a migration script into statements (executescript would COMMIT our transaction).
+
+    Comments stay in the statements, so ``.schema`` shows the schema's documentation: SQLite
+    keeps a CREATE statement's text, and ``complete_statement`` skips ``;`` in comments."""
     buffer = ""
     for line in script.splitlines(keepends=True):
-        stripped = line.split("--", 1)[0]
-        buffer += stripped
+        buffer += line
         if sqlite3.complete_statement(buffer):
             if buffer.strip():
                 yield buffer.strip()
