@@ -343,3 +343,23 @@ def test_piped_tables_are_not_cut_and_events_grep(ws, tmp_path):
     lines = [ln for ln in out.splitlines() if "preempted" in ln]
     assert len(lines) == 1  # one row per line: `spotctl events | grep preempted` finds it whole
     assert "llama-70b-instruct-awq-long-name" in lines[0] and long_detail.strip() in lines[0]
+
+
+def test_a_ledger_from_an_older_spotctl_is_read_after_the_upgrade(ws, tmp_path):
+    # before: every read command failed "ledger needs a migration; run a writing command"
+    import shutil
+
+    from spotctl.ledger.check import stored_schema_version
+    from spotctl.ledger.schema import SCHEMA_VERSION
+
+    shutil.copy(ws.parent / "spotctl.db", tmp_path / "spotctl.db")
+    with Ledger(tmp_path / "spotctl.db") as ledger:  # back to the first schema
+        ledger.conn.execute("DROP VIEW spend_per_resource_day")
+        ledger.conn.execute("DROP VIEW spend_per_resource_hour")
+        ledger.conn.execute("DROP VIEW usage_per_key_day")
+        ledger.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    cfg = write_config(tmp_path, config_data(tmp_path / "spotctl.db", "http://127.0.0.1:9/v1"))
+    assert stored_schema_version(tmp_path / "spotctl.db") == 1
+    result = cli("-c", cfg, "cost", "--json")
+    assert result.exit_code == 0, result.output
+    assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION

@@ -52,10 +52,20 @@ def get_config(ctx: typer.Context) -> Config:
 
 def open_ledger_for(ctx: typer.Context, *, readonly: bool = False) -> Ledger:
     """The configured ledger. ``readonly=True`` for every command that only reads: it never
-    creates a ledger file (a missing one is exit 2 naming the path)."""
+    creates a ledger file (a missing one is exit 2 naming the path). A ledger written by an
+    older spotctl is migrated forward first, when this user may write it, so that reading
+    keeps working after an upgrade."""
     from spotctl.ledger.db import Ledger
 
-    return Ledger(get_config(ctx).ledger_path, readonly=readonly)
+    path = get_config(ctx).ledger_path
+    if readonly:
+        from spotctl.ledger.check import stored_schema_version
+        from spotctl.ledger.schema import SCHEMA_VERSION
+
+        version = stored_schema_version(path)
+        if version is not None and version < SCHEMA_VERSION and os.access(path, os.W_OK):
+            Ledger(path).close()  # the file exists: this migrates, it never creates
+    return Ledger(path, readonly=readonly)
 
 
 def require_ledger(ctx: typer.Context) -> None:

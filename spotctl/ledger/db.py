@@ -7,13 +7,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from spotctl.errors import ExitCode, LedgerError
 from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -105,13 +101,6 @@ class Ledger:
             raise
         else:
             self.conn.execute("COMMIT")
-
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """A sqlite-utils view of the same connection, for introspection and convenience."""
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -52,7 +52,7 @@ def run_checks(config_path: str | None, clock: Clock, *, gateway_timeout_s: floa
     checks += _provider_keys(cfg)
     ledger_check = _ledger(cfg)
     checks.append(ledger_check)
-    if ledger_check.status == OK:
+    if ledger_check.status == OK:  # billing health reads the ledger at the current schema
         checks += _billing(cfg, clock)
     checks.append(_gateway(cfg, gateway_timeout_s))
     return checks
@@ -84,12 +84,18 @@ def _ledger(cfg: Config) -> Check:
     if not path.exists():
         return Check("ledger", WARN, f"{path}: none yet (the first spotctl poll-billing creates "
                                      "it)")
+    from spotctl.ledger.check import stored_schema_version
+
     try:
+        version = stored_schema_version(path)
+        if version is not None and version < SCHEMA_VERSION:
+            return Check("ledger", WARN, f"{path}: schema v{version}; the next spotctl command "
+                                         f"migrates it to v{SCHEMA_VERSION}")
         with Ledger(path, readonly=True) as ledger:
             version = ledger.schema_version()
     except SpotctlError as exc:
         return Check("ledger", FAIL, exc.message, int(exc.exit_code))
-    return Check("ledger", OK, f"{path} (schema v{version}/{SCHEMA_VERSION})")
+    return Check("ledger", OK, f"{path} (schema v{version})")
 
 
 def _billing(cfg: Config, clock: Clock) -> list[Check]:
