@@ -363,3 +363,30 @@ def test_a_ledger_from_an_older_spotctl_is_read_after_the_upgrade(ws, tmp_path):
     result = cli("-c", cfg, "cost", "--json")
     assert result.exit_code == 0, result.output
     assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION
+
+
+def test_the_command_table_maps_each_word_to_the_module_that_registers_it():
+    import importlib
+
+    from spotctl.cli.main import COMMAND_MODULES, COMMANDS
+
+    for module in COMMAND_MODULES:
+        probe = typer.Typer()
+        importlib.import_module(module).register(probe)
+        group = typer.main.get_command(probe)
+        names = set(group.commands) if hasattr(group, "commands") else {group.name}
+        assert names == {w for w, m in COMMANDS.items() if m == module}, module
+
+
+def test_running_one_command_imports_only_its_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['spotctl', 'ledger', '--help']\n"
+            "from spotctl.cli import main\n"
+            "try:\n    main.run()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('spotctl.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str(
+        ["spotctl.cli.common", "spotctl.cli.ledger_cmd", "spotctl.cli.main"])

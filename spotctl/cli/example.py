@@ -67,12 +67,12 @@ def register(app: typer.Typer) -> None:
         c.print(f"[bold yellow]EXAMPLE DATA[/bold yellow]: {summary.samples:,} billing samples "
                 f"and {summary.requests:,} requests written by the example scenario "
                 f"into {directory}/spotctl.db — not a real bill.\n")
-        from spotctl.cli.main import app as spotctl
+        from spotctl.cli.main import invoke
 
         for args in (["cost", "--window", "24h"], ["price", "--margin", "0.3"]):
             c.print(f"$ spotctl --config {cfg_path} {' '.join(args)}", style="dim",
                     markup=False)
-            code = spotctl(["--config", str(cfg_path), *args], standalone_mode=False)
+            code = invoke(["--config", str(cfg_path), *args])
             if code:
                 raise typer.Exit(code)
             c.print()

@@ -29,18 +29,26 @@ from spotctl import __version__
 from spotctl.cli.common import State
 from spotctl.errors import ExitCode, SpotctlError
 
-# Each module exposes ``register(app: typer.Typer) -> None``. Add a line to add a command group.
-COMMAND_MODULES = [
-    "spotctl.cli.setup",
-    "spotctl.cli.cost",
-    "spotctl.cli.ledger_cmd",
-    "spotctl.cli.example",
-    "spotctl.cli.localcloud",
-    "spotctl.cli.billing",
-    "spotctl.cli.gateway",
-    "spotctl.cli.fleet",
-    "spotctl.cli.demo",
-]
+# The first word of each command -> the module that registers it (``register(app)``). Only the
+# module of the command being run is imported and built; --help, completion and an unknown
+# word register them all, in this order. Add a line per command (a test checks the table
+# against what the modules register).
+COMMANDS: dict[str, str] = {
+    "init": "spotctl.cli.setup", "config": "spotctl.cli.setup", "doctor": "spotctl.cli.setup",
+    "cost": "spotctl.cli.cost", "price": "spotctl.cli.cost", "report": "spotctl.cli.cost",
+    "ledger": "spotctl.cli.ledger_cmd",
+    "example": "spotctl.cli.example",
+    "localcloud": "spotctl.cli.localcloud",
+    "poll-billing": "spotctl.cli.billing", "billing": "spotctl.cli.billing",
+    "reconcile": "spotctl.cli.billing",
+    "gateway": "spotctl.cli.gateway", "keys": "spotctl.cli.gateway", "budget": "spotctl.cli.gateway",
+    "up": "spotctl.cli.fleet", "hibernate": "spotctl.cli.fleet", "wake": "spotctl.cli.fleet",
+    "down": "spotctl.cli.fleet", "status": "spotctl.cli.fleet", "events": "spotctl.cli.fleet",
+    "daemon": "spotctl.cli.fleet",
+    "demo": "spotctl.cli.demo",
+}
+COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
+COMPLETE_VAR = "_SPOTCTL_COMPLETE"
 
 # Options of the root command that are also accepted after the command (``spotctl cost
 # --config x.toml``), like kubectl's persistent flags. A test asserts no command declares them.
@@ -122,7 +130,7 @@ def _typer_error(exc: typer.TyperException) -> int:
     return int(ExitCode.USAGE) if exc.exit_code == ExitCode.USAGE else int(ExitCode.ERROR)
 
 
-app = typer.Typer(
+_app = typer.Typer(
     name="spotctl",
     cls=SpotctlGroup,
     help="Run LLM inference on spot GPUs and know, to the cent, what it costs.",
@@ -141,7 +149,7 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
+@_app.callback()
 def _root(
     ctx: typer.Context,
     config: str | None = typer.Option(
@@ -153,13 +161,53 @@ def _root(
     ctx.obj = State(config_path=config)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+_registered: list[str] = []
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The command being run: the first word after the root options (``None`` for a root
+    option such as --help or --version). ``argv`` has its global options hoisted."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("--config="):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def register_commands(argv: list[str] | None = None) -> typer.Typer:
+    """The app with the command groups ``argv`` needs registered (all when ``argv`` is None)."""
+    word = command_word(argv) if argv is not None else None
+    wanted = [COMMANDS[word]] if word in COMMANDS and COMPLETE_VAR not in os.environ else \
+        COMMAND_MODULES
+    for name in wanted:
+        if name not in _registered:
+            importlib.import_module(name).register(_app)
+            _registered.append(name)
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    """``from spotctl.cli.main import app``: the app with every command (tests, completion)."""
+    if name == "app":
+        return register_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def invoke(args: list[str]) -> int:
+    """Run spotctl in this process with ``args``; return the exit code (``spotctl example``)."""
+    argv = hoist_global_options(args)
+    return register_commands(argv)(args=argv, standalone_mode=False)
 
 
 def run() -> None:
     """Console-script entry point (``spotctl``) and ``python -m spotctl``."""
-    app()
+    argv = hoist_global_options(sys.argv[1:])
+    register_commands(argv)(args=argv, prog_name="spotctl")
 
 
 def _print_error(message: str) -> None:
