@@ -353,13 +353,14 @@ def test_a_ledger_from_an_older_spotctl_is_read_after_the_upgrade(ws, tmp_path):
     from spotctl.ledger.schema import SCHEMA_VERSION
 
     shutil.copy(ws.parent / "spotctl.db", tmp_path / "spotctl.db")
-    with Ledger(tmp_path / "spotctl.db") as ledger:  # back to the first schema
+    with Ledger(tmp_path / "spotctl.db") as ledger:  # back to the schema before the views
         ledger.conn.execute("DROP VIEW spend_per_resource_day")
         ledger.conn.execute("DROP VIEW spend_per_resource_hour")
         ledger.conn.execute("DROP VIEW usage_per_key_day")
-        ledger.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        ledger.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                            (str(SCHEMA_VERSION - 1),))
     cfg = write_config(tmp_path, config_data(tmp_path / "spotctl.db", "http://127.0.0.1:9/v1"))
-    assert stored_schema_version(tmp_path / "spotctl.db") == 1
+    assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION - 1
     result = cli("-c", cfg, "cost", "--json")
     assert result.exit_code == 0, result.output
     assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION
