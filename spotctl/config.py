@@ -119,11 +119,6 @@ class GatewayConfig(_Section):
     gate_cache_s: Annotated[float, Field(ge=0, le=30)] = 2.0
 
 
-class LocalCloudConfig(_Section):
-    listen: str = "127.0.0.1:8790"
-    engine: Literal["builtin", "vllm"] = "builtin"
-
-
 class Config(_Section):
     ledger: LedgerConfig = LedgerConfig()
     billing: BillingConfig = BillingConfig()
@@ -131,7 +126,6 @@ class Config(_Section):
     tiers: list[TierConfig] = Field(default_factory=list)
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
-    localcloud: LocalCloudConfig = LocalCloudConfig()
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 

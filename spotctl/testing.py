@@ -177,6 +177,20 @@ def running_gateway(cfg: Any, clock: Any = None, runtime: Any = None, *,
         yield RunningGateway(served.url, app, served, cfg.ledger_path)
 
 
+# -- time ------------------------------------------------------------------------------------
+@contextmanager
+def installed_clock(start: Any) -> Iterator[Any]:
+    """A ManualClock at ``start`` installed as the process clock for the block, then removed."""
+    from spotctl.clock import ManualClock, set_clock
+
+    clock = ManualClock(start)
+    set_clock(clock)
+    try:
+        yield clock
+    finally:
+        set_clock(None)
+
+
 # -- configuration -----------------------------------------------------------------------------
 def toml_text(data: dict[str, Any]) -> str:
     """``data`` as TOML (``[[providers]]``/``[[tiers]]`` included); ``None`` values and empty

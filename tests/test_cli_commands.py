@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from spotctl.cli.common import JSON_HELP
 from spotctl.cli.main import GLOBAL_VALUE_OPTIONS, app, hoist_global_options
-from spotctl.clock import ManualClock, set_clock, to_ms
+from spotctl.clock import to_ms
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import FleetEvent
 from spotctl.ledger.writes import record_fleet_event
-from spotctl.testing import free_port, write_config
+from spotctl.testing import free_port, installed_clock, write_config
 
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 KEY_ENV = "SPOTCTL_TEST_CLI_KEY"
@@ -53,10 +53,8 @@ def ws(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def at_end():
-    clock = ManualClock(END)
-    set_clock(clock)
-    yield clock
-    set_clock(None)
+    with installed_clock(END) as clock:
+        yield clock
 
 
 def cli(*args: object, env: dict | None = None, input: str | None = None):

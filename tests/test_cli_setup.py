@@ -11,12 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from spotctl.cli.main import app
-from spotctl.clock import ManualClock, set_clock
 from spotctl.config import parse_config
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
 from spotctl.services.setup import PROVIDER_KINDS, effective_toml, starter_config
-from spotctl.testing import free_port, serve_asgi, write_config
+from spotctl.testing import free_port, installed_clock, serve_asgi, write_config
 
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 runner = CliRunner()
@@ -28,10 +27,8 @@ def cli(*args: object, env: dict | None = None):
 
 @pytest.fixture(autouse=True)
 def at_end():
-    clock = ManualClock(END)
-    set_clock(clock)
-    yield clock
-    set_clock(None)
+    with installed_clock(END) as clock:
+        yield clock
 
 
 # -- init --------------------------------------------------------------------------------------

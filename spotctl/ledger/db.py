@@ -127,6 +127,3 @@ def _statements(script: str) -> Iterator[str]:
     if buffer.strip():
         yield buffer.strip()
 
-
-def open_ledger(path: str | os.PathLike[str], *, readonly: bool = False) -> Ledger:
-    return Ledger(path, readonly=readonly)

@@ -58,29 +58,30 @@ spot_retry_minutes = 30          # spot-first: keep trying spot this long before
 idle_minutes = 15                # hibernate after this long without requests
 """
 
+# kind, key variable, what its billing gives, and a SkyPilot tier: name, model, quantization,
+# accelerators, capacity
+_SKYPILOT_STARTERS = [
+    ("runpod", "RUNPOD_API_KEY",
+     "an account-level running total; per-pod rates attribute it to tiers.",
+     "qwen-32b", "Qwen/Qwen2.5-32B-Instruct-AWQ", "awq_marlin", "A100-80GB:1", "spot-first"),
+    ("vast", "VAST_API_KEY",
+     "account level only, from credit deltas and the invoices feed (top-ups).",
+     "llama-8b", "neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8", "fp8", "RTX4090:1", "spot-first"),
+    ("lambda", "LAMBDA_API_KEY",
+     "NO billing API: estimate-only samples (listed rate x time), never mixed into spend.",
+     "mixtral", "TheBloke/Mixtral-8x7B-Instruct-v0.1-GPTQ", "gptq_marlin", "A100:1",
+     "on-demand"),
+]
+
 STARTERS: dict[str, Starter] = {
     "hyperstack": Starter(
         "hyperstack", "HYPERSTACK_API_KEY",
         "per-resource running totals (total_bill) every minute: invoice-true per VM and volume.",
         _HYPERSTACK_TIER),
-    "runpod": Starter(
-        "runpod", "RUNPOD_API_KEY",
-        "an account-level running total; per-pod rates attribute it to tiers.",
-        _SKYPILOT_TIER.format(tier="qwen-32b", model="Qwen/Qwen2.5-32B-Instruct-AWQ",
-                              quant="awq_marlin", acc="A100-80GB:1", cloud="runpod",
-                              capacity="spot-first", name="{name}")),
-    "vast": Starter(
-        "vast", "VAST_API_KEY",
-        "account level only, from credit deltas and the invoices feed (top-ups).",
-        _SKYPILOT_TIER.format(tier="llama-8b", model="neuralmagic/Meta-Llama-3.1-8B-Instruct-FP8",
-                              quant="fp8", acc="RTX4090:1", cloud="vast", capacity="spot-first",
-                              name="{name}")),
-    "lambda": Starter(
-        "lambda", "LAMBDA_API_KEY",
-        "NO billing API: estimate-only samples (listed rate x time), never mixed into spend.",
-        _SKYPILOT_TIER.format(tier="mixtral", model="TheBloke/Mixtral-8x7B-Instruct-v0.1-GPTQ",
-                              quant="gptq_marlin", acc="A100:1", cloud="lambda",
-                              capacity="on-demand", name="{name}")),
+    **{kind: Starter(kind, key_env, about, _SKYPILOT_TIER.format(
+        tier=tier, model=model, quant=quant, acc=acc, cloud=kind, capacity=capacity,
+        name="{name}"))
+       for kind, key_env, about, tier, model, quant, acc, capacity in _SKYPILOT_STARTERS},
     "localcloud": Starter(
         "localcloud", "SPOTCTL_LOCALCLOUD_KEY",
         "the embedded local cloud (spotctl localcloud serve): Hyperstack's API on loopback.",
