@@ -17,7 +17,7 @@ SQL_CALL = re.compile(r"\.(execute|executemany|executescript)\(")
 NOT_YET_MOVED = {
     "accounting/html_report.py", "accounting/spend.py", "billing/balance.py",
     "billing/health.py", "billing/lambda_.py", "billing/poller.py", "fleet/journal.py",
-    "fleet/status.py", "gateway/gate.py",
+    "fleet/status.py",
 }
 
 
