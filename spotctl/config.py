@@ -148,6 +148,17 @@ class GatewayConfig(_Section):
     workers: Annotated[int, Field(ge=0, le=256)] = 1
 
 
+class FleetConfig(_Section):
+    """``[fleet]``: how the fleet drains tiers and watches engines (issue 11 §3, §4)."""
+
+    # the longest an explicit hibernate or down waits for the gateways' open requests, seconds
+    drain_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    # engine probes (GET /v1/models) by the daemon: failures in a row before it recovers the
+    # tier (restart the engine, else replace the machine); 0 never recovers; the probe timeout
+    probe_failures: Annotated[int, Field(ge=0, le=100)] = 3
+    probe_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
 class Config(_Section):
     ledger: LedgerConfig = LedgerConfig()
     billing: BillingConfig = BillingConfig()
@@ -155,6 +166,7 @@ class Config(_Section):
     tiers: list[TierConfig] = Field(default_factory=list)
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
+    fleet: FleetConfig = FleetConfig()
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 
