@@ -46,9 +46,8 @@ def test_status_shows_the_time_since_the_last_wake(localcloud_engines, tmp_path)
 def test_events_for_an_unknown_tier_is_a_usage_error(localcloud, tmp_path):
     cfg = _cfg(localcloud, tmp_path)
     result = _cli(cfg, "events", "--tier", "nope")
-    assert result.exit_code != 0
-    assert result.exception.exit_code == ExitCode.USAGE
-    assert "known: big, fixed" in result.exception.message
+    assert result.exit_code == ExitCode.USAGE
+    assert "known: big, fixed" in result.output
 
 
 def test_fleet_commands_refuse_a_fixed_engine(localcloud, tmp_path):
@@ -56,5 +55,5 @@ def test_fleet_commands_refuse_a_fixed_engine(localcloud, tmp_path):
     for cmd in (["up", "fixed"], ["down", "fixed"], ["down", "fixed", "--orphans"],
                 ["hibernate", "fixed"]):
         result = _cli(cfg, *cmd)
-        assert result.exception.exit_code == ExitCode.USAGE, cmd
-        assert "fixed engine" in result.exception.message
+        assert result.exit_code == ExitCode.USAGE, (cmd, result.output)
+        assert "fixed engine" in result.output

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    get_config,
+    json_option,
+    require_ledger,
+)
 from spotctl.errors import UsageError
 
 
@@ -88,11 +95,13 @@ def register(app: typer.Typer) -> None:
                                                 " (weights storage kept)"))
 
     @app.command()
-    def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def status(ctx: typer.Context, json_out: bool = False) -> None:
         """Per tier: state, capacity, cloud/region, endpoint, $/h (the provider's current rate),
         idle, time since the last wake, billing age, machines (orphans named)."""
         from spotctl.services import fleet
 
+        require_ledger(ctx)  # a read command: never creates one
         rows = fleet.status_rows(get_config(ctx))
         if json_out:
             emit_json({"tiers": rows})
@@ -120,10 +129,11 @@ def register(app: typer.Typer) -> None:
                                 "`spotctl down TIER --orphans` deletes them")
 
     @app.command()
+    @json_option
     def events(ctx: typer.Context,
                tier: str = typer.Option(None, "--tier"),
                since: str = typer.Option(None, help="ISO time or a window such as 24h."),
-               json_out: bool = typer.Option(False, "--json")) -> None:
+               json_out: bool = False) -> None:
         """The fleet journal: every launch, wake, hibernation, drain, preemption, fallback,
         recovery and orphan deleted."""
         from spotctl.services import fleet
