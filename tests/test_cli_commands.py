@@ -345,23 +345,24 @@ def test_piped_tables_are_not_cut_and_events_grep(ws, tmp_path):
 
 def test_a_ledger_from_an_older_spotctl_is_read_after_the_upgrade(ws, tmp_path):
     # before: every read command failed "ledger needs a migration; run a writing command"
-    import shutil
+    import sqlite3
 
     from spotctl.ledger.check import stored_schema_version
-    from spotctl.ledger.schema import SCHEMA_VERSION
+    from spotctl.ledger.db import _statements
+    from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
-    shutil.copy(ws.parent / "spotctl.db", tmp_path / "spotctl.db")
-    with Ledger(tmp_path / "spotctl.db") as ledger:  # back to the schema before the views
-        ledger.conn.execute("DROP VIEW spend_per_resource_day")
-        ledger.conn.execute("DROP VIEW spend_per_resource_hour")
-        ledger.conn.execute("DROP VIEW usage_per_key_day")
-        ledger.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                            (str(SCHEMA_VERSION - 1),))
-    cfg = write_config(tmp_path, config_data(tmp_path / "spotctl.db", "http://127.0.0.1:9/v1"))
-    assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION - 1
+    old = tmp_path / "spotctl.db"  # a ledger as the first released spotctl left it: schema v1
+    conn = sqlite3.connect(old)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    conn.commit()
+    conn.close()
+    cfg = write_config(tmp_path, config_data(old, "http://127.0.0.1:9/v1"))
+    assert stored_schema_version(old) == 1 < SCHEMA_VERSION
     result = cli("-c", cfg, "cost", "--json")
     assert result.exit_code == 0, result.output
-    assert stored_schema_version(tmp_path / "spotctl.db") == SCHEMA_VERSION
+    assert stored_schema_version(old) == SCHEMA_VERSION
 
 
 def test_the_command_table_maps_each_word_to_the_module_that_registers_it():
