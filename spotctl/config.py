@@ -83,6 +83,9 @@ class TierConfig(_Section):
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_key_path: Path = Path("~/.ssh/id_ed25519")
     ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
+    # (econ) output tokens/s one VM of this tier serves at saturation, when no `spotctl bench`
+    # was run: capacity for `cost` utilisation and full-load $/Mtok. Cite the figure's source.
+    rated_output_tokens_per_s: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def public_model(self) -> str:

@@ -31,8 +31,8 @@ def _window_bounds(window: str | None, since: str | None, until: str | None) -> 
 
 
 def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
-    from spotctl.accounting.report import build_cost_report
     from spotctl.accounting.window import parse_window
+    from spotctl.services.cost import cost_report
 
     start_ms, end_ms = _window_bounds(window, since, until)
     bucket_s = int(parse_window(bucket, what="bucket").total_seconds())
@@ -40,7 +40,7 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
         raise UsageError("--min-tokens must be zero or more")
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
-        return build_cost_report(
+        return cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
             tiers=set(tier) if tier else None, providers=set(provider) if provider else None)
 
@@ -225,8 +225,7 @@ def register(app: typer.Typer) -> None:
         from spotctl.accounting.html_report import render_html
 
         rep = _report(ctx, window, None, None, None, None, bucket, 1000)
-        with open_ledger_for(ctx, readonly=True) as ledger:
-            page = render_html(ledger, rep)
+        page = render_html(rep)
         path = Path(out)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")
