@@ -311,15 +311,16 @@ def _band_of(pairs: dict[int, tuple[int, int]], min_tokens: int) -> dict[str, De
     return band(values)  # type: ignore[arg-type]
 
 
-def tier_capacity(tier_cfg, bench_row) -> Capacity | None:
+def tier_capacity(tier_cfg, bench_rows) -> Capacity | None:
     """The newest bench of the tier for its current model, else its rated figure, else None."""
-    if bench_row is not None and bench_row.output_tokens_per_s > 0 and (
-            tier_cfg is None or bench_row.model in (None, tier_cfg.model, tier_cfg.public_model)):
-        when = iso(from_ms(bench_row.finished_ms))
-        return Capacity(Decimal(str(round(bench_row.output_tokens_per_s, 1))), "bench",
-                        f"spotctl bench at {when}, {bench_row.concurrency} concurrent streams",
-                        lower_bound=not bench_row.slo_broken)
-    rated = getattr(tier_cfg, "rated_output_tokens_per_s", None) if tier_cfg else None
+    for row in bench_rows or ():
+        if row.output_tokens_per_s > 0 and (
+                tier_cfg is None or row.model in (None, tier_cfg.model, tier_cfg.public_model)):
+            when = iso(from_ms(row.finished_ms))
+            return Capacity(Decimal(str(round(row.output_tokens_per_s, 1))), "bench",
+                            f"spotctl bench at {when}, {row.concurrency} concurrent streams",
+                            lower_bound=not row.slo_broken)
+    rated = tier_cfg.rated_output_tokens_per_s if tier_cfg is not None else None
     if rated:
         return Capacity(Decimal(str(rated)), "rated", "tier config rated_output_tokens_per_s")
     return None

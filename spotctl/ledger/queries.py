@@ -147,7 +147,7 @@ class WindowData:
     resource_capacity: dict[str, str] = field(default_factory=dict)  # journal: rid -> capacity
     refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, tier, status)
     busy: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tier -> islands
-    bench: dict[str, BenchRow] = field(default_factory=dict)
+    bench: dict[str, list[BenchRow]] = field(default_factory=dict)  # newest first
 
     def bucket_start(self, ms: int) -> int:
         return self.start_ms if self.bucket_ms is None else ms - ms % self.bucket_ms
@@ -441,14 +441,68 @@ def _resource_capacity(conn: sqlite3.Connection, end_ms: int) -> dict[str, str]:
     return out
 
 
-def latest_bench(conn: sqlite3.Connection, until_ms: int) -> dict[str, BenchRow]:
-    """The newest ``spotctl bench`` result per tier, finished at or before ``until_ms``."""
-    out: dict[str, BenchRow] = {}
+def latest_bench(conn: sqlite3.Connection, until_ms: int) -> dict[str, list[BenchRow]]:
+    """``spotctl bench`` results per tier finished at or before ``until_ms``, newest first."""
+    out: dict[str, list[BenchRow]] = defaultdict(list)
     for row in conn.execute(
         "SELECT tier, finished_ms, model, engine_version, accelerator, output_tokens_per_s, "
-        "concurrency, slo_broken FROM bench_runs b WHERE id = (SELECT id FROM bench_runs c "
-        "WHERE c.tier = b.tier AND c.finished_ms <= ? ORDER BY c.finished_ms DESC, c.id DESC "
-        "LIMIT 1)", (until_ms,)):
-        out[row[0]] = BenchRow(row[0], row[1], row[2], row[3], row[4], float(row[5]),
-                               int(row[6]), bool(row[7]))
-    return out
+        "concurrency, slo_broken FROM bench_runs WHERE finished_ms <= ? "
+        "ORDER BY finished_ms DESC, id DESC", (until_ms,)):
+        out[row[0]].append(BenchRow(row[0], row[1], row[2], row[3], row[4], float(row[5]),
+                                    int(row[6]), bool(row[7])))
+    return dict(out)
+
+
+# -- writes of the econ commands (one transaction each) ------------------------------------------
+
+@dataclass(frozen=True)
+class BenchRecord:
+    tier: str
+    started_ms: int
+    finished_ms: int
+    model: str | None
+    engine_version: str | None
+    accelerator: str | None
+    output_tokens_per_s: float
+    concurrency: int
+    slo_ttft_ms: int
+    slo_broken: bool
+    ttft_ms: dict
+    itl_ms: dict
+    requests: int
+    errors: int
+    prompt_tokens: int
+    output_tokens: int
+    mix: list
+    steps: list
+
+
+def record_bench_run(ledger, rec: BenchRecord) -> int:
+    """Append one ``spotctl bench`` result; returns its id."""
+    with ledger.transaction() as conn:
+        row = conn.execute(
+            "INSERT INTO bench_runs (tier, started_ms, finished_ms, model, engine_version, "
+            "accelerator, output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, "
+            "ttft_p50_ms, ttft_p90_ms, ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, "
+            "requests, errors, prompt_tokens, output_tokens, mix_json, steps_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
+            (rec.tier, rec.started_ms, rec.finished_ms, rec.model, rec.engine_version,
+             rec.accelerator, rec.output_tokens_per_s, rec.concurrency, rec.slo_ttft_ms,
+             int(rec.slo_broken), rec.ttft_ms.get("p50"), rec.ttft_ms.get("p90"),
+             rec.ttft_ms.get("p99"), rec.itl_ms.get("p50"), rec.itl_ms.get("p90"),
+             rec.itl_ms.get("p99"), rec.requests, rec.errors, rec.prompt_tokens,
+             rec.output_tokens, json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
+        return int(row[0])
+
+
+def bench_runs(conn: sqlite3.Connection, tier: str | None = None) -> list[dict]:
+    """Every bench result (newest first), for ``spotctl bench --history`` and the report."""
+    cur = conn.execute(
+        "SELECT id, tier, started_ms, finished_ms, model, engine_version, accelerator, "
+        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_ms, ttft_p90_ms, "
+        "ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, requests, errors, prompt_tokens, "
+        "output_tokens, mix_json, steps_json FROM bench_runs WHERE (? IS NULL OR tier = ?) "
+        "ORDER BY finished_ms DESC, id DESC", (tier, tier))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -1,0 +1,239 @@
+"""The economics commands' orchestration: ``bench`` (capacity), ``compare`` and ``advise``.
+
+``bench`` drives load through the gateway (the OpenAI-compatible HTTP API, streaming), so it
+measures what clients get: engine, network, tunnel and gateway together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+
+from spotctl.accounting.bench import (
+    MixItem,
+    RequestSample,
+    StepResult,
+    draw,
+    next_concurrency,
+    prompt_text,
+    saturation,
+    summarise_step,
+)
+from spotctl.errors import SpotctlError, UsageError
+
+if TYPE_CHECKING:
+    from spotctl.config import Config, TierConfig
+
+# progress(fraction 0..1, concurrency, last step or None)
+BenchProgress = Callable[[float, int, StepResult | None], None]
+
+
+@dataclass
+class BenchOutcome:
+    tier: str
+    model: str
+    started_ms: int
+    finished_ms: int
+    slo_ttft_ms: int
+    steps: list[StepResult] = field(default_factory=list)
+    best: StepResult | None = None
+    slo_broken: bool = False
+    engine_version: str | None = None
+    accelerator: str | None = None
+    mix: list[MixItem] = field(default_factory=list)
+    bench_id: int | None = None
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        if self.best is not None:
+            return self.best.output_tokens_per_s
+        return self.steps[0].output_tokens_per_s if self.steps else 0.0
+
+    @property
+    def concurrency(self) -> int:
+        return self.best.concurrency if self.best is not None else 1
+
+    def to_json(self) -> dict:
+        from spotctl.clock import from_ms, iso
+
+        best = self.best or (self.steps[0] if self.steps else None)
+        return {
+            "tier": self.tier, "model": self.model,
+            "started": iso(from_ms(self.started_ms)), "finished": iso(from_ms(self.finished_ms)),
+            "engine_version": self.engine_version, "accelerator": self.accelerator,
+            "slo_ttft_ms": self.slo_ttft_ms, "slo_quantile": "p90",
+            "saturated": self.slo_broken,
+            "output_tokens_per_s": round(self.output_tokens_per_s, 1),
+            "concurrency": self.concurrency,
+            "ttft_ms": best.ttft_ms if best else {}, "itl_ms": best.itl_ms if best else {},
+            "mix": [{"prompt_tokens": m.prompt_tokens, "output_tokens": m.output_tokens,
+                     "weight": m.weight} for m in self.mix],
+            "steps": [s.to_json() for s in self.steps],
+            "bench_id": self.bench_id,
+        }
+
+
+def default_engine_version(tier: TierConfig) -> str | None:
+    """What spotctl launched: vLLM at the configured version on the backends that launch it;
+    unknown for fixed endpoints and the local cloud (which may run the built-in engine)."""
+    if tier.fleet_managed and tier.backend in ("skypilot", "hyperstack"):
+        return f"vllm {tier.vllm_version}"
+    return None
+
+
+async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model: str,
+                       item: MixItem, rng: random.Random, deadline: float,
+                       sample: RequestSample) -> None:
+    from httpx_sse import aconnect_sse
+
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": item.output_tokens,
+            # vLLM: generate exactly max_tokens, so the mix is the mix (ignored elsewhere)
+            "ignore_eos": True,
+            "messages": [{"role": "user", "content": prompt_text(item.prompt_tokens, rng)}]}
+    t0 = sample.started_s
+    import orjson
+
+    try:
+        async with aconnect_sse(client, "POST", url, json=body, headers=headers) as source:
+            if source.response.status_code != 200:
+                await source.response.aread()
+                sample.error = f"http {source.response.status_code}"
+                return
+            async for event in source.aiter_sse():
+                if event.data.strip() == "[DONE]":
+                    break
+                payload = orjson.loads(event.data)
+                if "error" in payload:
+                    sample.error = "stream error"
+                    return
+                now = time.monotonic()  # clock-ok: latency is measured in real time
+                for choice in payload.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or choice.get("text"):
+                        if sample.ttft_s is None:
+                            sample.ttft_s = now - t0
+                        sample.chunk_times.append(now)
+                usage = payload.get("usage")
+                if isinstance(usage, dict):
+                    sample.output_tokens = int(usage.get("completion_tokens") or 0)
+                    sample.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                if now > deadline + 120:
+                    sample.error = "too slow"
+                    return
+        sample.finished = True
+    except (httpx.HTTPError, ValueError) as exc:
+        sample.error = type(exc).__name__
+
+
+async def _step(client: httpx.AsyncClient, url: str, headers: dict, model: str,
+                mix: list[MixItem], concurrency: int, seconds: float, rng: random.Random
+                ) -> StepResult:
+    started = time.monotonic()  # clock-ok
+    deadline = started + seconds
+    samples: list[RequestSample] = []
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:  # clock-ok
+            s = RequestSample(time.monotonic())  # clock-ok
+            samples.append(s)
+            await _one_request(client, url, headers, model, draw(mix, rng), rng, deadline, s)
+            if s.error and s.ttft_s is None:
+                await asyncio.sleep(0.05)  # clock-ok: do not spin on a refusing gateway
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    ended = time.monotonic()  # clock-ok
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in done:
+        if t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]
+    # requests cut at the step's end count for latency and streamed tokens, not for usage
+    return summarise_step(concurrency, started, ended, samples)
+
+
+async def _wait_for_key(client: httpx.AsyncClient, base: str, headers: dict,
+                        timeout_s: float = 20.0) -> None:
+    """A key created just now is known to the gateway after its next refresh."""
+    deadline = time.monotonic() + timeout_s  # clock-ok
+    while True:
+        try:
+            r = await client.get(f"{base}/v1/models", headers=headers)
+        except httpx.HTTPError as exc:
+            raise SpotctlError(f"the gateway at {base} is not reachable: "
+                               f"{type(exc).__name__}; start it with `spotctl gateway`") from None
+        if r.status_code != 401:
+            return
+        if time.monotonic() > deadline:  # clock-ok
+            raise SpotctlError(f"the gateway at {base} refuses the bench key (401)")
+        await asyncio.sleep(0.25)  # clock-ok
+
+
+def run_bench(
+    cfg: Config, tier: TierConfig, *, gateway_url: str, api_key: str, duration_s: float,
+    step_s: float, slo_ttft_ms: int, mix: list[MixItem], max_concurrency: int = 512,
+    progress: BenchProgress | None = None, seed: int = 0,
+) -> BenchOutcome:
+    """Ramp concurrency through the gateway until TTFT p90 breaks the SLO (or time runs out)."""
+    from spotctl.clock import get_clock, to_ms
+
+    if step_s <= 0 or duration_s < step_s:
+        raise UsageError("--duration must be at least one step (--step)")
+    rng = random.Random(seed)  # noqa: S311 - load shape, not security
+    base = gateway_url.rstrip("/").removesuffix("/v1")
+    url = f"{base}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    out = BenchOutcome(tier.name, tier.public_model, to_ms(get_clock().now()), 0, slo_ttft_ms,
+                       engine_version=default_engine_version(tier),
+                       accelerator=tier.accelerators or tier.flavor, mix=mix)
+    n_steps = max(1, int(duration_s // step_s))
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=max_concurrency + 8,
+                              max_keepalive_connections=max_concurrency + 8)
+        timeout = httpx.Timeout(connect=10, read=step_s + 300, write=30, pool=step_s + 60)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            await _wait_for_key(client, base, headers)
+            for i in range(n_steps):
+                conc = next_concurrency(out.steps, slo_ttft_ms, max_concurrency)
+                if conc is None:
+                    break
+                if progress:
+                    progress(i / n_steps, conc, out.steps[-1] if out.steps else None)
+                out.steps.append(await _step(client, url, headers, tier.public_model, mix, conc,
+                                             step_s, rng))
+            if progress:
+                progress(1.0, out.steps[-1].concurrency if out.steps else 0,
+                         out.steps[-1] if out.steps else None)
+
+    asyncio.run(main())
+    out.finished_ms = to_ms(get_clock().now())
+    out.best, out.slo_broken = saturation(out.steps, slo_ttft_ms)
+    if not out.steps or all(s.requests == s.errors for s in out.steps):
+        raise SpotctlError(f"bench {tier.name}: no request succeeded through the gateway "
+                           f"({out.steps[0].errors if out.steps else 0} failed); see "
+                           "`spotctl budget status` and the gateway's log")
+    return out
+
+
+def record_bench(ledger, out: BenchOutcome) -> int:
+    from spotctl.ledger.queries import BenchRecord, record_bench_run
+
+    best = out.best or out.steps[0]
+    rec = BenchRecord(
+        out.tier, out.started_ms, out.finished_ms, out.model, out.engine_version,
+        out.accelerator, out.output_tokens_per_s, out.concurrency, out.slo_ttft_ms,
+        out.slo_broken, best.ttft_ms, best.itl_ms,
+        sum(s.requests for s in out.steps), sum(s.errors for s in out.steps),
+        sum(s.prompt_tokens for s in out.steps), sum(s.output_tokens for s in out.steps),
+        [vars(m) for m in out.mix], [s.to_json() for s in out.steps])
+    out.bench_id = record_bench_run(ledger, rec)
+    return out.bench_id
