@@ -152,7 +152,7 @@ class Breakdown:
     # capacity × serving seconds (None unless every serving tier has a capacity)
     rated_output_tokens: int = 0
     capacity_tokens: Decimal | None = None
-    full_load_micros_tokens: Decimal | None = None  # Σ serving micros ÷ Σ capacity tokens
+    extra: dict = field(default_factory=dict)  # economics sections (interruptions, savings)
 
     @property
     def usd_per_mtok_output(self) -> Decimal | None:
@@ -222,6 +222,7 @@ class Breakdown:
             "capacity_source": None if cap is None else cap.source,
             "utilisation": _dec(self.utilisation),
             "usd_per_mtok_at_full_load": _dec(self.usd_per_mtok_at_full_load),
+            **self.extra,
         }
 
 

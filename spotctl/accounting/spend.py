@@ -106,7 +106,11 @@ def start_rule(s: SeriesData, start_ms: int, end_ms: int) -> tuple[bool | None, 
 
 def _labels(s: SeriesData, journal: dict[str, str]) -> list[Label]:
     cap = journal.get(s.resource_id)
-    return [classify(s.resource_kind, *s.meta.get(ms, (None, None)), cap) for ms, _ in s.points]
+    out = []
+    for ms, _ in s.points:
+        state, spot, _rate = s.meta.get(ms, (None, None, None))
+        out.append(classify(s.resource_kind, state, spot, cap))
+    return out
 
 
 def compute_spend(

@@ -54,7 +54,7 @@ class SeriesData:
     every recorded decrease, and both sides of every change of state or spot flag. The positive
     increments over these points equal those over the full series, and between two consecutive
     points the resource's state and spot flag do not change. ``meta[ms]`` is the
-    ``(state, spot)`` of the sample at ``ms``.
+    ``(state, spot, rate_micros_per_h)`` of the sample at ``ms``.
     """
 
     key: SeriesKey
@@ -65,7 +65,7 @@ class SeriesData:
     last_state: str | None = None
     last_ms: int | None = None
     points: list[tuple[int, int]] = field(default_factory=list)
-    meta: dict[int, tuple[str | None, bool | None]] = field(default_factory=dict)
+    meta: dict[int, tuple[str | None, bool | None, int | None]] = field(default_factory=dict)
     # the provider's last successful poll before the series' first sample ever, when that poll
     # was at or after the window start (the resource did not exist at that poll)
     absent_at_ms: int | None = None
@@ -177,7 +177,12 @@ def read_window(
     data = WindowData(start_ms, end_ms, bucket_ms)
     conn.execute("BEGIN")  # one consistent snapshot for every read below
     try:
-        data.series = _load_series(conn, start_ms, end_ms, bucket_ms, providers)
+        if fleet:
+            data.events, data.events_before = _events(conn, start_ms, end_ms)
+            data.bench = latest_bench(conn, end_ms)
+        # fleet events are extra boundaries: spend between two events is exact at sample times
+        data.series = _load_series(conn, start_ms, end_ms, bucket_ms, providers,
+                                   extra=sorted({e.ts_ms for e in data.events}))
         for p in watched:
             data.polls[p] = PollTimes(_ok_poll_times(conn, p, start_ms, end_ms),
                                       _failed_polls(conn, p, start_ms, end_ms))
@@ -189,9 +194,6 @@ def read_window(
             data.refusals = _refusals(conn, start_ms, end_ms)
         if fleet or tokens:
             data.resource_capacity = _resource_capacity(conn, end_ms)
-        if fleet:
-            data.events, data.events_before = _events(conn, start_ms, end_ms)
-            data.bench = latest_bench(conn, end_ms)
     finally:
         conn.execute("COMMIT")
     return data
@@ -201,7 +203,7 @@ def read_window(
 
 def _load_series(
     conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None,
-    providers: Iterable[str] | None = None,
+    providers: Iterable[str] | None = None, extra: Iterable[int] = (),
 ) -> list[SeriesData]:
     """Every series with a sample in (start_ms, end_ms], compressed per bucket and state run.
 
@@ -232,8 +234,9 @@ def _load_series(
             boundaries.append(b)
             b += bucket_ms
     boundaries.append(end_ms)
+    boundaries.extend(t for t in extra if start_ms < t < end_ms)
     point_sql = (
-        "SELECT observed_ms, cumulative_micros, state, spot FROM billing_samples WHERE "
+        "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM billing_samples WHERE "
         "provider=? AND account=? AND resource_id=? AND observed_ms <= ? AND "
         "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1")
     rows: dict[SeriesKey, set[tuple]] = defaultdict(set)
@@ -243,16 +246,16 @@ def _load_series(
             if row:
                 rows[key].add(tuple(row))
         first = conn.execute(
-            "SELECT observed_ms, cumulative_micros, state, spot FROM billing_samples WHERE "
-            "provider=? AND account=? AND resource_id=? AND observed_ms > ? AND "
-            "cumulative_micros IS NOT NULL ORDER BY observed_ms ASC LIMIT 1",
+            "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+            "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+            "observed_ms > ? AND cumulative_micros IS NOT NULL ORDER BY observed_ms ASC LIMIT 1",
             (*key, start_ms)).fetchone()
         if first:
             rows[key].add(tuple(first))
         # both sides of every change of state or spot flag inside the window
         rows[key].update(tuple(r) for r in conn.execute(
-            "SELECT observed_ms, cumulative_micros, state, spot FROM ("
-            " SELECT observed_ms, cumulative_micros, state, spot,"
+            "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM ("
+            " SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h,"
             "  LAG(state) OVER w AS ps, LAG(spot) OVER w AS pk,"
             "  LEAD(state) OVER w AS ns, LEAD(spot) OVER w AS nk,"
             "  LAG(observed_ms) OVER w AS pt, LEAD(observed_ms) OVER w AS nt"
@@ -271,12 +274,14 @@ def _load_series(
             if key not in series:
                 continue
             for sql, args in (
-                ("SELECT observed_ms, cumulative_micros, state, spot FROM billing_samples WHERE "
-                 "provider=? AND account=? AND resource_id=? AND observed_ms < ? AND "
+                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                 "observed_ms < ? AND "
                  "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1",
                  (*key, ms)),
-                ("SELECT observed_ms, cumulative_micros, state, spot FROM billing_samples WHERE "
-                 "provider=? AND account=? AND resource_id=? AND observed_ms = ?",
+                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                 "observed_ms = ?",
                  (*key, ms))):
                 row = conn.execute(sql, args).fetchone()
                 if row:
@@ -284,7 +289,7 @@ def _load_series(
     for key, data in series.items():
         pts = sorted(rows.get(key, ()), key=lambda r: r[0])
         data.points = [(r[0], r[1]) for r in pts]
-        data.meta = {r[0]: (r[2], None if r[3] is None else bool(r[3])) for r in pts}
+        data.meta = {r[0]: (r[2], None if r[3] is None else bool(r[3]), r[4]) for r in pts}
     return list(series.values())
 
 

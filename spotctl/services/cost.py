@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spotctl.accounting.economics import (
+    OnDemandRate,
+    combine_savings,
+    interruption_tax_json,
+    interruptions,
+    observed_on_demand_rate,
+    spot_savings,
+)
 from spotctl.accounting.report import CostReport, build_report
 from spotctl.accounting.spend import SpendResult, compute_spend, watched_providers
 from spotctl.ledger import queries
@@ -55,4 +63,43 @@ def cost_report(
         raise ValueError("the window ends before it starts")
     data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers)
     spend = spend_of(data, cfg, providers=providers, tiers=tiers)
-    return build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
+    report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
+    add_spot_economics(report, cfg)
+    return report
+
+
+def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
+    """The on-demand rate for the tier's flavor: the provider's own billed rate for an
+    on-demand VM of the tier in the window, else the provider's price list where spotctl has
+    one (the local cloud's flavors carry both rates), else unknown (said so)."""
+    observed = observed_on_demand_rate(data, tier)
+    if observed:
+        return OnDemandRate(observed, "billed: the provider's rate for an on-demand VM of this "
+                                      "tier in the window")
+    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
+    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
+    if tier_cfg is not None and prov is not None and prov.kind == "localcloud" and tier_cfg.flavor:
+        from spotctl.localcloud.model import FLAVORS
+
+        flavor = FLAVORS.get(tier_cfg.flavor)
+        if flavor is not None:
+            return OnDemandRate(flavor.active_per_min * 60,
+                                f"price list: local cloud flavor {flavor.name} on demand")
+    kind = prov.kind if prov is not None else "no provider"
+    return OnDemandRate(None, f"unknown: no on-demand VM of tier {tier} billed in the window, "
+                              f"and spotctl has no on-demand price list for {kind}")
+
+
+def add_spot_economics(report: CostReport, cfg: Config) -> None:
+    """Interruption tax and net spot savings (an estimate), per tier and in total."""
+    data = report.data
+    items = interruptions(data, report.spend, {t.name for t in report.tiers})
+    savings = []
+    for row in report.tiers:
+        mine = [i for i in items if i.tier == row.name]
+        row.extra["interruption_tax"] = interruption_tax_json(mine)
+        sv = spot_savings(report.spend, row.name, on_demand_rate(cfg, data, row.name), mine)
+        savings.append(sv)
+        row.extra["spot_savings_estimate"] = sv.to_json()
+    report.extras["interruption_tax"] = interruption_tax_json(items)
+    report.extras["spot_savings_estimate"] = combine_savings(savings)
