@@ -127,6 +127,14 @@ class LocalCloudConfig(_Section):
     engine: Literal["builtin", "vllm"] = "builtin"
 
 
+class FixedCostConfig(_Section):
+    """(econ) A cost the providers' invoices do not carry (the gateway's VPS, egress, labour):
+    shown pro-rated as a separate "fully loaded" line by `cost` and `compare`, never in spend."""
+
+    name: Annotated[str, Field(min_length=1)]
+    usd_per_month: Annotated[Decimal, Field(ge=0)]
+
+
 class Config(_Section):
     ledger: LedgerConfig = LedgerConfig()
     billing: BillingConfig = BillingConfig()
@@ -135,6 +143,7 @@ class Config(_Section):
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
     localcloud: LocalCloudConfig = LocalCloudConfig()
+    fixed_costs: list[FixedCostConfig] = Field(default_factory=list)  # (econ) [[fixed_costs]]
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 

@@ -163,16 +163,17 @@ def test_bench_cli_json_with_a_temporary_key(bench_gateway, monkeypatch):
     assert len(keys) == 1 and keys[0][0].startswith("bench-sat-") and keys[0][1] is not None
 
 
-def test_bench_bad_input_is_one_line_exit_2(tmp_path):
-    from typer.testing import CliRunner
-
-    from spotctl.cli.main import app
+def test_bench_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from tests.test_economics_compare import cli
 
     cfg = tmp_path / "spotctl.toml"
     cfg.write_text('[[tiers]]\nname = "sat"\nmodel = "m"\nendpoint = "http://127.0.0.1:9"\n')
-    for args in (["--duration", "soon"], ["--mix", "1:2"], ["--ttft-slo", "-1s"]):
-        r = CliRunner().invoke(app, ["--config", str(cfg), "bench", "sat", *args])
-        assert r.exit_code == 2 or "expected" in str(r.exception), (args, r.output)
+    for args in (["--duration", "soon"], ["--mix", "1:2"], ["--ttft-slo", "-1s"],
+                 ["--max-concurrency", "0"]):
+        code, _out, err = cli(capsys, monkeypatch, "--config", str(cfg), "bench", "sat", *args)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+    code, _out, err = cli(capsys, monkeypatch, "--config", str(cfg), "bench", "nope")
+    assert code == 2 and "unknown tier" in err
 
 
 def test_step_statistics_by_hand():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spotctl.accounting.compare import FixedCost, fully_loaded
 from spotctl.accounting.economics import (
     OnDemandRate,
     combine_savings,
@@ -65,7 +66,13 @@ def cost_report(
     spend = spend_of(data, cfg, providers=providers, tiers=tiers)
     report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
     add_spot_economics(report, cfg)
+    report.extras["fully_loaded"] = fully_loaded(
+        report.total.spend_micros, fixed_costs(cfg), end_ms - start_ms)
     return report
+
+
+def fixed_costs(cfg: Config) -> list[FixedCost]:
+    return [FixedCost(f.name, f.usd_per_month) for f in cfg.fixed_costs]
 
 
 def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:

@@ -237,3 +237,73 @@ def record_bench(ledger, out: BenchOutcome) -> int:
         [vars(m) for m in out.mix], [s.to_json() for s in out.steps])
     out.bench_id = record_bench_run(ledger, rec)
     return out.bench_id
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+SHIPPED_PRICES = "hosted-prices.toml"
+
+
+def prices_path(cfg: Config, explicit: str | None):
+    """--prices FILE, else hosted-prices.toml beside the configuration, else the copy shipped
+    with spotctl (examples/hosted-prices.toml)."""
+    from pathlib import Path
+
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UsageError(f"--prices {explicit}: file not found")
+        return path, "file"
+    if cfg.source is not None and (cfg.source.parent / SHIPPED_PRICES).is_file():
+        return cfg.source.parent / SHIPPED_PRICES, "beside the configuration"
+    return Path(__file__).resolve().parents[1] / "accounting" / SHIPPED_PRICES, "shipped example"
+
+
+def load_offers(path) -> list:
+    import tomllib
+    from decimal import Decimal
+
+    from spotctl.accounting.compare import parse_offers
+    from spotctl.errors import ConfigError
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_offers(data, str(path))
+
+
+def compare(ledger, cfg: Config, start_ms: int, end_ms: int, prices: str | None = None,
+            bucket_s: int = 3600) -> dict:
+    """What the window's tokens would have cost on each hosted offer, against its spend."""
+    from spotctl.accounting.compare import compare_offers, fully_loaded
+    from spotctl.clock import from_ms, iso
+    from spotctl.money import usd_str
+    from spotctl.services.cost import cost_report, fixed_costs
+
+    path, origin = prices_path(cfg, prices)
+    offers = load_offers(path)
+    report = cost_report(ledger, cfg, start_ms, end_ms, bucket_s=bucket_s)
+    rows = compare_offers(offers, report, cfg.tiers)
+    return {
+        "window": {"start": iso(from_ms(start_ms)), "end": iso(from_ms(end_ms))},
+        "self_hosted_usd": usd_str(report.total.spend_micros),
+        "spend_complete": report.spend.complete,
+        "prompt_tokens": report.total.prompt_tokens,
+        "output_tokens": report.total.output_tokens,
+        "usd_per_mtok_output": (None if report.total.usd_per_mtok_output is None
+                                else str(report.total.usd_per_mtok_output)),
+        "usd_per_mtok_at_full_load": (None if report.total.usd_per_mtok_at_full_load is None
+                                      else str(report.total.usd_per_mtok_at_full_load)),
+        "utilisation": (None if report.total.utilisation is None
+                        else str(report.total.utilisation)),
+        "prices": {"path": str(path), "origin": origin},
+        "offers": [r.to_json() for r in rows if r.tiers],
+        "offers_without_tier": [r.offer.name for r in rows if not r.tiers],
+        "fully_loaded": fully_loaded(report.total.spend_micros, fixed_costs(cfg),
+                                     end_ms - start_ms),
+        "note": "estimates: list prices × this window's tokens; cached input tokens are not "
+                "recorded, so every prompt token is priced uncached",
+    }
