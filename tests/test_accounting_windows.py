@@ -176,8 +176,8 @@ def test_buckets_align_to_clock_hours_so_the_band_does_not_move(ledger):
 
 def test_accounting_is_pure():
     """No module of spotctl/accounting opens the ledger, imports sqlite3 or runs SQL; the one
-    exception is the ``spend_between`` shim kept for callers that still pass a ledger, which
-    delegates to the services layer."""
+    exception is the ``spend_between`` shim kept for callers that still pass a ledger: one
+    snapshot read through spotctl.ledger.queries, then the pure computation."""
     import ast
     from pathlib import Path
 

@@ -2,8 +2,8 @@
 
 Reading the snapshot is :func:`spotctl.ledger.queries.read_window` (one transaction);
 :mod:`spotctl.services.cost` puts the two together. :func:`spend_between` is kept for the
-callers outside accounting that still pass a ledger (the gateway's gate, reconcile, the demo):
-it does that one read and nothing else.
+callers that still pass a ledger (the gateway's gate, reconcile, the demo): it does that one
+read and nothing else.
 """
 
 from __future__ import annotations
@@ -182,10 +182,15 @@ def spend_between(
 ) -> SpendResult:
     """Invoice-true spend in (start_ms, end_ms]: one snapshot read, then :func:`compute_spend`.
 
-    Kept for callers outside accounting that hold a ledger; new code calls
-    :func:`spotctl.services.cost.spend_between`, which is this.
+    The only function here that reads (through :func:`spotctl.ledger.queries.read_window`),
+    kept for callers below the services layer that hold a ledger (the gateway's gate).
     """
-    from spotctl.services.cost import spend_between as service
+    from spotctl.ledger import queries
 
-    return service(ledger, start_ms, end_ms, cfg, providers=providers, tiers=tiers,
-                   bucket_ms=bucket_ms)
+    polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
+    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
+    data = queries.read_window(ledger.conn, start_ms, end_ms, bucket_ms, providers=providers,
+                               watched=watched, tokens=False, fleet=False)
+    return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
+                         stale_after_ms=cfg.billing.stale_after_s * 1000,
+                         providers=providers, tiers=tiers)
