@@ -28,13 +28,14 @@ from spotctl.money import usd_str
 SERVING_EVENTS = frozenset({"ready", "woke", "returned_to_spot"})
 
 
-def tier_spend(spend: SpendResult, tier: str, lo_ms: int, hi_ms: int) -> int:
+def tier_spend(spend: SpendResult, tier: str, lo_ms: int, hi_ms: int, *,
+               vms_only: bool = False) -> int:
     """The tier's invoice-true spend in (lo, hi] (exact at sample times)."""
     if hi_ms <= lo_ms:
         return 0
     total = 0
     for r in spend.series:
-        if r.data.tier != tier:
+        if r.data.tier != tier or (vms_only and r.data.resource_kind != "vm"):
             continue
         total += series_spend(r.data.points, lo_ms, hi_ms, created_ms=r.data.created_ms,
                               counts_from_creation=r.data.resource_kind != "account").micros
@@ -185,3 +186,47 @@ def combine_savings(items: Sequence[SpotSavings]) -> dict:
         "unknown_rates": [f"{s.tier}: {s.rate.source}" for s in items
                           if s.spot_ms > 0 and s.rate.micros_per_h is None],
     }
+
+
+@dataclass
+class Wake:
+    """One wake of a tier: its phases, what was billed meanwhile, the requests it held."""
+
+    tier: str
+    waking_ms: int
+    woke_ms: int | None  # None: not woken by the window's end (or it failed)
+    until_ms: int
+    phases: dict[str, float]
+    spend_micros: int
+    held_waits_ms: list[int]
+
+    @property
+    def seconds(self) -> float:
+        return (self.until_ms - self.waking_ms) / 1000
+
+    def to_json(self) -> dict:
+        waits = self.held_waits_ms
+        return {
+            "tier": self.tier, "waking": iso(from_ms(self.waking_ms)),
+            "woke": iso(from_ms(self.woke_ms)) if self.woke_ms is not None else None,
+            "seconds": round(self.seconds, 1), "phases": self.phases,
+            "spend_usd": usd_str(self.spend_micros), "requests_held": len(waits),
+            "max_wait_s": round(max(waits) / 1000, 1) if waits else None,
+            "mean_wait_s": round(sum(waits) / len(waits) / 1000, 1) if waits else None,
+        }
+
+
+def wakes(data, spend: SpendResult, tiers: set[str] | None = None) -> list[Wake]:
+    from spotctl.ledger.queries import wake_intervals
+
+    out = []
+    woke_events = {(e.tier, e.ts_ms): e for e in data.events if e.event in ("woke", "ready")}
+    for tier, lo, hi in wake_intervals(data.events, data.end_ms):
+        if tiers is not None and tier not in tiers:
+            continue
+        ev = woke_events.get((tier, hi))
+        held = data.held.get((tier, lo), [])
+        out.append(Wake(tier, lo, hi if ev is not None else None, hi,
+                        dict(ev.phases) if ev is not None else {},
+                        tier_spend(spend, tier, lo, hi), [hi - t for t in held]))
+    return out

@@ -146,11 +146,13 @@ def _print_cost(report, plot: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     # the economics commands live beside `cost` (their own modules, registered from here)
+    from spotctl.cli import advise as advise_cmd
     from spotctl.cli import bench as bench_cmd
     from spotctl.cli import compare as compare_cmd
 
     bench_cmd.register(app)
     compare_cmd.register(app)
+    advise_cmd.register(app)
 
     @app.command()
     def cost(

@@ -148,6 +148,10 @@ class WindowData:
     refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, tier, status)
     busy: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tier -> islands
     bench: dict[str, list[BenchRow]] = field(default_factory=dict)  # newest first
+    # request start times per tier inside each wake ((tier, waking ms) -> starts), and, when
+    # asked for (advise), every request start per tier in the window
+    held: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    arrivals: dict[str, list[int]] = field(default_factory=dict)
 
     def bucket_start(self, ms: int) -> int:
         return self.start_ms if self.bucket_ms is None else ms - ms % self.bucket_ms
@@ -164,7 +168,7 @@ class WindowData:
 def read_window(
     conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None, *,
     providers: Iterable[str] | None = None, watched: Iterable[str] = (),
-    tokens: bool = True, fleet: bool = True,
+    tokens: bool = True, fleet: bool = True, arrivals: bool = False,
 ) -> WindowData:
     """Everything for the window (start, end] in one consistent snapshot.
 
@@ -194,6 +198,10 @@ def read_window(
             data.refusals = _refusals(conn, start_ms, end_ms)
         if fleet or tokens:
             data.resource_capacity = _resource_capacity(conn, end_ms)
+        if fleet and tokens:
+            data.held = _held(conn, wake_intervals(data.events, end_ms))
+        if arrivals:
+            data.arrivals = _arrivals(conn, start_ms, end_ms)
     finally:
         conn.execute("COMMIT")
     return data
@@ -434,6 +442,40 @@ def _events(conn: sqlite3.Connection, start_ms: int, end_ms: int
         (start_ms,)):
         before[r[1]] = _event(r)
     return events, before
+
+
+def wake_intervals(events: list[EventRow], end_ms: int) -> list[tuple[str, int, int]]:
+    """(tier, waking ms, woke ms or the window's end) for every ``waking`` event."""
+    out = []
+    for i, ev in enumerate(events):
+        if ev.event != "waking":
+            continue
+        done = next((e.ts_ms for e in events[i + 1:] if e.tier == ev.tier and e.event in
+                     ("woke", "ready", "failed", "down", "preempted", "hibernated")), end_ms)
+        out.append((ev.tier, ev.ts_ms, done))
+    return out
+
+
+def _held(conn: sqlite3.Connection, intervals: list[tuple[str, int, int]]
+          ) -> dict[tuple[str, int], list[int]]:
+    """Start times of the requests to a tier that arrived while it was waking."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for tier, lo, hi in intervals:
+        out[(tier, lo)] = [r[0] for r in conn.execute(
+            "SELECT started_ms FROM usage WHERE completed_ms >= ? AND completed_ms < ? AND "
+            "started_ms >= ? AND started_ms <= ? AND (tier = ? OR tier IS NULL) "
+            "ORDER BY started_ms", (lo, hi + MAX_REQUEST_MS, lo, hi, tier))]
+    return out
+
+
+def _arrivals(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for tier, started in conn.execute(
+        "SELECT coalesce(tier, ''), started_ms FROM usage WHERE completed_ms >= ? AND "
+        "completed_ms < ? AND started_ms >= ? AND started_ms < ? ORDER BY started_ms",
+        (start_ms, end_ms + MAX_REQUEST_MS, start_ms, end_ms)):
+        out[tier].append(started)
+    return dict(out)
 
 
 def _resource_capacity(conn: sqlite3.Connection, end_ms: int) -> dict[str, str]:

@@ -17,10 +17,12 @@ from spotctl.accounting.economics import (
     interruptions,
     observed_on_demand_rate,
     spot_savings,
+    wakes,
 )
 from spotctl.accounting.report import CostReport, build_report
 from spotctl.accounting.spend import SpendResult, compute_spend, watched_providers
 from spotctl.ledger import queries
+from spotctl.money import usd_str
 
 if TYPE_CHECKING:
     from spotctl.config import Config
@@ -29,11 +31,12 @@ if TYPE_CHECKING:
 
 def read_window(ledger: Ledger, cfg: Config, start_ms: int, end_ms: int,
                 bucket_ms: int | None, *, providers: set[str] | None = None,
-                tokens: bool = True, fleet: bool = True) -> queries.WindowData:
+                tokens: bool = True, fleet: bool = True,
+                arrivals: bool = False) -> queries.WindowData:
     polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
     watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
     return queries.read_window(ledger.conn, start_ms, end_ms, bucket_ms, providers=providers,
-                               watched=watched, tokens=tokens, fleet=fleet)
+                               watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals)
 
 
 def spend_of(data: queries.WindowData, cfg: Config, *, providers: set[str] | None = None,
@@ -108,5 +111,11 @@ def add_spot_economics(report: CostReport, cfg: Config) -> None:
         sv = spot_savings(report.spend, row.name, on_demand_rate(cfg, data, row.name), mine)
         savings.append(sv)
         row.extra["spot_savings_estimate"] = sv.to_json()
+    woken = wakes(data, report.spend, {t.name for t in report.tiers})
+    for row in report.tiers:
+        row.extra["wakes"] = [w.to_json() for w in woken if w.tier == row.name]
+    report.extras["wakes"] = {"count": len(woken),
+                              "spend_usd": usd_str(sum(w.spend_micros for w in woken)),
+                              "requests_held": sum(len(w.held_waits_ms) for w in woken)}
     report.extras["interruption_tax"] = interruption_tax_json(items)
     report.extras["spot_savings_estimate"] = combine_savings(savings)

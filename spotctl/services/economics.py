@@ -307,3 +307,112 @@ def compare(ledger, cfg: Config, start_ms: int, end_ms: int, prices: str | None 
         "note": "estimates: list prices × this window's tokens; cached input tokens are not "
                 "recorded, so every prompt token is priced uncached",
     }
+
+
+# -- advise -----------------------------------------------------------------------------------
+
+def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int):
+    """The rates a tier's window billed, per hour, from its invoice-true spend and times."""
+    from spotctl.accounting.advise import Rates
+    from spotctl.accounting.capacity import HIBERNATED, ON_DEMAND, SPOT
+    from spotctl.services.cost import on_demand_rate
+
+    micros: dict[tuple[str, bool], int] = {}
+    ms: dict[tuple[str, bool], int] = {}
+    constant = 0
+    hib_sample_rate = None
+    for r in spend.series:
+        if r.data.tier != tier:
+            continue
+        for lab, m in r.spend.by_label().items():
+            micros[(lab.category, lab.serving)] = micros.get((lab.category, lab.serving), 0) + m
+            if lab.category not in (SPOT, ON_DEMAND, HIBERNATED):
+                constant += m
+        for lab, t in r.spend.ms_by_label().items():
+            ms[(lab.category, lab.serving)] = ms.get((lab.category, lab.serving), 0) + t
+        for state, _spot, rate in r.data.meta.values():
+            if rate and (state or "").lower() in ("hibernated", "shelved", "shelved_offloaded"):
+                hib_sample_rate = rate
+    notes = []
+
+    def per_hour(key) -> int | None:
+        t = ms.get(key, 0)
+        return None if t <= 0 else int(micros.get(key, 0) * 3_600_000 // t)
+
+    spot = per_hour((SPOT, True))
+    od = per_hour((ON_DEMAND, True))
+    flavor = _flavor(cfg, tier)
+    if od is None:
+        rate = on_demand_rate(cfg, data, tier)
+        od = rate.micros_per_h
+        notes.append(f"on-demand serving rate: {rate.source}")
+    if spot is None and flavor is not None:
+        spot = flavor.spot_per_min * 60
+        notes.append(f"spot serving rate: price list, local cloud flavor {flavor.name}")
+    hib = per_hour((HIBERNATED, False))
+    if hib is None:
+        if hib_sample_rate is not None:
+            hib = hib_sample_rate
+            notes.append("hibernated rate: the provider's reported rate for the hibernated VM")
+        elif flavor is not None:
+            hib = flavor.hibernated_per_min * 60
+            notes.append(f"hibernated rate: price list, local cloud flavor {flavor.name}")
+    done = [w for w in wakes_ if w.woke_ms is not None]
+    wake_ms = int(sum(w.until_ms - w.waking_ms for w in done) / len(done)) if done else None
+    waking_total_ms = sum(w.until_ms - w.waking_ms for w in done)
+    from spotctl.accounting.economics import tier_spend
+
+    waking_vm = sum(tier_spend(spend, tier, w.waking_ms, w.until_ms, vms_only=True)
+                    for w in done)  # storage is counted apart, under every policy
+    waking = int(waking_vm * 3_600_000 // waking_total_ms) if waking_total_ms > 0 else 0
+    if wake_ms is None:
+        notes.append("no wake in the window: wakes are priced at 0 s and $0 (optimistic)")
+    spot_serving_ms = ms.get((SPOT, True), 0)
+    tax = int(tax_micros * 3_600_000 // spot_serving_ms) if spot_serving_ms > 0 else 0
+    return Rates(spot, od, hib, waking, wake_ms, constant, tax, tuple(notes))
+
+
+def _flavor(cfg: Config, tier: str):
+    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
+    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
+    if tier_cfg is None or prov is None or prov.kind != "localcloud" or not tier_cfg.flavor:
+        return None
+    from spotctl.localcloud.model import FLAVORS
+
+    return FLAVORS.get(tier_cfg.flavor)
+
+
+def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = None) -> dict:
+    """Replay the window's arrivals per tier under each idle timeout and capacity choice."""
+    from spotctl.accounting.advise import advise_tier
+    from spotctl.accounting.economics import SERVING_EVENTS, interruptions, wakes
+    from spotctl.accounting.report import build_report
+    from spotctl.clock import from_ms, iso
+    from spotctl.services.cost import read_window, spend_of
+
+    names = [t.name for t in cfg.tiers if tier is None or t.name == tier]
+    if tier is not None and not names:
+        cfg.tier(tier)  # raises the one-line unknown-tier error
+    data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
+    spend = spend_of(data, cfg)
+    report = build_report(data, spend, cfg, min_tokens=1)
+    woken = wakes(data, spend)
+    items = interruptions(data, spend)
+    out = []
+    for name in names:
+        row = next((r for r in report.tiers if r.name == name), None)
+        tier_cfg = cfg.tier(name)
+        rates = measured_rates(cfg, data, spend, name, [w for w in woken if w.tier == name],
+                               sum(i.spend_micros for i in items if i.tier == name))
+        before = data.events_before.get(name)
+        at_start = before is None or before.event in SERVING_EVENTS
+        advice = advise_tier(
+            name, data.busy.get(name, []), data.arrivals.get(name, []), start_ms, end_ms,
+            rates, row.output_tokens if row else 0, row.spend_micros if row else 0,
+            tier_cfg.idle_minutes or None, tier_cfg.capacity, serving_at_start=at_start)
+        out.append(advice.to_json())
+    return {"window": {"start": iso(from_ms(start_ms)), "end": iso(from_ms(end_ms))},
+            "spend_complete": spend.complete, "tiers": out,
+            "note": "estimates: the window's arrivals replayed with the rates it measured; the "
+                    "backtest error is the current policy's prediction against its actual "
+                    "spend"}
