@@ -83,6 +83,9 @@ class TierConfig(_Section):
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_key_path: Path = Path("~/.ssh/id_ed25519")
     ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
+    # (econ) output tokens/s one VM of this tier serves at saturation, when no `spotctl bench`
+    # was run: capacity for `cost` utilisation and full-load $/Mtok. Cite the figure's source.
+    rated_output_tokens_per_s: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def public_model(self) -> str:
@@ -159,6 +162,14 @@ class FleetConfig(_Section):
     probe_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
+class FixedCostConfig(_Section):
+    """(econ) A cost the providers' invoices do not carry (the gateway's VPS, egress, labour):
+    shown pro-rated as a separate "fully loaded" line by `cost` and `compare`, never in spend."""
+
+    name: Annotated[str, Field(min_length=1)]
+    usd_per_month: Annotated[Decimal, Field(ge=0)]
+
+
 class Config(_Section):
     ledger: LedgerConfig = LedgerConfig()
     billing: BillingConfig = BillingConfig()
@@ -167,6 +178,7 @@ class Config(_Section):
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
     fleet: FleetConfig = FleetConfig()
+    fixed_costs: list[FixedCostConfig] = Field(default_factory=list)  # (econ) [[fixed_costs]]
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 
