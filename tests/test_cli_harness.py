@@ -50,6 +50,7 @@ def test_wait_http_names_the_url_when_nothing_answers():
 
 def test_running_engine_and_gateway_serve_a_request_and_stop(tmp_path):
     from spotctl.gateway.keys import create_key
+
     from spotctl.ledger.db import Ledger
 
     with running_engine() as engine:

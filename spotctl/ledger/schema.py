@@ -252,6 +252,15 @@ MIGRATIONS: list[str] = [
     FROM usage_key_minutes
     GROUP BY key_id, minute_ms - minute_ms % 86400000;
     """,
+    # 3 -> 4 (fleet, issue 11 §2): each journal entry names its operation's kind, so a
+    # restarted daemon knows what a half-done operation was for (a `draining` of a down, of a
+    # hibernation, ...); and the rate the provider quoted at launch (an estimate of price,
+    # never spend: the billing poller compares the billed rate with it).
+    """
+    ALTER TABLE fleet_events ADD COLUMN operation TEXT;  -- up, wake, hibernate, down, ...
+    ALTER TABLE fleet_events ADD COLUMN quoted_rate_micros_per_h INTEGER;
+    CREATE INDEX ix_events_operation ON fleet_events (operation_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
