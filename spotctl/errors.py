@@ -12,6 +12,8 @@ exception or searches an error's text.
     ├── UsageError                    exit 2: bad flags, arguments or input
     │   └── ConfigError               exit 2: spotctl.toml is wrong (names file, key, expected, found)
     ├── LedgerError                   the ledger cannot be opened, migrated or written
+    │   └── LedgerUnavailable         the ledger server cannot be reached (or no pooled
+    │                                 connection came in time): ``reason`` says which
     ├── ProviderError                 a provider's API refused or failed (``provider`` names it)
     │   ├── ProviderAuthError         401/403: the key is wrong or lacks a permission
     │   ├── ProviderQuotaError        quota, credit or limit exhausted
@@ -62,6 +64,16 @@ class ConfigError(UsageError):
 
 class LedgerError(SpotctlError):
     exit_code = ExitCode.ERROR
+
+
+class LedgerUnavailable(LedgerError):
+    """The shared ledger (PostgreSQL) cannot be reached, a connection broke, or the pool had no
+    free connection in time. ``reason``: ``ledger_unreachable`` or ``pool_exhausted``."""
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None, *,
+                 reason: str = "ledger_unreachable") -> None:
+        super().__init__(message, exit_code)
+        self.reason = reason
 
 
 class ProviderError(SpotctlError):
