@@ -265,6 +265,8 @@ def format_validation_error(path: Path | str, exc: ValidationError, data: dict[s
     found_text = "missing" if err.get("type") == "missing" else repr(found)
     if isinstance(found, dict | list):
         found_text = type(found).__name__
+    if isinstance(found, str) and "://" in found and "@" in found:  # never echo a password
+        found_text = repr(found.split("://", 1)[0] + "://***@" + found.rsplit("@", 1)[1])
     more = len(exc.errors()) - 1
     tail = f" (+{more} more error{'s' if more > 1 else ''})" if more > 0 else ""
     msg = msg.removeprefix("Value error, ")

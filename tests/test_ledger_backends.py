@@ -14,7 +14,7 @@ from spotctl.ledger.writes import record_poll, record_usage, touch_tiers
 
 @pytest.mark.parametrize("sql, pg", [
     ("SELECT a FROM t WHERE b = ? AND c > ?", "SELECT a FROM t WHERE b = %s AND c > %s"),
-    ("SELECT x % 60000, '?', '%' FROM t", "SELECT x %% 60000, '?', '%' FROM t"),
+    ("SELECT x % 60000, '?', '%' FROM t", "SELECT x %% 60000, '?', '%%' FROM t"),
     ("SET a = max(a, excluded.a), b = min(b, ?)",
      "SET a = greatest(a, excluded.a), b = least(b, %s)"),
     ("SELECT max(a), MIN(b) FROM t", "SELECT max(a), MIN(b) FROM t"),  # aggregates stay
@@ -27,6 +27,11 @@ from spotctl.ledger.writes import record_poll, record_usage, touch_tiers
     ("SELECT CAST(x AS INTEGER) -- a comment with ? and max(a, b)",
      "SELECT CAST(x AS BIGINT) -- a comment with ? and max(a, b)"),
     ('SELECT "max"(a, b) FROM "integer"', 'SELECT "max"(a, b) FROM "integer"'),
+    ("SELECT count(*) FROM (SELECT a FROM t EXCEPT SELECT a FROM u)",
+     "SELECT count(*) FROM (SELECT a FROM t EXCEPT SELECT a FROM u) AS _sub0"),
+    ("SELECT * FROM (SELECT a FROM t) s JOIN (SELECT b FROM u) ON 1 WHERE x IN (SELECT 1)",
+     "SELECT * FROM (SELECT a FROM t) s JOIN (SELECT b FROM u) AS _sub0 ON 1 WHERE x IN "
+     "(SELECT 1)"),
 ])
 def test_translate(sql, pg):
     assert translate(sql) == pg
@@ -99,8 +104,9 @@ def test_postgres_url_rejects_a_password():
     from spotctl.config import parse_config
     from spotctl.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="PGPASSWORD"):
+    with pytest.raises(ConfigError, match="PGPASSWORD") as err:
         parse_config('[ledger]\nurl = "postgresql://u:hunter2@127.0.0.1:5432/db"\n')
+    assert "hunter2" not in str(err.value)
     with pytest.raises(ConfigError, match="not both"):
         parse_config('[ledger]\nurl = "postgresql://u@h/db"\npath = "x.db"\n')
 
@@ -118,3 +124,19 @@ def test_translate_qualifies_upsert_columns():
         "DO UPDATE SET requests = usage_minutes.requests + 1, "
         "last = greatest(usage_minutes.last, excluded.last), "
         "s = CASE WHEN excluded.m >= m THEN 1 ELSE usage_minutes.s END")
+
+
+def test_check_is_clean_on_both(ledger):
+    from spotctl.ledger.check import check_ledger
+
+    record_poll(ledger, PollRecord("p", 1_000, 2_000, "ok", None, 1),
+                [BillingSample("p", "a", "vm:1", "vm", 2_000, 5, CumulativeKind.RESOURCE_TOTAL,
+                               "x" * 64)])
+    record_usage(ledger, [UsageRecord("r", 1, 61_000, "ok", tier="t", completion_tokens=3)])
+    results = check_ledger(ledger)
+    assert [r.name for r in results if not r.ok] == []
+    assert len(results) >= 12
+    # and it catches a broken invariant on both
+    ledger.conn.execute("UPDATE usage_minutes SET completion_tokens = completion_tokens + 1")
+    bad = [r.name for r in check_ledger(ledger) if not r.ok]
+    assert bad == ["usage rollup agrees with usage rows"]

@@ -45,7 +45,7 @@ def get_config(ctx: typer.Context) -> Config:
 def open_ledger_for(ctx: typer.Context, *, readonly: bool = False) -> Ledger:
     from spotctl.ledger.db import Ledger
 
-    return Ledger(get_config(ctx).ledger_path, readonly=readonly)
+    return Ledger(get_config(ctx).ledger_target, readonly=readonly)
 
 
 def emit_json(payload: Any) -> None:
