@@ -166,6 +166,37 @@ MIGRATIONS: list[str] = [
         last_request_ms INTEGER NOT NULL
     );
     """,
+    # 1 -> 2 (gateway, issue 11 §4 and issue 15): open requests per gateway process and tier,
+    # and the per-key usage rollup the budget gate reads.
+    """
+    -- One row per gateway process (and worker) and tier: requests in flight now, the latest
+    -- request (start or completion), and when the process last wrote (its heartbeat). The
+    -- fleet never hibernates a tier with open requests (spotctl.ledger.usage.open_requests).
+    CREATE TABLE gateway_tiers (
+        gateway_id TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        in_flight INTEGER NOT NULL,
+        last_request_ms INTEGER,
+        heartbeat_ms INTEGER NOT NULL,
+        PRIMARY KEY (gateway_id, tier)
+    );
+    CREATE INDEX ix_gateway_tiers_tier ON gateway_tiers (tier, heartbeat_ms);
+
+    -- Per-minute, per-key rollup of usage, kept in the same transaction as each usage insert:
+    -- the gate's per-key budgets cost O(minutes × keys), not O(requests today).
+    CREATE TABLE usage_key_minutes (
+        minute_ms INTEGER NOT NULL,
+        key_id TEXT NOT NULL,           -- '' when the request had no key
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (minute_ms, key_id)
+    );
+    INSERT INTO usage_key_minutes (minute_ms, key_id, requests, prompt_tokens, completion_tokens)
+        SELECT completed_ms - completed_ms % 60000, coalesce(key_id, ''), count(*),
+               sum(prompt_tokens), sum(completion_tokens)
+        FROM usage GROUP BY completed_ms - completed_ms % 60000, coalesce(key_id, '');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""One API client per provider: the only modules that speak a provider HTTP API (see http.py)."""
