@@ -64,7 +64,19 @@ def test_migrate_is_exact_and_idempotent(example_dir, pg_url):
                                        completion_tokens=7)])
     third = migrate_sqlite_to_postgres(src, pg_url)
     copied = {t.name: t.copied_rows for t in third.tables if t.copied_rows}
-    assert copied == {"usage": 1, "usage_minutes": 1}
+    assert copied == {"usage": 1, "usage_minutes": 1, "usage_key_minutes": 1}
+    # state tables follow the source: a series' catalogue row moves on, a deleted row goes
+    with Ledger(src) as led:
+        led.conn.execute("UPDATE billing_series SET last_state = 'DELETED'")
+        led.conn.execute("DELETE FROM usage_key_minutes WHERE minute_ms = 60000")
+    fourth = migrate_sqlite_to_postgres(src, pg_url)
+    series = led_count = None
+    with Ledger(pg_url) as led:
+        series = led.conn.execute("SELECT DISTINCT last_state FROM billing_series").fetchall()
+        led_count = led.conn.execute("SELECT count(*) FROM usage_key_minutes WHERE "
+                                     "minute_ms = 60000").fetchone()
+    assert series == [("DELETED",)] and led_count == (0,)
+    assert all(t.exact for t in fourth.tables)
     # new writes on PostgreSQL continue after the copied ids
     from spotctl.ledger.records import FleetEvent
     from spotctl.ledger.writes import record_fleet_event
@@ -72,6 +84,23 @@ def test_migrate_is_exact_and_idempotent(example_dir, pg_url):
     with Ledger(pg_url) as led:
         top = led.conn.execute("SELECT max(id) FROM fleet_events").fetchone()[0] or 0
         assert record_fleet_event(led, FleetEvent(1, "t", "down")) == top + 1
+
+
+def test_migrate_refuses_to_overwrite_a_journal_row_written_on_postgres(example_dir, pg_url):
+    src = example_dir / "spotctl.db"
+    migrate_sqlite_to_postgres(src, pg_url)
+    from spotctl.ledger.records import FleetEvent
+    from spotctl.ledger.writes import record_fleet_event
+
+    with Ledger(pg_url) as led:  # PostgreSQL's next event...
+        new_id = record_fleet_event(led, FleetEvent(5, "t", "written-on-pg"))
+    with Ledger(src) as led:  # ...and the old SQLite ledger's next one share an id
+        assert record_fleet_event(led, FleetEvent(6, "t", "written-on-sqlite")) == new_id
+    with pytest.raises(LedgerError, match=f"fleet_events id {new_id}"):
+        migrate_sqlite_to_postgres(src, pg_url)
+    with Ledger(pg_url) as led:
+        assert led.conn.execute("SELECT event FROM fleet_events WHERE id = ?", (new_id,)
+                                ).fetchone() == ("written-on-pg",)
 
 
 def test_migrate_refuses_a_destination_with_other_rows(example_dir, pg_url):

@@ -1,12 +1,20 @@
 """``spotctl ledger migrate --to postgresql://...``: copy a SQLite ledger into PostgreSQL, exactly.
 
 Every table is copied in one PostgreSQL transaction (all or nothing), through ``COPY`` into a
-temporary table and ``INSERT ... ON CONFLICT DO NOTHING`` from it, so a re-run after the SQLite
-ledger grew copies only the new rows, and a re-run with nothing new changes nothing. Before the
-transaction commits, each table's row count and the sum of each of its integer columns (every
-money and time column) are compared between the two; any difference rolls the whole copy back
-(for example, a destination that already holds rows the source does not). Generated ``id``
-sequences are moved past the copied ids, so writers on PostgreSQL continue after them.
+temporary table and an upsert from it, so a re-run after the SQLite ledger grew copies only what
+changed, and a re-run with nothing new changes nothing. Two kinds of table:
+
+- journals (a primary key ``id``: polls, samples, anomalies, usage, fleet events): rows are only
+  added. A destination row whose ``id`` the source has with other values was written on
+  PostgreSQL after an earlier copy: the copy refuses (nothing written) rather than overwrite it;
+- state (every other table: the series catalogue, rollups, keys, tier activity): the destination
+  is made equal to the source (rows updated, added, and removed when the source removed them).
+
+Before the transaction commits, each table's row count and the sum of each of its integer
+columns (every money and time column) are compared between the two; any difference rolls the
+whole copy back (a destination holding journal rows the source does not, for example).
+Generated ``id`` sequences are moved past the copied ids, so writers on PostgreSQL continue
+after them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ CHUNK = 20_000
 class TableCopy:
     name: str
     source_rows: int
-    copied_rows: int  # new rows written by this run
+    copied_rows: int  # rows this run added, changed or (state tables) removed
     dest_rows: int
     sums: dict[str, int] = field(default_factory=dict)  # integer column -> sum (equal on both)
 
@@ -155,9 +163,38 @@ def _copy_table(src: Ledger, raw, name: str, cols: list[tuple[str, str]],
             done += len(rows)
             if progress:
                 progress(name, done, total)
+    pk = [r[0] for r in raw.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+        "ORDER BY array_position(i.indkey, a.attnum)", (name,))]
+    journal = pk == ["id"]
+    others = [c for c in names if c not in pk]
+    row_t = "ROW(" + ", ".join(f't."{c}"' for c in others) + ")"
+    row_x = "ROW(" + ", ".join(f'x."{c}"' for c in others) + ")"
+    match = " AND ".join(f't."{c}" = x."{c}"' for c in pk)
+    if journal and others:
+        clash = raw.execute(
+            f'SELECT t.id FROM "{name}" t JOIN "{tmp}" x ON {match} '  # noqa: S608 - checked
+            f"WHERE {row_t} IS DISTINCT FROM {row_x} LIMIT 1").fetchone()
+        if clash is not None:
+            raise LedgerError(
+                f"migrate: {name} id {clash[0]} in the destination differs from the source's (it "
+                "was written on PostgreSQL after an earlier copy): nothing was written")
+    if pk and others and not journal:
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in others)
+        row_d = "ROW(" + ", ".join(f'"{name}"."{c}"' for c in others) + ")"
+        row_e = "ROW(" + ", ".join(f'excluded."{c}"' for c in others) + ")"
+        conflict = (f"ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {sets} "
+                    f"WHERE {row_d} IS DISTINCT FROM {row_e}")
+    else:
+        conflict = "ON CONFLICT DO NOTHING"
     insert = (f'INSERT INTO "{name}" ({col_list}) SELECT {col_list} '  # noqa: S608 - checked
-              f'FROM "{tmp}" ON CONFLICT DO NOTHING')
+              f'FROM "{tmp}" {conflict}')
     copied = raw.execute(insert).rowcount
+    if pk and not journal:  # state the source no longer has
+        copied += raw.execute(
+            f'DELETE FROM "{name}" t WHERE NOT EXISTS (SELECT 1 FROM "{tmp}" x '  # noqa: S608
+            f"WHERE {match})").rowcount
     raw.execute(f'DROP TABLE "{tmp}"')
     count = f'SELECT count(*) FROM "{name}"'  # noqa: S608 - checked names
     dest_rows = raw.execute(count).fetchone()[0]
