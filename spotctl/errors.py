@@ -22,6 +22,7 @@ exception or searches an error's text.
     │   ├── ProviderUnavailable       unreachable, timed out, 429/5xx after the retries
     │   └── NoSpotCapacity            spot capacity refused: worth retrying later, or on demand
     ├── FleetError                    a fleet operation failed (VM error, not ready in time, ...)
+    │   └── LeaseLost                 this process no longer holds the tier's lease: do not act
     ├── ThresholdCrossed              exit 3: --fail-over, a closed budget, reconcile drift
     └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
 
@@ -115,6 +116,11 @@ class NoSpotCapacity(ProviderError):
 
 class FleetError(SpotctlError):
     exit_code = ExitCode.ERROR
+
+
+class LeaseLost(FleetError):
+    """The lease that lets this process act on a tier moved to another holder (or is about to
+    lapse): launch, delete and journal writes are refused (spotctl.ledger.coordination)."""
 
 
 class ThresholdCrossed(SpotctlError):

@@ -197,6 +197,17 @@ MIGRATIONS: list[str] = [
                sum(prompt_tokens), sum(completion_tokens)
         FROM usage GROUP BY completed_ms - completed_ms % 60000, coalesce(key_id, '');
     """,
+    # (issue 14) leases: one holder at a time per name (a daemon acting on a tier), with a
+    # fencing token that grows with each new holder (spotctl.ledger.coordination).
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,          -- 'fleet:<tier>', ...
+        holder TEXT NOT NULL,           -- host:pid:random of the process holding it
+        token INTEGER NOT NULL,         -- fencing token: +1 for every new holder
+        acquired_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
