@@ -76,7 +76,13 @@ class TierConfig(_Section):
     exposure: Exposure = "ssh"
     endpoint: str | None = None  # a fixed engine the user already runs: http://host:port
     api_key_env: str | None = None  # the engine's key, for fixed or public engines
-    flavor: str | None = None  # Hyperstack / local cloud flavor name
+    flavor: str | None = None  # Hyperstack / local cloud flavor name (default: from accelerators)
+    # Hyperstack / local cloud: the account's environment, SSH key pair and OS image by name
+    # (checked before anything is created), and the size of the tier's weights volume.
+    environment: str = "default"
+    keypair: str = "spotctl"
+    image: str = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
+    volume_gb: Annotated[int, Field(ge=1, le=1_048_576)] = 200
     engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
     ssh_user: str = "ubuntu"
