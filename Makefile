@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spotctl-installed
 VLLM_STAMP := .venv-vllm/.vllm-ready
+CONTRACT_STAMP := .venv-contract/.contract-ready-1.56.1a0
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench install clean sshd chromium
@@ -24,6 +25,10 @@ install: $(STAMP)
 $(VLLM_STAMP):
 	bash tests/tools/build_vllm_venv.sh
 
+# The official provider SDKs (pinned) for the contract tests, in their own venv.
+$(CONTRACT_STAMP):
+	bash tests/tools/build_contract_venv.sh
+
 # A real OpenSSH server for the tunnel tests (Debian's openssh-server), only when missing.
 sshd:
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
@@ -38,7 +43,7 @@ chromium:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); }
 
-test: $(STAMP) $(VLLM_STAMP) sshd chromium
+test: $(STAMP) $(VLLM_STAMP) $(CONTRACT_STAMP) sshd chromium
 	$(BIN)/ruff check spotctl tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -52,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) spotctl-demo spotctl-example .pytest_cache
+	rm -rf $(VENV) .venv-contract spotctl-demo spotctl-example .pytest_cache

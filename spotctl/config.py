@@ -43,6 +43,8 @@ class BillingConfig(_Section):
     stale_after_s: Annotated[int, Field(ge=1)] = 180
     deleted_poll_every_s: Annotated[int, Field(ge=60, le=600)] = 600
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # price truth: a billed rate further than this from the rate quoted at launch is an anomaly
+    rate_tolerance_pct: Annotated[float, Field(ge=0, le=1000)] = 5.0
 
 
 class ProviderConfig(_Section):
@@ -102,6 +104,9 @@ class TierConfig(_Section):
 class BudgetConfig(_Section):
     daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
     timezone: str = "UTC"
+    # close the gate while a provider bills a rate off its launch quote (a `rate_mismatch`
+    # anomaly since the last good poll), as for stale billing
+    close_on_rate_mismatch: bool = False
 
     @field_validator("timezone")
     @classmethod
