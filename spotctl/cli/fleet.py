@@ -46,14 +46,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def up(ctx: typer.Context, tier: str,
            dry_run: bool = typer.Option(False, "--dry-run",
-                                        help="Print the task and the vLLM command; launch "
-                                             "nothing.")) -> None:
+                                        help="Print what would be launched (Hyperstack: the "
+                                             "exact requests, after discovery); launch "
+                                             "nothing."),
+           json_out: bool = typer.Option(False, "--json", help="With --dry-run: JSON.")
+           ) -> None:
         """Launch a tier (spot first, bounded on-demand fallback) and wait until it serves."""
         t = _fleet_tier(ctx, tier)
         if dry_run:
             from spotctl.fleet.dryrun import render_dry_run
 
-            console().print(render_dry_run(t), markup=False, highlight=False)
+            text = render_dry_run(t, get_config(ctx), as_json=json_out)
+            if json_out:
+                print(text)
+            else:
+                console().print(text, markup=False, highlight=False)
             return
         status = _manager(ctx).up(t, _progress())
         _print_phases(status, "up")
