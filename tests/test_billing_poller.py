@@ -48,8 +48,7 @@ def test_a_rate_off_its_launch_quote_is_a_rate_mismatch(localcloud, tmp_path):
     vm = cloud.create_vm("spotctl-a", "n3-L40x1")
     lc.clock.advance(120)
     with Ledger(cfg.ledger_path) as led:
-        # the fleet journals the launch quote (its migration adds this column; simulated here)
-        led.conn.execute("ALTER TABLE fleet_events ADD COLUMN quoted_rate_micros_per_h INTEGER")
+        # the fleet journals the launch quote with its `ready` event
         led.conn.execute("INSERT INTO fleet_events (ts_ms, tier, event, resource_id, "
                          "quoted_rate_micros_per_h) VALUES (?, 'a', 'ready', ?, ?)",
                          (to_ms(lc.clock.now()), f"vm:{vm.id}", 990_000))  # $0.99/h
@@ -82,7 +81,6 @@ def test_billing_status_shows_the_rate_mismatch(localcloud, tmp_path, monkeypatc
     cfg_path.write_text(lc.config_toml())
     cfg = parse_config(cfg_path.read_text(), cfg_path)
     with Ledger(cfg.ledger_path) as led:
-        led.conn.execute("ALTER TABLE fleet_events ADD COLUMN quoted_rate_micros_per_h INTEGER")
         led.conn.execute("INSERT INTO fleet_events (ts_ms, tier, event, resource_id, "
                          "quoted_rate_micros_per_h) VALUES (0, 'a', 'ready', ?, 500000)",
                          (f"vm:{vm.id}",))

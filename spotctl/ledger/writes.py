@@ -13,8 +13,10 @@ from spotctl.ledger.records import (
     CreditEvent,
     FleetEvent,
     PollRecord,
-    UsageRecord,
 )
+from spotctl.ledger.usage import record_usage, touch_tiers  # moved to ledger/usage.py
+
+__all__ = ["record_fleet_event", "record_poll", "record_usage", "touch_tiers"]
 
 _SAMPLE_SQL = """
 INSERT INTO billing_samples (
@@ -94,51 +96,6 @@ def record_poll(
     return poll_id, inserted
 
 
-_USAGE_SQL = """
-INSERT INTO usage (
-    id, started_ms, completed_ms, key_id, tier, model, prompt_tokens, completion_tokens,
-    status, http_status, latency_ms, ttft_ms, stream, tokens_estimated
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO NOTHING
-"""
-
-_ROLLUP_SQL = """
-INSERT INTO usage_minutes (minute_ms, tier, requests, prompt_tokens, completion_tokens,
-                           estimated_requests)
-VALUES (?, ?, 1, ?, ?, ?)
-ON CONFLICT (minute_ms, tier) DO UPDATE SET
-    requests = requests + 1,
-    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens,
-    estimated_requests = estimated_requests + excluded.estimated_requests
-"""
-
-
-def record_usage(ledger: Ledger, rows: Iterable[UsageRecord]) -> int:
-    """Insert usage rows and their per-minute rollup in one transaction; returns rows added.
-
-    A row whose id is already present is skipped (and not counted twice in the rollup).
-    """
-    added = 0
-    with ledger.transaction() as conn:
-        for r in rows:
-            cur = conn.execute(
-                _USAGE_SQL,
-                (r.id, r.started_ms, r.completed_ms, r.key_id, r.tier, r.model,
-                 r.prompt_tokens, r.completion_tokens, r.status, r.http_status, r.latency_ms,
-                 r.ttft_ms, int(r.stream), int(r.tokens_estimated)),
-            )
-            if cur.rowcount != 1:
-                continue
-            added += 1
-            conn.execute(
-                _ROLLUP_SQL,
-                (r.completed_ms - r.completed_ms % 60_000, r.tier or "", r.prompt_tokens,
-                 r.completion_tokens, int(r.tokens_estimated)),
-            )
-    return added
-
-
 def record_fleet_event(ledger: Ledger, ev: FleetEvent) -> int:
     with ledger.transaction() as conn:
         cur = conn.execute(
@@ -149,19 +106,6 @@ def record_fleet_event(ledger: Ledger, ev: FleetEvent) -> int:
              json.dumps(ev.phases, sort_keys=True) if ev.phases else None, ev.detail),
         )
         return int(cur.lastrowid or 0)
-
-
-def touch_tiers(ledger: Ledger, last_request_ms: dict[str, int]) -> None:
-    """Record each tier's last request time (only ever moves forward)."""
-    if not last_request_ms:
-        return
-    with ledger.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO tier_activity (tier, last_request_ms) VALUES (?, ?) "
-            "ON CONFLICT (tier) DO UPDATE SET "
-            "last_request_ms = max(last_request_ms, excluded.last_request_ms)",
-            list(last_request_ms.items()),
-        )
 
 
 def _detect_decreases(conn: sqlite3.Connection, samples: Sequence[BillingSample]) -> list[Anomaly]:
