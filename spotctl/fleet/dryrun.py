@@ -19,9 +19,9 @@ from spotctl.errors import NoSpotCapacity
 def dry_run_plan(tier: TierConfig, cfg: Config, clock=None) -> dict:
     """The requests ``up`` would send for a Hyperstack / local-cloud tier."""
     from spotctl.clock import get_clock
-    from spotctl.fleet.registry import backend_for
+    from spotctl.fleet.registry import build_backend
 
-    backend = backend_for(tier, cfg, clock or get_clock())
+    backend = build_backend(tier.backend, cfg, clock or get_clock())
     capacity = "on-demand" if tier.capacity == "on-demand" else "spot"
     try:
         return backend.plan_up(tier, capacity)  # type: ignore[attr-defined]
