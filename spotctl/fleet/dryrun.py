@@ -33,19 +33,23 @@ def dry_run_plan(tier: TierConfig, cfg: Config, clock=None) -> dict:
         return plan
 
 
-def render_dry_run(tier: TierConfig, cfg: Config | None = None, *, as_json: bool = False
-                   ) -> str:
+def dry_run_json(tier: TierConfig, cfg: Config) -> dict:
+    """``up --dry-run --json``: the plan (Hyperstack) or the task text (SkyPilot)."""
     if tier.backend == "skypilot":
         from spotctl.fleet.skypilot_task import render_task
 
-        text = render_task(tier)
-        return json.dumps({"tier": tier.name, "backend": "skypilot", "task": text}) \
-            if as_json else text
+        return {"tier": tier.name, "backend": "skypilot", "task": render_task(tier)}
+    return dry_run_plan(tier, cfg)
+
+
+def render_dry_run(tier: TierConfig, cfg: Config | None = None) -> str:
+    if tier.backend == "skypilot":
+        from spotctl.fleet.skypilot_task import render_task
+
+        return render_task(tier)
     if cfg is None:
         raise ValueError("a Hyperstack dry run needs the configuration (discovery is real)")
     plan = dry_run_plan(tier, cfg)
-    if as_json:
-        return json.dumps(plan, indent=2)
     lines = [f"# {plan['backend']}: tier {plan['tier']} on {plan['flavor']} "
              f"({plan['capacity']}); requests in order:"]
     for r in plan["requests"]:
