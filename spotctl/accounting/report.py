@@ -241,6 +241,7 @@ class CostReport:
     estimated_requests: int
     extras: dict = field(default_factory=dict)  # economics sections added by services
     data: object = None  # the WindowData snapshot the report was built from
+    compare: dict | None = None  # the hosted-API comparison, when computed (not in to_json)
 
     @property
     def spend_complete(self) -> bool:

@@ -40,9 +40,13 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
         raise UsageError("--min-tokens must be zero or more")
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
-        return cost_report(
+        report = cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
             tiers=set(tier) if tier else None, providers=set(provider) if provider else None)
+    from spotctl.services.cost import add_summary
+
+    report.compare = add_summary(report, cfg)
+    return report
 
 
 def _fmt_mtok(value: Decimal | None) -> str:
@@ -137,11 +141,12 @@ def _print_cost(report, plot: bool) -> None:
     if report.estimated_requests:
         c.print(f"{report.estimated_requests} request(s) had token counts estimated, "
                 "not reported by the engine")
-    c.print(report.sentence())
     if plot:
         from spotctl.accounting.plot import plot_report
 
         plot_report(report)
+    for sentence in report.extras.get("summary") or [report.sentence()]:
+        c.print(sentence)
 
 
 def register(app: typer.Typer) -> None:
@@ -254,9 +259,13 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from spotctl.accounting.html_report import render_html
+        from spotctl.services.economics import advise as run_advise
 
         rep = _report(ctx, window, None, None, None, None, bucket, 1000)
-        page = render_html(rep)
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            advised = run_advise(ledger, get_config(ctx), rep.start_ms, rep.end_ms)
+        page = render_html(rep, compare=rep.compare, advise=advised,
+                           summary=rep.extras.get("summary"))
         path = Path(out)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")

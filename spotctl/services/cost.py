@@ -119,3 +119,19 @@ def add_spot_economics(report: CostReport, cfg: Config) -> None:
                               "requests_held": sum(len(w.held_waits_ms) for w in woken)}
     report.extras["interruption_tax"] = interruption_tax_json(items)
     report.extras["spot_savings_estimate"] = combine_savings(savings)
+
+
+def add_summary(report: CostReport, cfg: Config) -> dict | None:
+    """The closing sentences (one per question) into ``report.extras['summary']``; returns the
+    hosted-API comparison used for the last one (None when the prices file is unusable)."""
+    from spotctl.accounting.sentences import summary
+    from spotctl.errors import SpotctlError
+    from spotctl.services.economics import hosted_compare
+
+    try:
+        compared = hosted_compare(report, cfg)
+    except SpotctlError as exc:  # a broken prices file must not break `cost`
+        compared = None
+        report.extras["summary_note"] = f"no API comparison: {exc.message}"
+    report.extras["summary"] = summary(report, compared)
+    return compared
