@@ -8,8 +8,8 @@ in the JSON, and never added to spend.
 * Interruption tax: for each ``preempted`` journal event, the time until the tier serves again
   (the next ``ready``, ``woke`` or ``returned_to_spot``), the tier's spend in that time and the
   requests refused or failed meanwhile.
-* Net spot savings (estimate): the tier's spot-billed machine time priced at the provider's
-  on-demand rate for the same flavor, minus what the spot time was billed, minus the
+* Net spot savings (estimate): the tier's spot machine time in a running state priced at the
+  provider's on-demand rate for the same flavor, minus everything billed as spot, minus the
   interruption tax. Negative: spot lost money in this window.
 """
 
@@ -160,8 +160,9 @@ def spot_savings(spend: SpendResult, tier: str, rate: OnDemandRate,
     for r in spend.series:
         if r.data.tier != tier:
             continue
+        # machine time billed as spot in a running state (booting or restoring may not bill)
         out.spot_ms += sum(ms for lab, ms in r.spend.ms_by_label().items()
-                           if lab.category == SPOT)
+                           if lab.category == SPOT and lab.serving)
         out.spot_micros += sum(m for lab, m in r.spend.by_label().items()
                                if lab.category == SPOT)
     out.tax_micros = sum(i.spend_micros for i in tax if i.tier == tier)

@@ -224,7 +224,8 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
                f"{money(sv['net_savings_usd'])} net (on-demand equivalent "
                f"{money(sv['on_demand_equivalent_usd'])} − spot billed "
                f"{money(sv['spot_spend_usd'])} − interruption tax "
-               f"{money(sv['interruption_tax_usd'])}, over {sv['spot_hours']} spot hours)")
+               f"{money(sv['interruption_tax_usd'])}, over "
+               f"{Decimal(sv['spot_hours']):,.1f} spot hours)")
     fleet_rows = [[iso(from_ms(e.ts_ms)), e.tier, e.event, e.capacity or "", e.detail or ""]
                   for e in data.events if e.event in MARKED_EVENTS]
     dark_rows = [[d["start"], d["end"], d["provider"], d["kind"], d["reason"]]

@@ -58,15 +58,16 @@ def spot_sentence(report) -> str:
         why = "; ".join(sv.get("unknown_rates") or []) or "no on-demand rate"
         return f"What spot saved is unknown: {why}."
     net = to_micros(Decimal(sv["net_savings_usd"]))
+    hours = Decimal(sv["spot_hours"])
     n = tax.get("preemptions", 0)
     tax_txt = (f" after an interruption tax of {fmt_usd(to_micros(Decimal(tax['spend_usd'])))} "
                f"({n} preemption{'s' if n != 1 else ''}, {tax['minutes']} min down, "
                f"{tax['requests_refused']} requests refused)") if n else ""
     if net >= 0:
         return (f"Spot saved an estimated {fmt_usd(net)} against on-demand for the same "
-                f"{sv['spot_hours']} h{tax_txt}.")
+                f"{hours:,.1f} h{tax_txt}.")
     return (f"Spot lost money in this window: an estimated {fmt_usd(-net)} more than on-demand "
-            f"for the same {sv['spot_hours']} h{tax_txt}.")
+            f"for the same {hours:,.1f} h{tax_txt}.")
 
 
 def api_sentence(compare: dict | None) -> str | None:
