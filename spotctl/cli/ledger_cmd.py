@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, open_ledger_for
+from spotctl.cli.common import console, emit_json, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="ledger")
 
     @group.command("check")
-    def check(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def check(ctx: typer.Context, json_out: bool = False) -> None:
         """SQLite's integrity check and the ledger's invariants. Exit 0 when all hold, else 1."""
         from spotctl.ledger.check import check_ledger
 

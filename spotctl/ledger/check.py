@@ -1,11 +1,57 @@
-"""``spotctl ledger check``: SQLite's own integrity check plus the ledger's invariants."""
+"""``spotctl ledger check`` (SQLite's own integrity check plus the ledger's invariants) and the
+small reads the CLI's first-contact commands need (names seen in the ledger)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class LedgerNames:
+    """The tier and provider names the ledger has seen (billing or usage), for validating
+    ``--tier``/``--provider`` filters: a tier removed from the config still has its history."""
+
+    tiers: frozenset[str]
+    providers: frozenset[str]
+
+
+def stored_schema_version(path: Path) -> int | None:
+    """The schema version of the ledger file at ``path``, read without migrating or creating
+    anything (``None``: no file there)."""
+    import sqlite3
+
+    from spotctl.errors import LedgerError
+
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot open: {exc}") from None
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone() is None:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path}: not a usable spotctl ledger: {exc}") from None
+    finally:
+        conn.close()
+
+
+def ledger_names(ledger: Ledger) -> LedgerNames:
+    conn = ledger.conn
+    tiers = {r[0] for r in conn.execute(
+        "SELECT tier FROM billing_series WHERE tier IS NOT NULL "
+        "UNION SELECT tier FROM usage_minutes WHERE tier <> ''")}
+    providers = {r[0] for r in conn.execute(
+        "SELECT provider FROM billing_series UNION SELECT DISTINCT provider FROM billing_polls")}
+    return LedgerNames(frozenset(tiers), frozenset(providers))
 
 
 @dataclass

@@ -7,13 +7,9 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from spotctl.errors import ExitCode, LedgerError
 from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -106,13 +102,6 @@ class Ledger:
         else:
             self.conn.execute("COMMIT")
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """A sqlite-utils view of the same connection, for introspection and convenience."""
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn)
-
     def close(self) -> None:
         self.conn.close()
 
@@ -124,11 +113,13 @@ class Ledger:
 
 
 def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    """Split a migration script into statements (executescript would COMMIT our transaction).
+
+    Comments stay in the statements, so ``.schema`` shows the schema's documentation: SQLite
+    keeps a CREATE statement's text, and ``complete_statement`` skips ``;`` in comments."""
     buffer = ""
     for line in script.splitlines(keepends=True):
-        stripped = line.split("--", 1)[0]
-        buffer += stripped
+        buffer += line
         if sqlite3.complete_statement(buffer):
             if buffer.strip():
                 yield buffer.strip()
@@ -136,6 +127,3 @@ def _statements(script: str) -> Iterator[str]:
     if buffer.strip():
         yield buffer.strip()
 
-
-def open_ledger(path: str | os.PathLike[str], *, readonly: bool = False) -> Ledger:
-    return Ledger(path, readonly=readonly)
