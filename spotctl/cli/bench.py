@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             if not key:
                 raise UsageError(f"--api-key-env {api_key_env}: that variable is not set")
         else:
-            from spotctl.gateway.keys import create_key
+            from spotctl.ledger.keys import create_key
 
             temp_key = f"bench-{tier}-{to_ms(get_clock().now())}"
             with open_ledger_for(ctx) as ledger:
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
                                      max_concurrency)
         finally:
             if temp_key:
-                from spotctl.gateway.keys import revoke_key
+                from spotctl.ledger.keys import revoke_key
 
                 with open_ledger_for(ctx) as ledger:
                     revoke_key(ledger, temp_key, to_ms(get_clock().now()))
