@@ -293,6 +293,8 @@ class CostReport:
                     for i in s.coverage.intervals
                 ],
             },
+            "idle_share_resolution": (self.data.busy_resolution if self.data is not None
+                                      else "request"),
             "tiers": [t.to_json() for t in self.tiers],
             "providers": [p.to_json() for p in self.providers],
             "buckets": [b.to_json() for b in self.buckets],

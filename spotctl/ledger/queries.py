@@ -147,6 +147,7 @@ class WindowData:
     resource_capacity: dict[str, str] = field(default_factory=dict)  # journal: rid -> capacity
     refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, tier, status)
     busy: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tier -> islands
+    busy_resolution: str = "request"  # request | minute (see _busy_islands)
     bench: dict[str, list[BenchRow]] = field(default_factory=dict)  # newest first
     # request start times per tier inside each wake ((tier, waking ms) -> starts), and, when
     # asked for (advise), every request start per tier in the window
@@ -194,7 +195,7 @@ def read_window(
         data.unconfirmed_credits = _unconfirmed_credits(conn, start_ms, end_ms)
         if tokens:
             data.tokens = _tokens(conn, start_ms, end_ms, bucket_ms)
-            data.busy = _busy_islands(conn, start_ms, end_ms)
+            data.busy, data.busy_resolution = _busy_islands(conn, start_ms, end_ms)
             data.refusals = _refusals(conn, start_ms, end_ms)
         if fleet or tokens:
             data.resource_capacity = _resource_capacity(conn, end_ms)
@@ -382,10 +383,34 @@ def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
     return out
 
 
+BUSY_EXACT_MAX_REQUESTS = 200_000
+
+
 def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
-                  ) -> dict[str, list[tuple[int, int]]]:
-    """Per tier, the union of the requests' [started, completed] intervals that overlap the
-    window (gaps and islands, computed in SQL), clipped to it."""
+                  ) -> tuple[dict[str, list[tuple[int, int]]], str]:
+    """Per tier, when some request was in flight, clipped to the window, and the resolution.
+
+    Up to ``BUSY_EXACT_MAX_REQUESTS`` requests in the window: the union of the requests'
+    [started, completed] intervals (gaps and islands, in SQL) — resolution ``request``. Beyond
+    that (a month of heavy traffic), the per-minute rollup: a minute in which some request
+    completed counts as busy — resolution ``minute`` (bounded cost, said in the output).
+    """
+    n = conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_minutes WHERE "
+                     "minute_ms >= ? AND minute_ms < ?",
+                     (start_ms - start_ms % MINUTE_MS, end_ms)).fetchone()[0]
+    if n > BUSY_EXACT_MAX_REQUESTS:
+        minutes: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for tier, minute in conn.execute(
+            "SELECT tier, minute_ms FROM usage_minutes WHERE minute_ms >= ? AND minute_ms < ? "
+            "AND requests > 0 ORDER BY tier, minute_ms",
+            (start_ms - start_ms % MINUTE_MS, end_ms)):
+            lo, hi = max(minute, start_ms), min(minute + MINUTE_MS, end_ms)
+            spans = minutes[tier]
+            if spans and spans[-1][1] >= lo:
+                spans[-1] = (spans[-1][0], hi)
+            elif hi > lo:
+                spans.append((lo, hi))
+        return dict(minutes), "minute"
     out: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for tier, s, e in conn.execute(
         "SELECT tier, MIN(s), MAX(e) FROM ("
@@ -400,7 +425,7 @@ def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
         lo, hi = max(s, start_ms), min(e, end_ms)
         if hi > lo:
             out[tier].append((lo, hi))
-    return dict(out)
+    return dict(out), "request"
 
 
 def _refusals(conn: sqlite3.Connection, start_ms: int, end_ms: int
