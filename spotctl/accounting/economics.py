@@ -64,18 +64,18 @@ class Interruption:
 
 
 def interruptions(data, spend: SpendResult, tiers: set[str] | None = None) -> list[Interruption]:
+    from spotctl.ledger.queries import preemption_intervals
+
     out = []
-    events = data.events
-    for i, ev in enumerate(events):
-        if ev.event != "preempted" or (tiers is not None and ev.tier not in tiers):
+    for tier, lo, until in preemption_intervals(data.events, data.end_ms):
+        if tiers is not None and tier not in tiers:
             continue
-        back = next((e.ts_ms for e in events[i + 1:]
-                     if e.tier == ev.tier and e.event in SERVING_EVENTS), None)
-        until = back if back is not None else data.end_ms
-        refused = sum(1 for ms, tier, _status in data.refusals
-                      if ev.ts_ms <= ms <= until and tier in (ev.tier, ""))
-        out.append(Interruption(ev.tier, ev.ts_ms, back, until,
-                                tier_spend(spend, ev.tier, ev.ts_ms, until), refused))
+        back = until if any(e.ts_ms == until and e.tier == tier and e.event in SERVING_EVENTS
+                            for e in data.events) else None
+        refused = sum(1 for ms, t, _status in data.refusals
+                      if lo <= ms <= until and t in (tier, ""))
+        out.append(Interruption(tier, lo, back, until, tier_spend(spend, tier, lo, until),
+                                refused))
     return out
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from spotctl.accounting.report import CostReport
 from spotctl.clock import from_ms, iso
-from spotctl.ledger.queries import refusal_counts
 from spotctl.money import MICROS_PER_USD, fmt_usd
 
 VENDOR = Path(__file__).with_name("vendor") / "echarts.common.min.js"
@@ -186,7 +185,7 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
     data = report.data
     js = report.to_json()
     obs = js["observability"]
-    closures = refusal_counts(data.refusals)
+    closures = data.gate_closures
     spend_text = fmt_usd(report.total.spend_micros)
     if not report.spend.complete:
         spend_text = f"≥ {spend_text} (known up to {js['spend_known_until']})"

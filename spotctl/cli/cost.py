@@ -30,7 +30,8 @@ def _window_bounds(window: str | None, since: str | None, until: str | None) -> 
     return to_ms(start_dt), to_ms(end)
 
 
-def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
+def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens,
+            closures: bool = False):
     from spotctl.accounting.window import parse_window
     from spotctl.services.cost import cost_report
 
@@ -43,7 +44,7 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
         tiers, providers = name_filters(cfg, ledger, tier, provider)
         report = cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=tiers, providers=providers)
+            tiers=tiers, providers=providers, closures=closures)
     from spotctl.services.cost import add_summary
 
     report.compare = add_summary(report, cfg)
@@ -255,7 +256,7 @@ def register(app: typer.Typer) -> None:
         from spotctl.accounting.html_report import render_html
         from spotctl.services.economics import advise as run_advise
 
-        rep = _report(ctx, window, None, None, None, None, bucket, 1000)
+        rep = _report(ctx, window, None, None, None, None, bucket, 1000, closures=True)
         with open_ledger_for(ctx, readonly=True) as ledger:
             advised = run_advise(ledger, get_config(ctx), rep.start_ms, rep.end_ms)
         page = render_html(rep, compare=rep.compare, advise=advised,
