@@ -11,7 +11,7 @@ CONSTRAINTS := constraints.txt
 VLLM_STAMP := .venv-vllm/.vllm-ready
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench install clean sshd chromium lock
+.PHONY: demo test lint bench install clean sshd chromium lock postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,15 @@ chromium:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); }
 
-test: $(STAMP) $(VLLM_STAMP) sshd chromium
+# A real PostgreSQL server for the shared-ledger tests (Debian's postgresql), only when missing.
+# The tests start their own server (initdb + pg_ctl, loopback, a temporary directory).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql); }
+
+test: $(STAMP) $(VLLM_STAMP) sshd chromium postgresql
 	$(BIN)/ruff check spotctl tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

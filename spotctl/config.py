@@ -34,7 +34,38 @@ class _Section(BaseModel):
 
 
 class LedgerConfig(_Section):
-    path: Path | None = None  # default: spotctl.db beside the config file
+    path: Path | None = None  # SQLite (the default): spotctl.db beside the config file
+    # PostgreSQL instead (a ledger shared by several hosts): postgresql://user@host:port/db.
+    # The password comes from PGPASSWORD or ~/.pgpass (libpq), never from this file.
+    url: str | None = None
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10  # connections per process (PostgreSQL)
+    pool_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # wait for a free connection
+    query_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0  # a statement's deadline
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql://user@host:port/dbname URL")
+        parts = urlsplit(value)
+        if parts.password is not None or "password=" in parts.query.lower():
+            raise ValueError("the URL holds a password; put it in PGPASSWORD or ~/.pgpass "
+                             "instead (secrets never go in spotctl.toml)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> LedgerConfig:
+        if self.url is not None and self.path is not None:
+            raise ValueError("set either path (SQLite) or url (PostgreSQL), not both")
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url else "sqlite"
 
 
 class BillingConfig(_Section):
@@ -205,6 +236,14 @@ class Config(_Section):
         path = self.ledger.path or Path("spotctl.db")
         return path if path.is_absolute() else base / path
 
+    @property
+    def ledger_target(self) -> LedgerConfig:
+        """What ``Ledger()`` opens: the ``[ledger]`` section with the SQLite path made absolute
+        (unused when ``url`` names a PostgreSQL ledger)."""
+        if self.ledger.url:
+            return self.ledger
+        return self.ledger.model_copy(update={"path": self.ledger_path})
+
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:
             if tier.name == name:
@@ -273,6 +312,8 @@ def format_validation_error(path: Path | str, exc: ValidationError, data: dict[s
     found_text = "missing" if err.get("type") == "missing" else repr(found)
     if isinstance(found, dict | list):
         found_text = type(found).__name__
+    if isinstance(found, str) and "://" in found and "@" in found:  # never echo a password
+        found_text = repr(found.split("://", 1)[0] + "://***@" + found.rsplit("@", 1)[1])
     more = len(exc.errors()) - 1
     tail = f" (+{more} more error{'s' if more > 1 else ''})" if more > 0 else ""
     msg = msg.removeprefix("Value error, ")

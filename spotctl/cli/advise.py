@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, get_config, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def advise(
         ctx: typer.Context,
         window: str = typer.Option("7d", "--window", "-w", help="Window ending now: 24h, 7d."),
         until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
         tier: str = typer.Option(None, "--tier", help="Only this tier."),
-        json_out: bool = typer.Option(False, "--json", help="Stable JSON for scripts."),
+        json_out: bool = False,
     ) -> None:
         """Replay the window's request arrivals under idle timeouts {5, 10, 15, 30, 60 min,
         never} × {spot-first, on-demand} with the rates and wake time it measured; backtest the

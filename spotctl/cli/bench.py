@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def bench(
         ctx: typer.Context,
         tier: str = typer.Argument(..., help="The tier to load (through the gateway)."),
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
         engine_version: str = typer.Option(None, help="Recorded with the result (default: "
                                                       "vllm <vllm_version> when spotctl "
                                                       "launches vLLM, else unknown)."),
-        json_out: bool = typer.Option(False, "--json", help="The result as JSON."),
+        json_out: bool = False,
     ) -> None:
         """Load-test a tier through the gateway, ramping concurrency until time to first token
         breaks the SLO; record the saturated output tokens/s in the ledger (its capacity for

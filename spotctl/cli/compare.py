@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, get_config, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def compare(
         ctx: typer.Context,
         window: str = typer.Option(None, "--window", "-w",
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
         until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
         prices: str = typer.Option(None, help="Hosted prices TOML (default: hosted-prices.toml "
                                               "beside the config, else the shipped example)."),
-        json_out: bool = typer.Option(False, "--json", help="Stable JSON for scripts."),
+        json_out: bool = False,
     ) -> None:
         """What this window's tokens would have cost on hosted APIs (list prices, an estimate),
         the savings of self-hosting, and the utilisation at which each offer breaks even."""

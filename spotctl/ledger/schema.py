@@ -287,6 +287,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX ix_bench_tier_time ON bench_runs (tier, finished_ms);
     """,
+    # 5 -> 6 (issue 14) leases: one holder at a time per name (a daemon acting on a tier), with a
+    # fencing token that grows with each new holder (spotctl.ledger.coordination).
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,          -- 'fleet:<tier>', ...
+        holder TEXT NOT NULL,           -- host:pid:random of the process holding it
+        token INTEGER NOT NULL,         -- fencing token: +1 for every new holder
+        acquired_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
