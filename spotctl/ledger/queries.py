@@ -169,7 +169,7 @@ class WindowData:
 
 
 def read_window(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None, *,
+    ledger, start_ms: int, end_ms: int, bucket_ms: int | None, *,
     providers: Iterable[str] | None = None, watched: Iterable[str] = (),
     tokens: bool = True, fleet: bool = True, arrivals: bool = False, closures: bool = False,
 ) -> WindowData:
@@ -182,8 +182,7 @@ def read_window(
     if bucket_ms is not None and (bucket_ms <= 0 or bucket_ms % MINUTE_MS):
         raise ValueError("the bucket size must be a positive whole number of minutes")
     data = WindowData(start_ms, end_ms, bucket_ms)
-    conn.execute("BEGIN")  # one consistent snapshot for every read below
-    try:
+    with ledger.snapshot() as conn:  # one consistent snapshot for every read below
         if fleet:
             data.events, data.events_before = _events(conn, start_ms, end_ms)
             data.bench = latest_bench(conn, end_ms)
@@ -208,8 +207,6 @@ def read_window(
                                              preemption_intervals(data.events, end_ms)])
         if arrivals:
             data.arrivals = _arrivals(conn, start_ms, end_ms)
-    finally:
-        conn.execute("COMMIT")
     return data
 
 

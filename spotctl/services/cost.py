@@ -35,7 +35,7 @@ def read_window(ledger: Ledger, cfg: Config, start_ms: int, end_ms: int,
                 closures: bool = False) -> queries.WindowData:
     polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
     watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
-    return queries.read_window(ledger.conn, start_ms, end_ms, bucket_ms, providers=providers,
+    return queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
                                watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals,
                                closures=closures)
 
