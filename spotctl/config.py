@@ -148,11 +148,46 @@ class GatewayConfig(_Section):
     first_token_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     total_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     gate_cache_s: Annotated[float, Field(ge=0, le=30)] = 2.0
+    # gateway (issue 11 §1): usage rows the ledger cannot take go to this spool directory
+    # (default: beside the ledger, "<ledger>.spool"), bounded; past the bound the gate closes.
+    spool_dir: Path | None = None
+    spool_max_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024 * 1024
+    # gateway (issue 11 §7): limits for unauthenticated clients, per worker process.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # request line + headers
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # the whole request body
+    keep_alive_s: Annotated[float, Field(gt=0)] = 5.0  # an idle keep-alive connection
+    # on SIGTERM, requests in flight get this long to finish; longer ones are cut and recorded
+    # (tokens estimated when the engine's usage did not arrive).
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 20.0
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    max_concurrent_requests: Annotated[int, Field(ge=1)] = 1024
+    # gateway (issue 11 §9): a billing poll stamped further than this in the future is suspect.
+    clock_skew_s: Annotated[float, Field(ge=0)] = 5.0
+    # gateway (issue 11 §3/§10): engine probes, concurrent, short; a tier whose engine fails
+    # probe_failures probes in a row is routed around until a probe succeeds.
+    probe_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    probe_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    probe_failures: Annotated[int, Field(ge=1)] = 2
+    # a request that failed before any byte reached the client is retried (another tier, or
+    # the same after recovery) up to this many times within wake_timeout_s.
+    retry_attempts: Annotated[int, Field(ge=0, le=10)] = 3
+    # gateway (issue 11 §11): /readyz and /metrics answer only with a gateway key.
+    protect_status: bool = False
+    # gateway (issue 15): worker processes sharing the port (SO_REUSEPORT); 0 = one per core.
+    workers: Annotated[int, Field(ge=0, le=256)] = 1
 
 
-class LocalCloudConfig(_Section):
-    listen: str = "127.0.0.1:8790"
-    engine: Literal["builtin", "vllm"] = "builtin"
+class FleetConfig(_Section):
+    """``[fleet]``: how the fleet drains tiers and watches engines (issue 11 §3, §4)."""
+
+    # the longest an explicit hibernate or down waits for the gateways' open requests, seconds
+    drain_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    # engine probes (GET /v1/models) by the daemon: failures in a row before it recovers the
+    # tier (restart the engine, else replace the machine); 0 never recovers; the probe timeout
+    probe_failures: Annotated[int, Field(ge=0, le=100)] = 3
+    probe_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
 class Config(_Section):
@@ -162,7 +197,7 @@ class Config(_Section):
     tiers: list[TierConfig] = Field(default_factory=list)
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
-    localcloud: LocalCloudConfig = LocalCloudConfig()
+    fleet: FleetConfig = FleetConfig()
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 

@@ -145,3 +145,10 @@ def test_help_starts_without_skypilot_or_vllm():
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_unread_localcloud_section_is_gone():
+    # [localcloud] listen/engine were accepted and never read: `spotctl localcloud serve` takes
+    # its own options. A key nothing reads is now what every other unknown key is: an error.
+    with pytest.raises(ConfigError, match="localcloud: unknown key"):
+        parse_config('[localcloud]\nlisten = "127.0.0.1:9"\n', "x.toml")

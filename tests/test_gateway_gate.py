@@ -152,7 +152,9 @@ def test_concurrent_requests_share_one_wake(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, range(8)))
     assert len(results) == 8 and runtime.wakes == 1
-    assert handle.app.metrics.wakes == 1
+    assert handle.app.board.wakes == 1
+    assert ('spotctl_gateway_wake_duration_seconds_count{tier="sleepy"} 1.0'
+            in handle.app.metrics.render().decode())
     handle.stop()
     runtime.proc.terminate()
     runtime.proc.wait(10)

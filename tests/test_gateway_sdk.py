@@ -126,7 +126,7 @@ def test_revoked_key_is_refused_within_seconds(gw):
     handle, key, _engine = gw
     client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
     client.models.list()
-    from spotctl.gateway.keys import revoke_key
+    from spotctl.ledger.keys import revoke_key
 
     with Ledger(handle.ledger_path) as led:
         revoke_key(led, "team", 1)

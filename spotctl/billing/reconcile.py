@@ -47,14 +47,14 @@ def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dic
         spend = spend_between(ledger, start_ms, end_ms, cfg, providers={prov.name})
         row = {"provider": prov.name, "ledger_usd": usd_str(spend.micros),
                "ledger_complete": spend.complete, "provider_usd": None, "drift_usd": None,
-               "drift_pct": None, "note": None}
+               "drift_pct": None, "note": None, "status": "ok"}
         if prov.kind not in ("hyperstack", "localcloud"):
-            row["note"] = "no daily cost endpoint for this provider"
+            row.update(status="unsupported", note="no daily cost endpoint for this provider")
         else:
             try:
                 theirs = provider_day_total(cfg, prov.name, day, end)
             except BillingError as exc:
-                row["note"] = f"{exc.kind}: {exc.message}"
+                row.update(status="unavailable", note=f"{exc.kind}: {exc.message}")
             else:
                 drift = spend.micros - theirs
                 row.update(provider_usd=usd_str(theirs), drift_usd=usd_str(drift),

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, get_config, json_option, name_filters, open_ledger_for
 from spotctl.errors import ExitCode, UsageError
 
 
@@ -40,9 +40,10 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
         raise UsageError("--min-tokens must be zero or more")
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
+        tiers, providers = name_filters(cfg, ledger, tier, provider)
         return build_cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=set(tier) if tier else None, providers=set(provider) if provider else None)
+            tiers=tiers, providers=providers)
 
 
 def _fmt_mtok(value: Decimal | None) -> str:
@@ -124,6 +125,7 @@ def _print_cost(report, plot: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def cost(
         ctx: typer.Context,
         window: str = typer.Option(None, "--window", "-w",
@@ -135,7 +137,7 @@ def register(app: typer.Typer) -> None:
         bucket: str = typer.Option("1h", help="Bucket size for the band: 15m, 1h, 1d."),
         min_tokens: int = typer.Option(1000, help="Buckets with fewer output tokens are left "
                                                   "out of the band."),
-        json_out: bool = typer.Option(False, "--json", help="Stable JSON for scripts."),
+        json_out: bool = False,
         plot: bool = typer.Option(False, "--plot", help="Charts in the terminal."),
         fail_over: str = typer.Option(None, help="Exit 3 when $/Mtok output exceeds this."),
         fail_stale: bool = typer.Option(False, help="Exit 4 when observability is not ok."),
@@ -161,13 +163,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(int(ExitCode.THRESHOLD))
 
     @app.command()
+    @json_option
     def price(
         ctx: typer.Context,
         margin: float = typer.Option(0.3, help="Gross margin on the price, 0 ≤ m < 1."),
         window: str = typer.Option("24h", "--window", "-w"),
         bucket: str = typer.Option("1h"),
         min_tokens: int = typer.Option(1000),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
         """Illustrative price bands built on the cost band: cost of goods and the price on it."""
         if not 0 <= margin < 1:

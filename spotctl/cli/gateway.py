@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
-from spotctl.errors import ExitCode, UsageError
-
-
-def build_gateway(cfg, clock, log=None):
-    """The gateway app with the right runtime: fixed engines, and the fleet's for the rest."""
-    from spotctl.gateway.app import Gateway
-    from spotctl.gateway.upstreams import RoutingRuntime
-
-    fleet = None
-    if any(t.fleet_managed for t in cfg.tiers):
-        from spotctl.fleet.runtime import FleetRuntime
-
-        fleet = FleetRuntime(cfg, clock)
-    return Gateway(cfg, clock, RoutingRuntime(fleet), log=log)
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    get_config,
+    json_option,
+    open_ledger_for,
+)
+from spotctl.errors import ExitCode
 
 
 def register(app: typer.Typer) -> None:
@@ -27,68 +21,58 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         listen: str = typer.Option(None, help="host:port (default [gateway] listen, "
                                               "127.0.0.1:8080)."),
+        workers: int = typer.Option(None, "--workers", min=0,
+                                    help="Worker processes sharing the port (SO_REUSEPORT); "
+                                         "0 = one per core (default [gateway] workers, 1)."),
     ) -> None:
         """Serve the OpenAI-compatible gateway until SIGTERM (pending usage rows are flushed)."""
-        import uvicorn
-
-        from spotctl.clock import get_clock
+        from spotctl.services import gateway as service
 
         cfg = get_config(ctx)
-        where = listen or cfg.gateway.listen
-        host, _, port = where.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"bad listen address {where!r}: expected host:port")
+        n = service.resolve_workers(cfg, workers)
 
         def log(msg: str) -> None:
-            err_console().print(f"gateway: {msg}")
+            err_console().print(f"gateway: {msg}", markup=False)
 
-        app_ = build_gateway(cfg, get_clock(), log)
-        err_console().print(f"gateway on http://{host}:{port}/v1 "
-                            f"({len(cfg.tiers)} tier(s), models: {', '.join(app_.models)})")
-        uvicorn.run(app_, host=host.strip("[]"), port=int(port), log_level="warning",
-                    access_log=False, lifespan="on", ws="none", timeout_graceful_shutdown=20)
+        models = sorted({t.public_model for t in cfg.tiers})
+        host, port = service.parse_listen(listen or cfg.gateway.listen)
+        err_console().print(f"gateway on http://{host}:{port}/v1 ({len(cfg.tiers)} tier(s), "
+                            f"models: {', '.join(models) or 'none'}; {n} worker(s))",
+                            markup=False)
+        raise typer.Exit(service.serve_gateway(cfg, listen, n, log))
 
     keys = typer.Typer(help="Gateway API keys (only their SHA-256 is stored).",
                        no_args_is_help=True)
     app.add_typer(keys, name="keys")
 
     @keys.command("create")
+    @json_option
     def keys_create(
         ctx: typer.Context, name: str,
         daily_usd: str = typer.Option(None, "--daily-usd", help="This key's daily budget."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
         """Create a key and print it once."""
-        from decimal import Decimal, InvalidOperation
+        from spotctl.services import gateway as service
 
-        from spotctl.clock import get_clock, to_ms
-        from spotctl.gateway.keys import create_key
-        from spotctl.money import to_micros
-
-        budget = None
-        if daily_usd is not None:
-            try:
-                budget = to_micros(Decimal(daily_usd))
-            except (InvalidOperation, ValueError):
-                raise UsageError(f"bad --daily-usd {daily_usd!r}: expected a number") from None
-            if budget < 0:
-                raise UsageError("--daily-usd must not be negative")
         with open_ledger_for(ctx) as ledger:
-            key = create_key(ledger, name, to_ms(get_clock().now()), budget)
+            key = service.create(ledger, name, daily_usd)
         if json_out:
             emit_json({"name": name, "key": key})
         else:
-            console().print(f"key {name!r} created. It is shown only this once:\n{key}")
+            console().print(f"key {name!r} created. It is shown only this once:\n{key}",
+                            markup=False)
 
     @keys.command("list")
-    def keys_list(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def keys_list(ctx: typer.Context, json_out: bool = False) -> None:
         """List keys (names, budgets, state: never the keys themselves)."""
         from spotctl.clock import from_ms, iso
-        from spotctl.gateway.keys import list_keys
         from spotctl.money import usd_str
+        from spotctl.services import gateway as service
 
         with open_ledger_for(ctx) as ledger:
-            rows = list_keys(ledger)
+            rows = service.keys(ledger)
         data = [{"name": k.name, "created": iso(from_ms(k.created_ms)),
                  "revoked": iso(from_ms(k.revoked_ms)) if k.revoked_ms else None,
                  "daily_usd": usd_str(k.daily_budget_micros)
@@ -109,26 +93,26 @@ def register(app: typer.Typer) -> None:
     @keys.command("revoke")
     def keys_revoke(ctx: typer.Context, name: str) -> None:
         """Revoke a key (takes effect in the gateway within seconds)."""
-        from spotctl.clock import get_clock, to_ms
-        from spotctl.gateway.keys import revoke_key
+        from spotctl.services import gateway as service
 
         with open_ledger_for(ctx) as ledger:
-            revoke_key(ledger, name, to_ms(get_clock().now()))
-        console().print(f"key {name!r} revoked")
+            service.revoke(ledger, name)
+        console().print(f"key {name!r} revoked", markup=False)
 
     budget = typer.Typer(help="The daily budget gate.", no_args_is_help=True)
     app.add_typer(budget, name="budget")
 
     @budget.command("status")
-    def budget_status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    @json_option
+    def budget_status(ctx: typer.Context, json_out: bool = False) -> None:
         """Spend today, budget, gate state and reason. Exit 3 closed by budget, 4 by billing."""
-        from spotctl.clock import get_clock
-        from spotctl.gateway.gate import BILLING_STALE, BUDGET_EXHAUSTED, evaluate_gate
+        from spotctl.gateway.gate import BUDGET_EXHAUSTED
         from spotctl.money import fmt_usd
+        from spotctl.services import gateway as service
 
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
-            state = evaluate_gate(ledger, cfg, get_clock())
+            state = service.budget_status(ledger, cfg)
         if json_out:
             emit_json(state.to_json())
         else:
@@ -139,5 +123,5 @@ def register(app: typer.Typer) -> None:
                             f"{fmt_usd(state.budget_micros) if state.budget_micros else 'none'}")
         if state.status == BUDGET_EXHAUSTED:
             raise typer.Exit(int(ExitCode.THRESHOLD))
-        if state.status == BILLING_STALE:
+        if not state.open:
             raise typer.Exit(int(ExitCode.OBSERVABILITY))

@@ -1,69 +1,109 @@
 """The gateway: a raw ASGI app (no framework on the hot path) in front of the tiers.
 
+Routing, authentication and the gate live here; the parts are their own modules:
+:mod:`~spotctl.gateway.auth` (keys), :mod:`~spotctl.gateway.gate` (budget and billing
+freshness), :mod:`~spotctl.gateway.tiers` (tier states, probes, wakes), :mod:`~spotctl.gateway.proxy`
+(the upstream exchange, with the pure :mod:`~spotctl.gateway.usagetap`),
+:mod:`~spotctl.gateway.record` (the request record → its usage row) and
+:mod:`~spotctl.gateway.recorder` (rows to the ledger, or the spool).
+
 Per request, the hot path does: a key lookup in memory, a JSON parse, a read of the cached gate
-state and tier states, and one pooled upstream request. Everything that touches SQLite (usage
-rows, the gate, the key table, tier states) happens in background threads.
+state and tier states, one pooled upstream request, and a row put on a queue. Everything that
+touches the ledger happens in background threads: the gate thread (keys, gate, journal, open
+requests per tier, every ``[gateway] gate_cache_s``) and the usage writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
+import secrets
+import socket
 import threading
-import uuid
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import orjson
 
 from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, TierConfig
-from spotctl.gateway.errors import error_body
-from spotctl.gateway.gate import BILLING_STALE, OPEN, GateState, evaluate_gate
-from spotctl.gateway.keys import KeyInfo, KeyTable, list_keys
-from spotctl.gateway.metrics import Metrics
+from spotctl.config import Config
+from spotctl.gateway.auth import KeyTable, authenticate
+from spotctl.gateway.client import UpstreamClient
+from spotctl.gateway.errors import GatewayError, error_body, scrub
+from spotctl.gateway.gate import (
+    BILLING_STALE,
+    BUDGET_EXHAUSTED,
+    HTTP_STATUS,
+    LEDGER_UNREACHABLE,
+    OPEN,
+    STATES,
+    GateState,
+    PollWatch,
+    evaluate_gate,
+)
+from spotctl.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from spotctl.gateway.proxy import Proxy
+from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.recorder import UsageRecorder
-from spotctl.gateway.upstreams import SERVING, WAKING, TierRuntime, Upstream
+from spotctl.gateway.spool import Spool
+from spotctl.gateway.tiers import TierBoard
+from spotctl.gateway.upstreams import TierRuntime
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.records import UsageRecord
+from spotctl.ledger.keys import list_keys
+from spotctl.ledger.usage import forget_gateways, latest_tier_events, publish_tiers
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 JSON = [(b"content-type", b"application/json")]
-
-
-class GatewayError(Exception):
-    def __init__(self, status: int, code: str, message: str,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or []
+CLOSE = (b"connection", b"close")
+DAY_MS = 86_400_000
 
 
 class Gateway:
     def __init__(self, cfg: Config, clock: Clock, runtime: TierRuntime, *,
                  ledger_path: Path | None = None, log: Callable[[str], None] | None = None,
-                 refresh_s: float | None = None) -> None:
+                 refresh_s: float | None = None, gateway_id: str | None = None) -> None:
+        g = cfg.gateway
         self.cfg = cfg
         self.clock = clock
         self.runtime = runtime
-        self.ledger_path = ledger_path or cfg.ledger_path
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)
         self.log = log or (lambda msg: None)
-        self.refresh_s = cfg.gateway.gate_cache_s if refresh_s is None else refresh_s
+        self.refresh_s = g.gate_cache_s if refresh_s is None else refresh_s
+        self.gateway_id = gateway_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.secrets = tuple(v for v in (os.environ.get(n) for n in {
+            *(t.api_key_env for t in cfg.tiers if t.api_key_env),
+            *(p.api_key_env for p in cfg.providers if p.api_key_env)}) if v)
         self.keys = KeyTable()
-        self.metrics = Metrics()
-        self.recorder = UsageRecorder(self.ledger_path, self.log)
         self.gate = GateState(BILLING_STALE, "not checked yet", None, None, 0, 60, 0)
-        self.tier_state: dict[str, Upstream] = {}
-        self.models: dict[str, list[TierConfig]] = {}
-        for tier in sorted(cfg.tiers, key=lambda t: (t.priority, t.name)):
-            self.models.setdefault(tier.public_model, []).append(tier)
-        self._wakes: dict[str, asyncio.Future] = {}
+        self.watch = PollWatch()
+        self.board = TierBoard(cfg, clock, runtime, lock_dir=self._state_dir("locks"),
+                               log=self.log, secrets=self.secrets, on_wake=self._woke)
+        self.models = self.board.models
+        self.metrics = GatewayMetrics(list(self.models), [t.name for t in cfg.tiers])
+        self.recorder = UsageRecorder(
+            self.ledger_path, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
+                                    g.spool_max_bytes), self.log)
+        self.client = UpstreamClient(connect_timeout_s=g.connect_timeout_s,
+                                     read_timeout_s=g.first_token_timeout_s)
+        self.proxy = Proxy(cfg, clock, self.board, self.client, self.log)
+        self.active = 0
+        self._rid = f"gw-{secrets.token_hex(6)}-"
+        self._seq = itertools.count(1)
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
-        self.client: httpx.AsyncClient | None = None
-        self.refreshed = threading.Event()
+        self._gate_ledger: Ledger | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    def _state_dir(self, what: str) -> Path:
+        return self.ledger_path.with_name(f"{self.ledger_path.name}.{what}")
+
+    @property
+    def tier_state(self):
+        return self.board.state
+
+    # -- lifecycle --------------------------------------------------------------------------
     def start_background(self) -> None:
         Ledger(self.ledger_path).close()  # create and migrate before readers start
         self.recorder.start()
@@ -75,34 +115,103 @@ class Gateway:
         self._stop.set()
         if self._refresher is not None:
             self._refresher.join(timeout=10)
-        self.recorder.close()
+        self._publish(final=True)
+        if self._gate_ledger is not None:
+            with contextlib.suppress(Exception):
+                self._gate_ledger.close()
+        if not self.recorder.close():
+            self.log("some usage rows could not be made durable before exit")
 
+    async def startup(self) -> None:
+        await self.client.start()
+        await asyncio.to_thread(self.start_background)
+        await self.board.start(self.client)
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        deadline = time.monotonic() + grace_s  # clock-ok: real wait for cancelled handlers
+        while self.active and time.monotonic() < deadline:  # clock-ok
+            await asyncio.sleep(0.01)
+        await self.board.stop()
+        await self.client.close()
+        await asyncio.to_thread(self.stop_background)
+
+    # -- the gate thread ------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Recompute the gate, the key table and the tier states (in the background thread)."""
+        """Recompute the gate and the key table, and ask the runtime for every tier's state."""
+        self.refresh_gate()
+        self.board.refresh_blocking()
+
+    def refresh_gate(self) -> None:
         try:
-            with Ledger(self.ledger_path) as ledger:
-                self.keys.load(list_keys(ledger))
-                self.gate = evaluate_gate(ledger, self.cfg, self.clock)
+            if self._gate_ledger is None:
+                self._gate_ledger = Ledger(self.ledger_path)
+            led = self._gate_ledger
+            keys = list_keys(led)
+            self.keys.load(keys)
+            self.gate = evaluate_gate(led, self.cfg, self.clock, watch=self.watch, keys=keys)
+            events = latest_tier_events(led, list(self.board.tiers))
+            self.board.draining = frozenset(t for t, ev in events.items() if ev == "draining")
         except Exception as exc:
+            if self._gate_ledger is not None:
+                with contextlib.suppress(Exception):
+                    self._gate_ledger.close()
+                self._gate_ledger = None
             now = to_ms(self.clock.now())
-            self.gate = GateState(BILLING_STALE, f"cannot read the ledger: {type(exc).__name__}",
+            self.gate = GateState(LEDGER_UNREACHABLE, "cannot read the ledger: "
+                                  f"{type(exc).__name__}: {scrub(str(exc), self.secrets)}",
                                   None, None, now, 60, now)
-        self.metrics.gate_open = int(self.gate.open)
-        states = {}
-        for tier in self.cfg.tiers:
-            try:
-                states[tier.name] = self.runtime.current(tier)
-            except Exception as exc:
-                self.log(f"tier {tier.name}: state unknown ({type(exc).__name__})")
-                states[tier.name] = Upstream("failed")
-        self.tier_state = states
-        self.refreshed.set()
+        self._publish()
+        self._gauges()
+
+    def _publish(self, final: bool = False) -> None:
+        """Open requests per tier for the fleet (``gateway_tiers``); 0 on shutdown."""
+        board = self.board
+        tiers = {t: (0 if final else board.in_flight.get(t, 0), board.last_request_ms.get(t))
+                 for t in board.tiers}
+        try:
+            if self._gate_ledger is None or final:
+                with Ledger(self.ledger_path) as led:
+                    publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
+            else:
+                publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)
+        except Exception as exc:
+            self.log(f"cannot publish open requests ({type(exc).__name__})")
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            self.refresh()
+        n = 0
+        while not self._stop.is_set():
+            self.board.became_busy.wait(self.refresh_s)
+            self.board.became_busy.clear()
+            if self._stop.is_set():
+                return
+            self.refresh_gate()
+            n += 1
+            if n % 1000 == 0 and self._gate_ledger is not None:
+                with contextlib.suppress(Exception):
+                    forget_gateways(self._gate_ledger, to_ms(self.clock.now()) - DAY_MS)
 
-    # -- ASGI -----------------------------------------------------------------------------
+    def _gauges(self) -> None:
+        m, gate = self.metrics, self.gate
+        nan = float("nan")
+        m.spend.set(nan if gate.spend_micros is None else gate.spend_micros / 1e6)
+        m.budget.set(nan if gate.budget_micros is None else gate.budget_micros / 1e6)
+        m.billing_age.set(nan if gate.billing_age_s is None else gate.billing_age_s)
+        status = self._gate_status()
+        m.gate_open.set(int(status == OPEN))
+        for s in STATES:
+            m.gate_state.labels(s).set(int(s == status))
+        m.not_durable.set(self.recorder.pending)
+        m.spooled.set(self.recorder.spool.rows)
+        for t, n in self.board.in_flight.items():
+            m.in_flight.labels(t).set(n)
+
+    def _gate_status(self) -> str:
+        return self.gate.status if self.recorder.durable else "usage_unrecordable"
+
+    def _woke(self, tier: str, seconds: float) -> None:
+        self.metrics.wake.labels(tier).observe(seconds)
+
+    # -- ASGI ------------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -110,23 +219,29 @@ class Gateway:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        t_start = time.perf_counter()  # clock-ok: the gateway's own time, for overhead
         try:
             if method == "POST" and path in COMPLETION_PATHS:
-                await self._completion(scope, receive, send)
-            elif method == "GET" and path == "/healthz":
+                await self._completion(scope, receive, send, t_start)
+                return
+            if method == "GET" and path == "/healthz":
                 await _respond(send, 200, b'{"status":"ok"}')
             elif method == "GET" and path == "/readyz":
-                await self._readyz(send)
+                await self._readyz(scope, send)
             elif method == "GET" and path == "/metrics":
-                await _respond(send, 200, self.metrics.render(),
-                               [(b"content-type", b"text/plain; version=0.0.4")])
+                if self.cfg.gateway.protect_status:
+                    authenticate(self.keys, scope["headers"])
+                self._gauges()
+                await _respond(send, 200, self.metrics.render(), [(b"content-type",
+                                                                   CONTENT_TYPE)])
             elif method == "GET" and path == "/v1/models":
-                self._authenticate(scope)
+                authenticate(self.keys, scope["headers"])
                 data = [{"id": m, "object": "model", "owned_by": "spotctl"} for m in self.models]
                 await _respond(send, 200, orjson.dumps({"object": "list", "data": data}))
             else:
                 raise GatewayError(404, "not_found", f"no route for {method} {path}")
         except GatewayError as exc:
+            self.metrics.request("", exc.code, exc.status)
             await _respond(send, exc.status, error_body(exc.status, exc.code, exc.message),
                            JSON + exc.headers)
 
@@ -134,66 +249,62 @@ class Gateway:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
-                self.client = httpx.AsyncClient(
-                    limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-                    timeout=httpx.Timeout(self.cfg.gateway.total_timeout_s,
-                                          connect=self.cfg.gateway.connect_timeout_s,
-                                          read=self.cfg.gateway.first_token_timeout_s))
-                await asyncio.to_thread(self.start_background)
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"{type(exc).__name__}: {scrub(str(exc))}"})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                if self.client is not None:
-                    await self.client.aclose()
-                await asyncio.to_thread(self.stop_background)
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _readyz(self, send) -> None:
-        ready, reason = self.gate.open, self.gate.reason
-        if ready:
-            serving = [t for t, s in self.tier_state.items() if s.state == SERVING or s.wakeable]
-            if not serving:
-                ready, reason = False, "no tier is serving or wakeable"
-        body = orjson.dumps({"ready": ready, "reason": reason, "gate": self.gate.status,
-                             "tiers": {t: s.state for t, s in self.tier_state.items()}})
+    async def _readyz(self, scope, send) -> None:
+        if self.cfg.gateway.protect_status:
+            authenticate(self.keys, scope["headers"])
+        status = self._gate_status()
+        ready, reason = status == OPEN, self.gate.reason
+        if not self.recorder.durable:
+            reason = "usage rows cannot be made durable: " + (self.recorder.last_error or "")
+        if ready and not self.board.ready():
+            ready, reason = False, "no tier is serving or wakeable"
+        body = orjson.dumps({"ready": ready, "reason": reason, "gate": status,
+                             "tiers": self.board.snapshot(),
+                             "usage": {"durable": self.recorder.durable,
+                                       "spooled_rows": self.recorder.spool.rows}})
         await _respond(send, 200 if ready else 503, body)
 
-    # -- the request path -----------------------------------------------------------------
-    def _authenticate(self, scope) -> KeyInfo:
-        token = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                raw = value.decode("latin-1")
-                if raw[:7].lower() == "bearer ":
-                    token = raw[7:].strip()
-                break
-        info = self.keys.lookup(token) if token else None
-        if info is None:
-            raise GatewayError(401, "invalid_api_key",
-                               "Missing, unknown or revoked API key." if token is None or token
-                               else "Missing API key.")
-        return info
-
+    # -- the request path ---------------------------------------------------------------------
     async def _read_body(self, scope, receive) -> bytes:
-        limit = self.cfg.gateway.max_body_bytes
+        g = self.cfg.gateway
+        limit = g.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise GatewayError(413, "request_too_large", f"the body exceeds {limit} bytes")
+                raise GatewayError(413, "request_too_large", f"the body exceeds {limit} bytes",
+                                   [CLOSE])
         chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise GatewayError(400, "invalid_request", "the client went away")
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > limit:
-                raise GatewayError(413, "request_too_large", f"the body exceeds {limit} bytes")
-            chunks.append(body)
-            if not msg.get("more_body"):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(g.body_timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        raise GatewayError(400, "invalid_request", "the client went away")
+                    body = msg.get("body", b"")
+                    size += len(body)
+                    if size > limit:
+                        raise GatewayError(413, "request_too_large",
+                                           f"the body exceeds {limit} bytes", [CLOSE])
+                    chunks.append(body)
+                    if not msg.get("more_body"):
+                        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        except TimeoutError:
+            raise GatewayError(408, "request_timeout", "the request body did not arrive within "
+                               f"{g.body_timeout_s:g} s", [CLOSE]) from None
 
-    async def _completion(self, scope, receive, send) -> None:
-        key = self._authenticate(scope)
+    async def _completion(self, scope, receive, send, t_start: float) -> None:
+        key = authenticate(self.keys, scope["headers"])
         raw = await self._read_body(scope, receive)
         try:
             req = orjson.loads(raw)
@@ -202,265 +313,68 @@ class Gateway:
         if not isinstance(req, dict) or not isinstance(req.get("model"), str):
             raise GatewayError(400, "invalid_request",
                                "the body must be a JSON object with a string 'model'")
+        stream = req.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise GatewayError(400, "invalid_request", "'stream' must be a JSON boolean "
+                               f"(true or false), got {orjson.dumps(stream)[:40].decode()}")
         model = req["model"]
         tiers = self.models.get(model)
         if not tiers:
             raise GatewayError(404, "model_not_found", f"no tier serves the model {model!r}")
-        started_ms = to_ms(self.clock.now())
-        t0 = self.clock.monotonic()
-        rid = "gw-" + uuid.uuid4().hex
-        ctx = _Req(rid, key.name, model, started_ms, t0, bool(req.get("stream")))
+        if self.active >= self.cfg.gateway.max_concurrent_requests:
+            raise GatewayError(503, "overloaded", "too many requests in flight; retry shortly",
+                               [(b"retry-after", b"1")])
+        rec = RequestRecord(f"{self._rid}{next(self._seq):x}", key.name, model,
+                            to_ms(self.clock.now()), self.clock.monotonic(), stream, len(raw))
+        self.active += 1
         try:
             self._check_gate(key)
-            tier, upstream = await self._pick(tiers)
-            ctx.tier = tier.name
-            await self._proxy(scope, receive, send, req, raw, tier, upstream, ctx)
+            await self.proxy.forward(scope["path"], receive, send, req, raw, rec, tiers, t_start)
         except GatewayError as exc:
-            ctx.status, ctx.http_status = exc.code, exc.status
-            self._finish(ctx)
+            rec.status, rec.http_status = exc.code, exc.status
+            if not rec.sent_bytes:
+                rec.overhead_s = time.perf_counter() - t_start - rec.upstream_s  # clock-ok
+                await _respond(send, exc.status, error_body(exc.status, exc.code, exc.message),
+                               JSON + exc.headers)
+        except asyncio.CancelledError:
+            rec.status = rec.status or "gateway_shutdown"
             raise
-        self._finish(ctx)
+        finally:
+            self.active -= 1
+            if rec.tier is not None:
+                self.board.end(rec.tier)
+            self._finish(rec, t_start)
 
-    def _check_gate(self, key: KeyInfo) -> None:
+    def _check_gate(self, key) -> None:
+        if not self.recorder.durable:
+            raise GatewayError(503, "usage_unrecordable", "serving is paused: usage cannot be "
+                               "recorded (the ledger and the spool refuse writes)",
+                               [(b"retry-after", b"30")])
         gate = self.gate
-        if gate.status == BILLING_STALE:
-            raise GatewayError(503, "billing_stale", f"serving is paused: {gate.reason}",
-                               [(b"retry-after", b"60")])
-        if gate.status != OPEN:
+        if gate.status == OPEN:
+            if key.name in gate.closed_keys:
+                raise GatewayError(429, "budget_exhausted", f"the daily budget of key "
+                                   f"{key.name!r} is spent",
+                                   [(b"retry-after", str(gate.retry_after_s).encode())])
+            return
+        if gate.status == BUDGET_EXHAUSTED:
             raise GatewayError(429, "budget_exhausted", gate.reason,
                                [(b"retry-after", str(gate.retry_after_s).encode())])
-        if key.name in gate.closed_keys:
-            raise GatewayError(429, "budget_exhausted", f"the daily budget of key {key.name!r} "
-                               "is spent", [(b"retry-after", str(gate.retry_after_s).encode())])
+        raise GatewayError(HTTP_STATUS.get(gate.status, 503), gate.status,
+                           f"serving is paused: {gate.reason}", [(b"retry-after", b"60")])
 
-    async def _pick(self, tiers: list[TierConfig]) -> tuple[TierConfig, Upstream]:
-        for tier in tiers:
-            up = self.tier_state.get(tier.name)
-            if up is not None and up.state == SERVING and up.endpoint:
-                return tier, up
-        for tier in tiers:
-            up = self.tier_state.get(tier.name) or Upstream("absent")
-            if up.wakeable or up.state == WAKING:
-                return tier, await self._wake(tier)
-        raise GatewayError(503, "no_upstream", "no tier for this model is serving or wakeable")
-
-    async def _wake(self, tier: TierConfig) -> Upstream:
-        fut = self._wakes.get(tier.name)
-        if fut is None or fut.done():
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(None, self._wake_blocking, tier)
-            self._wakes[tier.name] = fut
-        try:
-            up = await asyncio.wait_for(asyncio.shield(fut), self.cfg.gateway.wake_timeout_s)
-        except TimeoutError:
-            raise GatewayError(504, "wake_timeout", f"tier {tier.name!r} did not wake within "
-                               f"{self.cfg.gateway.wake_timeout_s:g} s") from None
-        except Exception as exc:
-            raise GatewayError(503, "no_upstream",
-                               f"waking tier {tier.name!r} failed: {exc}") from None
-        if up.state != SERVING or not up.endpoint:
-            raise GatewayError(503, "no_upstream", f"tier {tier.name!r} is {up.state}")
-        return up
-
-    def _wake_blocking(self, tier: TierConfig) -> Upstream:
-        t0 = self.clock.monotonic()
-        up = self.runtime.wake(tier)
-        self.metrics.wakes += 1
-        self.metrics.wake_seconds += self.clock.monotonic() - t0
-        self.tier_state = {**self.tier_state, tier.name: up}
-        return up
-
-    async def _proxy(self, scope, receive, send, req: dict, raw: bytes, tier: TierConfig,
-                     up: Upstream, ctx: _Req) -> None:
-        assert self.client is not None
-        path = scope["path"]
-        headers = {"content-type": "application/json"}
-        if up.api_key:
-            headers["authorization"] = f"Bearer {up.api_key}"
-        added_usage = False
-        if ctx.stream:
-            opts = req.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                req = {**req, "stream_options": {**(opts if isinstance(opts, dict) else {}),
-                                                 "include_usage": True}}
-                raw = orjson.dumps(req)
-                added_usage = True
-        url = f"{up.endpoint}{path}"
-        try:
-            async with asyncio.timeout(self.cfg.gateway.total_timeout_s):
-                if not ctx.stream:
-                    await self._plain(send, url, raw, headers, ctx)
-                else:
-                    await self._stream(receive, send, url, raw, headers, ctx, added_usage,
-                                       len(raw))
-        except TimeoutError:
-            if ctx.sent_headers:
-                ctx.status = "upstream_timeout"
-                return
-            raise GatewayError(504, "upstream_timeout", "the engine did not answer in time"
-                               ) from None
-        except httpx.TimeoutException:
-            if ctx.sent_headers:
-                ctx.status = "upstream_timeout"
-                return
-            raise GatewayError(504, "upstream_timeout", "the engine did not answer in time"
-                               ) from None
-        except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-            if ctx.sent_headers:
-                ctx.status = "upstream_error"
-                return
-            raise GatewayError(502, "upstream_unreachable",
-                               f"the engine for tier {tier.name!r} is unreachable "
-                               f"({type(exc).__name__})") from None
-
-    async def _plain(self, send, url: str, raw: bytes, headers: dict, ctx: _Req) -> None:
-        assert self.client is not None
-        resp = await self.client.post(url, content=raw, headers=headers)
-        body = resp.content
-        ctx.http_status = resp.status_code
-        ctx.ttft_s = self.clock.monotonic() - ctx.t0
-        self.metrics.observe_latency(ctx.ttft_s)
-        if resp.status_code == 200:
-            try:
-                usage = orjson.loads(body).get("usage") or {}
-                ctx.prompt = int(usage.get("prompt_tokens", 0))
-                ctx.completion = int(usage.get("completion_tokens", 0))
-                ctx.status = "ok"
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                ctx.status, ctx.estimated = "ok", True
-        else:
-            ctx.status = f"upstream_http_{resp.status_code}"
-        ctype = resp.headers.get("content-type", "application/json").encode()
-        ctx.sent_headers = True
-        await _respond(send, resp.status_code, body, [(b"content-type", ctype)])
-
-    async def _stream(self, receive, send, url: str, raw: bytes, headers: dict, ctx: _Req,
-                      added_usage: bool, body_len: int) -> None:
-        assert self.client is not None
-        disconnected = asyncio.Event()
-
-        async def watch() -> None:
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    disconnected.set()
-                    return
-
-        watcher = asyncio.create_task(watch())
-        try:
-            async with self.client.stream("POST", url, content=raw, headers=headers) as resp:
-                ctx.http_status = resp.status_code
-                if resp.status_code != 200:
-                    body = await resp.aread()
-                    ctx.status = f"upstream_http_{resp.status_code}"
-                    ctx.sent_headers = True
-                    ctype = resp.headers.get("content-type", "application/json").encode()
-                    await _respond(send, resp.status_code, body, [(b"content-type", ctype)])
-                    return
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-                ctx.sent_headers = True
-                buf = b""
-                chunks = 0
-                try:
-                    async for piece in resp.aiter_raw():
-                        if disconnected.is_set():
-                            ctx.status = "client_cancelled"
-                            break
-                        buf += piece
-                        out = []
-                        while b"\n\n" in buf:
-                            event, buf = buf.split(b"\n\n", 1)
-                            if self._inspect(event, ctx, added_usage):
-                                out.append(event + b"\n\n")
-                                if event.startswith(b"data: {"):
-                                    chunks += 1
-                        if out:
-                            if ctx.ttft_s is None:
-                                ctx.ttft_s = self.clock.monotonic() - ctx.t0
-                                self.metrics.observe_latency(ctx.ttft_s)
-                            try:
-                                await send({"type": "http.response.body",
-                                            "body": b"".join(out), "more_body": True})
-                            except OSError:
-                                ctx.status = "client_cancelled"
-                                break
-                except httpx.TimeoutException:
-                    ctx.status = "upstream_timeout"
-                except httpx.TransportError:
-                    ctx.status = "upstream_error"
-                if ctx.status is None:
-                    ctx.status = "ok" if ctx.done else "upstream_error"
-                if not ctx.usage_seen:
-                    ctx.estimated = True
-                    ctx.completion = max(ctx.completion, chunks)
-                    ctx.prompt = ctx.prompt or max(1, body_len // 4)
-                if ctx.status in ("upstream_error", "upstream_timeout"):
-                    # tell the client in-band: the OpenAI SDK raises on an error event
-                    err = orjson.dumps({"error": {
-                        "message": "the engine stopped mid-stream" if ctx.status ==
-                        "upstream_error" else "the engine stopped answering in time",
-                        "type": "api_error", "code": ctx.status}})
-                    with contextlib.suppress(OSError):
-                        await send({"type": "http.response.body",
-                                    "body": b"data: " + err + b"\n\n", "more_body": True})
-                with contextlib.suppress(OSError):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            watcher.cancel()
-
-    @staticmethod
-    def _inspect(event: bytes, ctx: _Req, added_usage: bool) -> bool:
-        """Read usage from the final chunk; drop that chunk if only the gateway asked for it."""
-        if event.startswith(b"data: [DONE]"):
-            ctx.done = True
-            return True
-        if b'"usage"' not in event:
-            return True
-        try:
-            data = orjson.loads(event[6:])
-        except orjson.JSONDecodeError:
-            return True
-        usage = data.get("usage") if isinstance(data, dict) else None
-        if isinstance(usage, dict):
-            ctx.prompt = int(usage.get("prompt_tokens") or 0)
-            ctx.completion = int(usage.get("completion_tokens") or 0)
-            ctx.usage_seen = True
-            if added_usage and not data.get("choices"):
-                return False
-        return True
-
-    def _finish(self, ctx: _Req) -> None:
-        now_ms = to_ms(self.clock.now())
-        latency_ms = int((self.clock.monotonic() - ctx.t0) * 1000)
-        status = ctx.status or "error"
-        self.metrics.requests[(ctx.model, status)] += 1
-        self.metrics.tokens["prompt"] += ctx.prompt
-        self.metrics.tokens["completion"] += ctx.completion
-        self.recorder.record(UsageRecord(
-            id=ctx.rid, started_ms=ctx.started_ms, completed_ms=max(now_ms, ctx.started_ms),
-            status=status, key_id=ctx.key, tier=ctx.tier, model=ctx.model,
-            prompt_tokens=ctx.prompt, completion_tokens=ctx.completion,
-            http_status=ctx.http_status, latency_ms=latency_ms,
-            ttft_ms=None if ctx.ttft_s is None else int(ctx.ttft_s * 1000),
-            stream=ctx.stream, tokens_estimated=ctx.estimated))
-
-
-class _Req:
-    __slots__ = ("completion", "done", "estimated", "http_status", "key", "model", "prompt",
-                 "rid", "sent_headers", "started_ms", "status", "stream", "t0", "tier",
-                 "ttft_s", "usage_seen")
-
-    def __init__(self, rid: str, key: str, model: str, started_ms: int, t0: float,
-                 stream: bool) -> None:
-        self.rid, self.key, self.model, self.started_ms, self.t0 = rid, key, model, started_ms, t0
-        self.stream = stream
-        self.tier: str | None = None
-        self.status: str | None = None
-        self.http_status: int | None = None
-        self.prompt = self.completion = 0
-        self.ttft_s: float | None = None
-        self.estimated = self.usage_seen = self.done = self.sent_headers = False
+    def _finish(self, rec: RequestRecord, t_start: float) -> None:
+        now_mono = self.clock.monotonic()
+        row = rec.to_row(to_ms(self.clock.now()), now_mono)
+        self.recorder.record(row)
+        m = self.metrics
+        m.request(rec.model, row.status, rec.http_status or 0)
+        m.finished(rec.tier, row.prompt_tokens, row.completion_tokens, row.tokens_estimated,
+                   rec.ttft_s, time.perf_counter() - t_start)  # clock-ok
+        if rec.overhead_s is not None:
+            m.overhead.observe(rec.overhead_s)
 
 
 async def _respond(send, status: int, body: bytes,

@@ -1,13 +1,25 @@
 """The budget gate: serve only while the day's invoice-true spend is known and under budget.
 
-It fails closed: when billing for any configured provider is stale or failing (or the window's
-spend is incomplete), the gate closes with ``billing_stale``; when spend reaches the budget it
-closes with ``budget_exhausted`` until the budget day rolls over (``[budget] timezone``).
+It fails closed:
+- ``billing_stale`` when billing for any configured provider is stale or failing (the verdict of
+  :func:`spotctl.billing.health.provider_health`), when today's spend is incomplete, or when a
+  billing poll is stamped in the future beyond ``[gateway] clock_skew_s`` (the clocks disagree:
+  spend read "as of now" would miss samples, so it cannot be known);
+- ``budget_exhausted`` when spend reaches the budget, until the budget day rolls over
+  (``[budget] timezone``);
+- ``ledger_unreachable`` when the ledger cannot be read;
+- ``usage_unrecordable`` (decided by the gateway, not here) when usage rows cannot be made
+  durable.
 
-The state is computed off the event loop (a background thread with its own ledger connection)
-and cached for ``[gateway] gate_cache_s`` real seconds, so a check on the hot path is a field
-read. Per-key budgets use an attribution, since providers bill machines, not keys: a key's share
-of the day's spend is the day's spend × its share of the day's output tokens.
+Freshness does not trust the wall clock alone. A gateway process keeps a :class:`PollWatch`: it
+notes, on the monotonic clock, when it saw each provider's newest successful poll appear (by
+insertion order, not by timestamp). Billing whose newest poll has not changed for
+``[billing] stale_after_s`` of monotonic time is stale, whatever the wall clock says, so a clock
+stepped back cannot make an old poll look fresh.
+
+Per-key budgets use an attribution, since providers bill machines, not keys: a key's share of
+the day's spend is the day's spend × its share of the day's output tokens, read from the
+per-minute rollups (the cost grows with minutes, not requests).
 """
 
 from __future__ import annotations
@@ -19,13 +31,19 @@ from zoneinfo import ZoneInfo
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config
 from spotctl.ledger.db import Ledger
+from spotctl.ledger.keys import KeyInfo, list_keys
+from spotctl.ledger.usage import newest_ok_polls, output_tokens_since
 
 OPEN, BILLING_STALE, BUDGET_EXHAUSTED = "open", "billing_stale", "budget_exhausted"
+USAGE_UNRECORDABLE, LEDGER_UNREACHABLE = "usage_unrecordable", "ledger_unreachable"
+HTTP_STATUS = {BILLING_STALE: 503, BUDGET_EXHAUSTED: 429, USAGE_UNRECORDABLE: 503,
+               LEDGER_UNREACHABLE: 503}
+STATES = (OPEN, BILLING_STALE, BUDGET_EXHAUSTED, USAGE_UNRECORDABLE, LEDGER_UNREACHABLE)
 
 
 @dataclass(frozen=True)
 class GateState:
-    status: str  # open | billing_stale | budget_exhausted
+    status: str  # one of STATES
     reason: str
     spend_micros: int | None
     budget_micros: int | None
@@ -34,6 +52,7 @@ class GateState:
     checked_ms: int
     closed_keys: frozenset[str] = field(default_factory=frozenset)  # per-key budgets spent
     key_spend_micros: dict[str, int] = field(default_factory=dict)
+    billing_age_s: float | None = None  # the oldest provider's newest good poll
 
     @property
     def open(self) -> bool:
@@ -61,53 +80,102 @@ def budget_day(now: datetime, tz_name: str) -> tuple[datetime, datetime]:
     return start_local, end_local
 
 
-def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock) -> GateState:
+class PollWatch:
+    """Billing freshness on the monotonic clock (see the module doc). One per process."""
+
+    def __init__(self) -> None:
+        self.after_id = 0  # newest poll id already seen
+        self._newest: dict[str, tuple[int, int, float]] = {}  # provider: (id, finished, mono)
+
+    def update(self, ledger: Ledger, now_ms: int, mono: float) -> None:
+        for pid, provider, finished_ms in newest_ok_polls(ledger, self.after_id):
+            self.after_id = max(self.after_id, pid)
+            seen = self._newest.get(provider)
+            if seen is None or pid > seen[0]:
+                # first sight: as old as its stamp says (never younger than 0 s)
+                age = max(0.0, (now_ms - finished_ms) / 1000) if seen is None else 0.0
+                self._newest[provider] = (pid, finished_ms, mono - age)
+
+    def age_s(self, provider: str, mono: float) -> float | None:
+        seen = self._newest.get(provider)
+        return None if seen is None else mono - seen[2]
+
+    def stamp_ms(self, provider: str) -> int | None:
+        seen = self._newest.get(provider)
+        return None if seen is None else seen[1]
+
+
+def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch | None = None,
+                  keys: list[KeyInfo] | None = None) -> GateState:
     from spotctl.accounting.spend import spend_between
     from spotctl.billing.health import KNOWN_SPEND, provider_health
     from spotctl.money import to_micros
 
     now = clock.now()
     now_ms = to_ms(now)
+    mono = clock.monotonic()
     start, end = budget_day(now, cfg.budget.timezone)
     start_ms = to_ms(start)
     retry = max(1, int((end - now).total_seconds()))
     budget = None if cfg.budget.daily_usd is None else to_micros(cfg.budget.daily_usd)
-    unhealthy = [h for h in provider_health(ledger, cfg, now_ms) if h.status not in KNOWN_SPEND]
-    if unhealthy:
-        h = unhealthy[0]
-        return GateState(BILLING_STALE, f"billing for {h.provider} is {h.status}; spend cannot "
-                         "be known", None, budget, start_ms, retry, now_ms)
+
+    def closed(status: str, reason: str, spend: int | None = None, age: float | None = None
+               ) -> GateState:
+        return GateState(status, reason, spend, budget, start_ms, retry, now_ms,
+                         billing_age_s=age)
+
+    if watch is None:
+        watch = PollWatch()
+        watch.update(ledger, now_ms, mono)
+    else:
+        watch.update(ledger, now_ms, mono)
+    health = provider_health(ledger, cfg, now_ms)
+    ages = []
+    for h in health:
+        if h.status not in KNOWN_SPEND:
+            return closed(BILLING_STALE, f"billing for {h.provider} is {h.status}; spend cannot "
+                          "be known")
+        stamp = watch.stamp_ms(h.provider)
+        skew_ms = int(cfg.gateway.clock_skew_s * 1000)
+        if stamp is not None and stamp > now_ms + skew_ms:
+            return closed(BILLING_STALE, f"billing for {h.provider}: the newest poll is stamped "
+                          f"{(stamp - now_ms) / 1000:.0f} s in the future (clocks disagree); "
+                          "spend cannot be known")
+        age = watch.age_s(h.provider, mono)
+        if age is not None:
+            ages.append(age)
+            if age > cfg.billing.stale_after_s:
+                return closed(BILLING_STALE, f"billing for {h.provider}: no new successful "
+                              f"poll for {age:.0f} s; spend cannot be known", age=age)
+    billing_age = max(ages) if ages else None
     if not cfg.providers:
-        return GateState(OPEN, "no billing provider configured: no budget can be enforced",
-                         None, budget, start_ms, retry, now_ms) if budget is None else \
-            GateState(BILLING_STALE, "a budget is set but no billing provider is configured",
-                      None, budget, start_ms, retry, now_ms)
+        if budget is None:
+            return GateState(OPEN, "no billing provider configured: no budget can be enforced",
+                             None, budget, start_ms, retry, now_ms)
+        return closed(BILLING_STALE, "a budget is set but no billing provider is configured")
     spend = spend_between(ledger, start_ms, max(now_ms, start_ms + 1), cfg)
     if not spend.complete:
-        return GateState(BILLING_STALE, "today's spend is incomplete: " +
-                         "; ".join(spend.reasons[:2]), spend.micros, budget, start_ms, retry,
-                         now_ms)
+        return closed(BILLING_STALE, "today's spend is incomplete: " +
+                      "; ".join(spend.reasons[:2]), spend.micros, billing_age)
     if budget is not None and spend.micros >= budget:
-        return GateState(BUDGET_EXHAUSTED, "the daily budget is spent", spend.micros, budget,
-                         start_ms, retry, now_ms)
-    closed, key_spend = _per_key(ledger, start_ms, spend.micros)
+        return closed(BUDGET_EXHAUSTED, "the daily budget is spent", spend.micros, billing_age)
+    closed_keys, key_spend = per_key_spend(ledger, start_ms, spend.micros,
+                                           list_keys(ledger) if keys is None else keys)
     return GateState(OPEN, "billing fresh and under budget", spend.micros, budget, start_ms,
-                     retry, now_ms, frozenset(closed), key_spend)
+                     retry, now_ms, frozenset(closed_keys), key_spend, billing_age)
 
 
-def _per_key(ledger: Ledger, start_ms: int, spend_micros: int) -> tuple[set[str], dict[str, int]]:
-    rows = ledger.conn.execute(
-        "SELECT k.name, k.daily_budget_micros, coalesce(u.out, 0) FROM api_keys k LEFT JOIN "
-        "(SELECT key_id, sum(completion_tokens) AS out FROM usage WHERE completed_ms >= ? "
-        "GROUP BY key_id) u ON u.key_id = k.name WHERE k.revoked_ms IS NULL", (start_ms,)
-    ).fetchall()
-    total_out = ledger.conn.execute(
-        "SELECT coalesce(sum(completion_tokens), 0) FROM usage_minutes WHERE minute_ms >= ?",
-        (start_ms - start_ms % 60_000,)).fetchone()[0]
+def per_key_spend(ledger: Ledger, start_ms: int, spend_micros: int, keys: list[KeyInfo]
+                  ) -> tuple[set[str], dict[str, int]]:
+    """Each active key's attributed spend today, and the keys whose own budget it reached."""
+    total_out, per_key = output_tokens_since(ledger, start_ms)
     closed, shares = set(), {}
-    for name, budget, out in rows:
+    for k in keys:
+        if k.revoked_ms is not None:
+            continue
+        out = per_key.get(k.name, 0)
         share = spend_micros * out // total_out if total_out else 0
-        shares[name] = share
-        if budget is not None and share >= budget:
-            closed.add(name)
+        shares[k.name] = share
+        if k.daily_budget_micros is not None and share >= k.daily_budget_micros:
+            closed.add(k.name)
     return closed, shares

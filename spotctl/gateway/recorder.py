@@ -1,54 +1,86 @@
-"""Usage rows leave the event loop through a queue; a writer thread with its own ledger
-connection writes them in batches (durable within ``FLUSH_S`` of the response ending) and
-flushes everything on shutdown."""
+"""The usage writer: rows leave the event loop through a queue and become durable within a
+second, or the gate closes.
+
+The request path only puts a row on a ``SimpleQueue`` (no lock, no I/O). A writer thread
+collects rows for ``BATCH_S``, then writes the batch to the ledger in one transaction with a
+short busy timeout. When the ledger cannot take it (read-only, disk full, a long write lock),
+the batch goes to the spool (:mod:`spotctl.gateway.spool`: a local 0600 file, fsync'ed) and is
+replayed into the ledger once it can take rows again. When neither can take the rows, they stay
+in memory and :attr:`UsageRecorder.durable` turns False: the gateway closes its gate with
+``usage_unrecordable`` (and fails ``/readyz``) until they are written. No row is ever dropped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from spotctl.ledger.db import Ledger
+from spotctl.gateway.errors import scrub
+from spotctl.gateway.spool import Spool
 from spotctl.ledger.records import UsageRecord
-from spotctl.ledger.writes import record_usage, touch_tiers
+from spotctl.ledger.usage import open_writer, record_usage, touch_tiers
 
-FLUSH_S = 0.25
+BATCH_S = 0.2  # rows wait at most this long before their write starts
+WRITE_BUSY_MS = 500  # a ledger write waits this long for a lock, then the batch is spooled
+REPLAY_EVERY_S = 1.0
+ADOPT_EVERY_S = 10.0
 
 
 class UsageRecorder:
-    def __init__(self, ledger_path: Path, log=None) -> None:
-        self.ledger_path = ledger_path
-        self._q: queue.Queue[UsageRecord | None] = queue.Queue()
+    def __init__(self, ledger_path: Path, spool: Spool, log: Callable[[str], None] | None = None
+                 ) -> None:
+        self.ledger_path = Path(ledger_path)
+        self.spool = spool
+        self._q: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self._log = log or (lambda msg: None)
-        self.written = 0
+        self._ledger = None
+        self._pending: list[UsageRecord] = []
+        self.durable = True  # False while rows exist that neither the ledger nor spool took
+        self.written = 0  # rows this process put in the ledger (replays included)
+        self.spooled = 0  # rows this process put in the spool
+        self.pending = 0  # rows held in memory, not yet durable
+        self.last_error: str | None = None
+        self._wake = threading.Event()
 
+    # -- the request path ---------------------------------------------------------------------
+    def record(self, row: UsageRecord) -> None:
+        self._q.put(row)
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        self._adopt_orphans()
         self._thread.start()
 
-    def record(self, row: UsageRecord) -> None:
-        self._q.put_nowait(row)
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Flush every queued row, then stop."""
+    def close(self, timeout: float = 30.0) -> bool:
+        """Make every queued row durable, then stop. False when some could not be."""
         self._q.put(None)
         self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self.spool.close()
+        return not self._pending
 
+    # -- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        ledger = Ledger(self.ledger_path)
+        last_replay = last_adopt = time.monotonic()  # clock-ok: real pacing of I/O retries
+        stopping = False
         try:
-            stopping = False
             while not stopping:
-                batch: list[UsageRecord] = []
                 try:
-                    item = self._q.get(timeout=FLUSH_S)
+                    first = self._q.get(timeout=REPLAY_EVERY_S if not self._pending else 0.2)
                 except queue.Empty:
-                    continue
-                if item is None:
+                    first = False
+                batch: list[UsageRecord] = []
+                if first is None:
                     stopping = True
-                else:
-                    batch.append(item)
-                while True:  # drain what is already queued
+                elif first:
+                    batch.append(first)
+                    time.sleep(BATCH_S)  # clock-ok: let the batch fill (real time)
+                while True:
                     try:
                         item = self._q.get_nowait()
                     except queue.Empty:
@@ -57,22 +89,86 @@ class UsageRecorder:
                         stopping = True
                     else:
                         batch.append(item)
-                if batch:
-                    self._write(ledger, batch)
+                self._pending.extend(batch)
+                if self._pending:
+                    self._make_durable(final=stopping)
+                now = time.monotonic()  # clock-ok
+                if self.spool.rows and (stopping or now - last_replay >= REPLAY_EVERY_S):
+                    last_replay = now
+                    self._replay()
+                if now - last_adopt >= ADOPT_EVERY_S:
+                    last_adopt = now
+                    self._adopt_orphans()
         finally:
-            ledger.close()
+            if self._ledger is not None:
+                with contextlib.suppress(Exception):
+                    self._ledger.close()
 
-    def _write(self, ledger: Ledger, batch: list[UsageRecord]) -> None:
-        for attempt in range(5):
+    def _ledger_write(self, rows: list[UsageRecord]) -> int:
+        if self._ledger is None:
+            self._ledger = open_writer(self.ledger_path, WRITE_BUSY_MS)
+        try:
+            added = record_usage(self._ledger, rows)
+            last: dict[str, int] = {}
+            for r in rows:
+                if r.tier:
+                    last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
+            touch_tiers(self._ledger, last)
+            return added
+        except Exception:
+            # reopen next time: the file may have changed under us (permissions, a new inode)
+            with contextlib.suppress(Exception):
+                self._ledger.close()
+            self._ledger = None
+            raise
+
+    def _make_durable(self, final: bool = False) -> None:
+        rows = self._pending
+        try:
+            self.written += self._ledger_write(rows)
+        except Exception as exc:
+            err = f"ledger: {type(exc).__name__}: {scrub(str(exc))}"
             try:
-                self.written += record_usage(ledger, batch)
-                last: dict[str, int] = {}
-                for r in batch:
-                    if r.tier:
-                        last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
-                touch_tiers(ledger, last)
+                self.spool.append(rows)
+            except Exception as exc2:
+                self.last_error = f"{err}; spool: {type(exc2).__name__}: {scrub(str(exc2))}"
+                if self.durable:
+                    self._log(f"usage rows cannot be made durable ({self.last_error}); "
+                              f"{len(rows)} row(s) held in memory; closing the gate")
+                self.durable = False
+                self.pending = len(rows)
+                if final:
+                    self._log(f"shutting down with {len(rows)} usage row(s) not durable")
                 return
+            self.spooled += len(rows)
+            if self.last_error != err:
+                self._log(f"usage rows spooled to {self.spool.path} ({err})")
+            self.last_error = err
+        self._pending = []
+        self.pending = 0
+        if not self.durable:
+            self._log("usage rows are durable again; the gate may reopen")
+        self.durable = True
+
+    def _replay(self) -> None:
+        try:
+            rows = self.spool.read_own()
+            if rows:
+                self.written += self._ledger_write(rows)
+            self.spool.clear_own()
+            self._log(f"replayed {len(rows)} spooled usage row(s) into the ledger")
+            self.last_error = None
+        except Exception as exc:
+            self.last_error = f"replay: {type(exc).__name__}: {scrub(str(exc))}"
+
+    def _replay_rows(self, rows: list[UsageRecord]) -> None:
+        self.written += self._ledger_write(rows)
+
+    def _adopt_orphans(self) -> None:
+        for path in self.spool.orphans():
+            try:
+                n = Spool.adopt(path, self._replay_rows)
+                if n:
+                    self._log(f"replayed {n} usage row(s) left in {path.name}")
             except Exception as exc:
-                self._log(f"usage write failed ({type(exc).__name__}); retrying")
-                threading.Event().wait(0.2 * (attempt + 1))
-        self._log(f"usage write failed 5 times; {len(batch)} rows kept in memory only")
+                self._log(f"cannot replay {path.name} yet ({type(exc).__name__})")

@@ -1,8 +1,9 @@
 """Where a tier's engine is, and how to wake it: the interface the fleet implements.
 
-The gateway asks a :class:`TierRuntime` for a tier's current upstream; when every tier of a
-model is hibernated it calls ``wake`` (blocking, in a thread, one wake per tier shared by every
-waiting request). Fixed engines (``endpoint = ...``) are served by :class:`StaticRuntime`;
+The gateway asks a :class:`TierRuntime` for a tier's current upstream (in a small thread pool,
+with a timeout: a hung call keeps the last known state); when every tier of a model is
+hibernated it calls ``wake`` (blocking, in a thread, one wake per tier across every gateway
+process). Fixed engines (``endpoint = ...``) are served by :class:`StaticRuntime`;
 fleet-managed tiers by ``spotctl.fleet.runtime.FleetRuntime``.
 """
 
@@ -15,6 +16,9 @@ from typing import Protocol
 from spotctl.config import TierConfig
 
 SERVING, HIBERNATED, WAKING, ABSENT, FAILED = "serving", "hibernated", "waking", "absent", "failed"
+# The fleet is hibernating or stopping the tier and waits for its open requests: admit nothing
+# new (issue 11 §4; the gateway also reads it from the journal's newest event).
+DRAINING = "draining"
 
 
 @dataclass(frozen=True)

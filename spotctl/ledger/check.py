@@ -1,4 +1,5 @@
-"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants.
+"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants, and the small
+reads the CLI's first-contact commands need (names seen in the ledger).
 
 SQLite: ``integrity_check``, ``foreign_key_check`` and that money/time values are stored as
 integers (SQLite's columns accept any type). PostgreSQL enforces types and foreign keys itself, so
@@ -10,9 +11,54 @@ The ledger's invariants are the same SQL on both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from spotctl.ledger.db import POSTGRESQL, Ledger
 from spotctl.ledger.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class LedgerNames:
+    """The tier and provider names the ledger has seen (billing or usage), for validating
+    ``--tier``/``--provider`` filters: a tier removed from the config still has its history."""
+
+    tiers: frozenset[str]
+    providers: frozenset[str]
+
+
+def stored_schema_version(path: Path) -> int | None:
+    """The schema version of the ledger file at ``path``, read without migrating or creating
+    anything (``None``: no file there)."""
+    import sqlite3
+
+    from spotctl.errors import LedgerError
+
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot open: {exc}") from None
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone() is None:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path}: not a usable spotctl ledger: {exc}") from None
+    finally:
+        conn.close()
+
+
+def ledger_names(ledger: Ledger) -> LedgerNames:
+    conn = ledger.conn
+    tiers = {r[0] for r in conn.execute(
+        "SELECT tier FROM billing_series WHERE tier IS NOT NULL "
+        "UNION SELECT tier FROM usage_minutes WHERE tier <> ''")}
+    providers = {r[0] for r in conn.execute(
+        "SELECT provider FROM billing_series UNION SELECT DISTINCT provider FROM billing_polls")}
+    return LedgerNames(frozenset(tiers), frozenset(providers))
 
 
 @dataclass
@@ -33,8 +79,10 @@ _SQLITE_TYPES: list[tuple[str, str]] = [
 
 _PG_TYPES: list[tuple[str, str]] = [
     ("money and time columns are 64-bit integers",
-     "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
-     "AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR column_name LIKE '%\\_micros' ESCAPE '\\' "
+     "SELECT count(*) FROM information_schema.columns c JOIN information_schema.tables t "
+     "USING (table_schema, table_name) WHERE t.table_type = 'BASE TABLE' AND "
+     "table_schema = current_schema() AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR "
+     "column_name LIKE '%\\_micros' ESCAPE '\\' "
      "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') AND data_type != 'bigint'"),
     ("constraints are validated",
      "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "

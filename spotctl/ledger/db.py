@@ -19,8 +19,6 @@ from spotctl.errors import ExitCode, LedgerError
 from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from spotctl.config import LedgerConfig
 
 BUSY_TIMEOUT_MS = 15_000
@@ -180,15 +178,6 @@ class Ledger:
             if self.conn.in_transaction:
                 self.conn.execute("COMMIT")
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        """A sqlite-utils view of the same connection (SQLite only), for introspection."""
-        if self.backend != SQLITE:
-            raise LedgerError("sqlite-utils needs a SQLite ledger")
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn)
-
     def close(self) -> None:
         self.conn.close()
 
@@ -217,11 +206,13 @@ def _resolve(target: Any) -> tuple[str | None, str | os.PathLike[str] | None, di
 
 
 def _statements(script: str) -> Iterator[str]:
-    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    """Split a migration script into statements (executescript would COMMIT our transaction).
+
+    Comments stay in the statements, so ``.schema`` shows the schema's documentation: SQLite
+    keeps a CREATE statement's text, and ``complete_statement`` skips ``;`` in comments."""
     buffer = ""
     for line in script.splitlines(keepends=True):
-        stripped = line.split("--", 1)[0]
-        buffer += stripped
+        buffer += line
         if sqlite3.complete_statement(buffer):
             if buffer.strip():
                 yield buffer.strip()
@@ -229,6 +220,3 @@ def _statements(script: str) -> Iterator[str]:
     if buffer.strip():
         yield buffer.strip()
 
-
-def open_ledger(path: str | os.PathLike[str], *, readonly: bool = False) -> Ledger:
-    return Ledger(path, readonly=readonly)

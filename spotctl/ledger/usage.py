@@ -14,6 +14,7 @@ PostgreSQL backend can run the same statements.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 from spotctl.ledger.db import Ledger
@@ -53,6 +54,14 @@ ON CONFLICT (minute_ms, key_id) DO UPDATE SET
     prompt_tokens = usage_key_minutes.prompt_tokens + excluded.prompt_tokens,
     completion_tokens = usage_key_minutes.completion_tokens + excluded.completion_tokens
 """
+
+
+def open_writer(path: str | os.PathLike[str], busy_timeout_ms: int) -> Ledger:
+    """A ledger connection for the usage writer: it waits ``busy_timeout_ms`` for a write lock
+    (short: a batch that cannot be written promptly goes to the spool instead)."""
+    ledger = Ledger(path)
+    ledger.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return ledger
 
 
 def record_usage(ledger: Ledger, rows: Iterable[UsageRecord]) -> int:
@@ -189,3 +198,18 @@ def latest_tier_events(ledger: Ledger, tiers: Sequence[str] | None = None) -> di
         "fleet_events GROUP BY tier) m ON m.id = e.id").fetchall()
     wanted = None if tiers is None else set(tiers)
     return {t: ev for t, ev in rows if wanted is None or t in wanted}
+
+
+def newest_ok_polls(ledger: Ledger, after_id: int) -> list[tuple[int, str, int]]:
+    """Successful billing polls by insertion order, as ``(id, provider, finished_ms)``, for the
+    gate's clock-independent freshness: with ``after_id == 0`` the newest per provider, else every
+    one inserted after ``after_id`` (a primary-key range: O(new polls))."""
+    conn = ledger.conn
+    if after_id > 0:
+        return [(int(i), p, int(f)) for i, p, f in conn.execute(
+            "SELECT id, provider, finished_ms FROM billing_polls WHERE id > ? AND outcome = 'ok' "
+            "ORDER BY id", (after_id,))]
+    return [(int(i), p, int(f)) for i, p, f in conn.execute(
+        "SELECT b.id, b.provider, b.finished_ms FROM billing_polls b JOIN (SELECT provider, "
+        "max(id) AS id FROM billing_polls WHERE outcome = 'ok' GROUP BY provider) m "
+        "ON m.id = b.id ORDER BY b.id")]

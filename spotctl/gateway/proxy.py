@@ -1,0 +1,239 @@
+"""The proxy: one completion request to an engine and back, retried while that is safe.
+
+- Non-streaming: the engine's body is relayed as it is; usage is read from it.
+- Streaming: bytes pass through as they arrive (one send per read from the engine); a pure
+  :class:`~spotctl.gateway.usagetap.UsageTap` watches them for usage. The gateway asks the
+  engine for usage (``stream_options.include_usage``) when the client did not, and then drops
+  that one usage-only chunk. Our response headers go out with the first chunk, so an engine that
+  fails after its own headers but before any data is still a failure "before any byte".
+- A request that failed before any byte reached the client (the engine refused the connection,
+  died, or cut its answer) is retried, on another serving tier of the model or on the same one
+  once it recovers, up to ``[gateway] retry_attempts`` times. Never once a byte was sent.
+- A stream cut by the engine, by ``total_timeout_s`` or by the client ends with its row
+  recorded and flagged estimated when the engine's usage did not arrive; the client gets an
+  in-band ``data: {"error": ...}`` event (the OpenAI SDK raises on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import orjson
+
+from spotctl.clock import Clock
+from spotctl.config import Config, TierConfig
+from spotctl.gateway.client import UpstreamClient, UpstreamError
+from spotctl.gateway.errors import GatewayError
+from spotctl.gateway.record import RequestRecord
+from spotctl.gateway.tiers import TierBoard
+from spotctl.gateway.upstreams import Upstream
+from spotctl.gateway.usagetap import UsageTap, read_usage
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+def _overhead_header(rec: RequestRecord, t_start: float) -> tuple[bytes, bytes]:
+    """Time spent in the gateway so far, not waiting on the engine (clock-ok: real time)."""
+    spent = max(0.0, time.perf_counter() - t_start - rec.upstream_s)  # clock-ok
+    rec.overhead_s = spent
+    return (b"x-spotctl-overhead-ms", b"%.2f" % (spent * 1000))
+
+
+class Proxy:
+    def __init__(self, cfg: Config, clock: Clock, board: TierBoard, client: UpstreamClient,
+                 log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.board = board
+        self.client = client
+        self.log = log
+
+    async def forward(self, path: str, receive, send, req: dict, raw: bytes,
+                      rec: RequestRecord, tiers: list[TierConfig], t_start: float) -> None:
+        g = self.cfg.gateway
+        added_usage = False
+        if rec.stream:
+            opts = req.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                raw = orjson.dumps({**req, "stream_options": {
+                    **(opts if isinstance(opts, dict) else {}), "include_usage": True}})
+                added_usage = True
+        deadline = self.clock.monotonic() + g.wake_timeout_s
+        attempts = 0
+        while True:
+            tier, up = await self.board.pick(tiers, deadline=deadline)
+            if rec.tier != tier.name:
+                if rec.tier is not None:
+                    self.board.end(rec.tier)
+                rec.tier = tier.name
+                self.board.begin(tier.name)
+            try:
+                if rec.stream:
+                    await self._stream(path, receive, send, raw, up, rec, added_usage, t_start)
+                else:
+                    async with asyncio.timeout(g.total_timeout_s):
+                        await self._plain(path, send, raw, up, rec, t_start)
+                return
+            except UpstreamError as err:
+                if rec.sent_bytes:  # cannot happen: relays handle their own mid-body errors
+                    raise
+                self.board.report_failure(tier.name, err)
+                attempts += 1
+                if err.kind == "timeout":
+                    raise GatewayError(504, "upstream_timeout",
+                                       "the engine did not answer in time") from None
+                if attempts > g.retry_attempts or self.clock.monotonic() >= deadline:
+                    raise GatewayError(502, "upstream_unreachable",
+                                       f"the engine for tier {tier.name!r} could not be "
+                                       f"reached ({err.kind})") from None
+                self.log(f"tier {tier.name}: request failed before any byte was sent "
+                         f"({err.kind}: {err.detail}); retrying ({attempts})")
+            except TimeoutError:
+                if rec.sent_bytes:
+                    return
+                raise GatewayError(504, "upstream_timeout",
+                                   "the engine did not answer in time") from None
+
+    def _headers(self, up: Upstream) -> dict[str, str]:
+        if up.api_key:
+            return {"Content-Type": "application/json", "Authorization": f"Bearer {up.api_key}"}
+        return {"Content-Type": "application/json"}
+
+    async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
+                     t_start: float) -> None:
+        t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
+        rec.reached_engine = True
+        try:
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up))
+        except UpstreamError as err:
+            if err.kind == "connect":
+                rec.reached_engine = False
+            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+            raise
+        try:
+            body = await resp.read()
+        finally:
+            resp.release()
+            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+        rec.http_status = resp.status
+        rec.ttft_s = self.clock.monotonic() - rec.t0
+        if resp.status == 200:
+            usage = None
+            invalid = False
+            try:
+                obj = orjson.loads(body)
+                if isinstance(obj, dict) and obj.get("usage") is not None:
+                    usage = read_usage(obj["usage"])
+                    invalid = usage is None
+            except orjson.JSONDecodeError:
+                invalid = True
+            rec.take_usage(usage, invalid)
+            rec.status = "ok"
+        else:
+            rec.status = f"upstream_http_{resp.status}"
+        rec.sent_bytes = True
+        await send({"type": "http.response.start", "status": resp.status, "headers": [
+            (b"content-type", resp.content_type),
+            (b"content-length", str(len(body)).encode()),
+            _overhead_header(rec, t_start)]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _stream(self, path: str, receive, send, raw: bytes, up: Upstream,
+                      rec: RequestRecord, added_usage: bool, t_start: float) -> None:
+        t_up = time.perf_counter()  # clock-ok
+        rec.reached_engine = True
+        try:
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up))
+        except UpstreamError as err:
+            if err.kind == "connect":
+                rec.reached_engine = False
+            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+            raise
+        rec.http_status = resp.status
+        if resp.status != 200:
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+                rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+            rec.status = f"upstream_http_{resp.status}"
+            rec.sent_bytes = True
+            await send({"type": "http.response.start", "status": resp.status, "headers": [
+                (b"content-type", resp.content_type),
+                (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start)]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        tap = rec.tap = UsageTap(strip_usage=added_usage)
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    gone.set()
+                    resp.close()  # stop the engine's work at once
+                    return
+
+        watcher = asyncio.create_task(watch())
+        complete = False
+        try:
+            try:
+                async with asyncio.timeout(self.cfg.gateway.total_timeout_s):
+                    async for piece in resp.chunks():
+                        out = tap.feed(piece)
+                        if not out:
+                            continue
+                        if not rec.sent_bytes:
+                            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+                            rec.ttft_s = self.clock.monotonic() - rec.t0
+                            await self._start_sse(send, rec, t_start)
+                        await send({"type": "http.response.body", "body": out,
+                                    "more_body": True})
+                        if gone.is_set():
+                            break
+                tail = b"" if gone.is_set() else tap.flush()
+                if tail:
+                    if not rec.sent_bytes:
+                        await self._start_sse(send, rec, t_start)
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+                rec.status = "client_cancelled" if gone.is_set() else (
+                    "ok" if tap.done else "upstream_error")
+                complete = tap.done and not gone.is_set()
+            except UpstreamError as err:
+                if gone.is_set():
+                    rec.status = "client_cancelled"
+                elif not rec.sent_bytes:
+                    raise  # nothing reached the client: the caller may retry
+                else:
+                    rec.status = "upstream_timeout" if err.kind == "timeout" else "upstream_error"
+            except TimeoutError:  # total_timeout_s
+                if not rec.sent_bytes:
+                    raise GatewayError(504, "upstream_timeout",
+                                       "the engine did not answer in time") from None
+                rec.status = "upstream_timeout"
+            if gone.is_set():
+                return
+            if not rec.sent_bytes:
+                await self._start_sse(send, rec, t_start)
+            if rec.status in ("upstream_error", "upstream_timeout"):
+                err_ev = orjson.dumps({"error": {
+                    "message": "the engine stopped mid-stream" if rec.status == "upstream_error"
+                    else "the engine stopped answering in time",
+                    "type": "api_error", "code": rec.status}})
+                await send({"type": "http.response.body", "body": b"data: " + err_ev + b"\n\n",
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            if complete:
+                resp.release()
+            else:
+                resp.close()
+
+    @staticmethod
+    async def _start_sse(send, rec: RequestRecord, t_start: float) -> None:
+        rec.sent_bytes = True
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, _overhead_header(rec, t_start)]})
