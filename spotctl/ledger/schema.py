@@ -264,7 +264,7 @@ MIGRATIONS: list[str] = [
     # (issue 14) leases: one holder at a time per name (a daemon acting on a tier), with a
     # fencing token that grows with each new holder (spotctl.ledger.coordination).
     """
-    CREATE TABLE leases (
+    CREATE TABLE IF NOT EXISTS leases (
         name TEXT PRIMARY KEY,          -- 'fleet:<tier>', ...
         holder TEXT NOT NULL,           -- host:pid:random of the process holding it
         token INTEGER NOT NULL,         -- fencing token: +1 for every new holder
