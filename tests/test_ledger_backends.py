@@ -140,3 +140,18 @@ def test_check_is_clean_on_both(ledger):
     ledger.conn.execute("UPDATE usage_minutes SET completion_tokens = completion_tokens + 1")
     bad = [r.name for r in check_ledger(ledger) if not r.ok]
     assert bad == ["usage rollup agrees with usage rows"]
+
+
+def test_first_opens_racing_migrate_once(pg_url):
+    """Eight processes open a new PostgreSQL ledger at once: one creates the schema, the others
+    wait and find it (before the fix: 'relation "meta" already exists')."""
+    import subprocess
+    import sys
+
+    code = "import sys; from spotctl.ledger.db import Ledger; Ledger(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errs
+    with Ledger(pg_url) as led:
+        assert led.schema_version() == SCHEMA_VERSION

@@ -613,4 +613,10 @@ def connect(settings: PgSettings, *, readonly: bool = False) -> PgConnection:
 
 
 def table_exists(conn: PgConnection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
+    """From the catalogue table with this statement's snapshot, not ``to_regclass``: a name
+    lookup can answer from a cache that a concurrent migration's commit has not reached yet
+    (an advisory lock does not refresh it), and two first opens would both create the schema."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = ?)",
+        (name,)).fetchone()[0]
