@@ -58,26 +58,21 @@ def open_ledger_for(ctx: typer.Context, *, readonly: bool = False) -> Ledger:
     from spotctl.ledger.db import Ledger
 
     cfg = get_config(ctx)
-    if cfg.ledger.url:  # PostgreSQL: a read opens it, a write migrates it forward
-        return Ledger(cfg.ledger_target, readonly=readonly)
-    path = cfg.ledger_path
-    if readonly:
+    if readonly and not cfg.ledger.url:  # SQLite: migrate an older file forward first
         from spotctl.ledger.check import stored_schema_version
         from spotctl.ledger.schema import SCHEMA_VERSION
 
+        path = cfg.ledger_path
         version = stored_schema_version(path)
         if version is not None and version < SCHEMA_VERSION and os.access(path, os.W_OK):
-            Ledger(cfg.ledger_target).close()  # the file exists: this migrates, never creates
+            Ledger(cfg.ledger_target).close()  # the file exists: this migrates, it never creates
     return Ledger(cfg.ledger_target, readonly=readonly)
 
 
 def require_ledger(ctx: typer.Context) -> None:
     """Exit 2 when the configured ledger does not exist (for read commands that open it
     through another module)."""
-    cfg = get_config(ctx)
-    if cfg.ledger.url:  # PostgreSQL: opening it says whether it is there
-        return
-    path = cfg.ledger_path
+    path = get_config(ctx).ledger_path
     if not path.exists():
         raise UsageError(f"{path}: no ledger here yet (run spotctl poll-billing)")
 

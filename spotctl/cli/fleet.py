@@ -52,16 +52,23 @@ def _print_phases(status, verb: str) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def up(ctx: typer.Context, tier: str,
            dry_run: bool = typer.Option(False, "--dry-run",
-                                        help="Print the task and the vLLM command; launch "
-                                             "nothing.")) -> None:
+                                        help="Print what would be launched (Hyperstack: the "
+                                             "exact requests, after discovery; with --json as "
+                                             "JSON); launch nothing."),
+           json_out: bool = False) -> None:
         """Launch a tier (spot first, bounded on-demand fallback) and wait until it serves."""
         t = _fleet_tier(ctx, tier)
         if dry_run:
-            from spotctl.fleet.dryrun import render_dry_run
+            from spotctl.fleet.dryrun import dry_run_json, render_dry_run
 
-            console().print(render_dry_run(t), markup=False, highlight=False)
+            if json_out:
+                emit_json(dry_run_json(t, get_config(ctx)))
+            else:
+                console().print(render_dry_run(t, get_config(ctx)), markup=False,
+                                highlight=False)
             return
         status = _manager(ctx).up(t, _progress())
         _print_phases(status, "up")

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import (
-    console,
-    emit_json,
-    err_console,
-    get_config,
-    json_option,
-    open_ledger_for,
-)
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
@@ -42,13 +35,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @group.command("migrate")
-    @json_option
     def migrate(
         ctx: typer.Context,
         to: str = typer.Option(..., "--to", metavar="URL",
                                help="postgresql://user@host:port/db (the password comes from "
                                     "PGPASSWORD or ~/.pgpass)"),
-        json_out: bool = False,
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Copy this SQLite ledger into PostgreSQL exactly: all or nothing, idempotent when re-run
         (only rows not yet there are copied); then `ledger check` on both. Exit 0, else 1."""

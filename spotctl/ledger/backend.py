@@ -436,12 +436,37 @@ class PgConnection:
         self.settings = settings
         self.total_changes = 0
         self.readonly = readonly
-        try:
-            self._conn = pool.getconn(timeout=settings.pool_timeout_s)
-        except Exception as exc:
-            raise map_error(exc, redact_url(settings.url)) from None
+        self._session: list[str] = []  # SET statements to replay on a fresh connection
+        self._conn = None
+        self._connect()
         if readonly:
-            self._raw("SET default_transaction_read_only = on")
+            self.set_session("SET default_transaction_read_only = on")
+
+    def _connect(self) -> None:
+        try:
+            self._conn = self._pool.getconn(timeout=self.settings.pool_timeout_s)
+        except Exception as exc:
+            raise map_error(exc, redact_url(self.settings.url)) from None
+        for sql in self._session:
+            self._raw(sql)
+
+    def _revive(self) -> None:
+        """A connection that broke (server restart, network cut) is replaced by a fresh one from
+        the pool before the next statement, so a long-lived Ledger (a daemon, the gateway's
+        writer) recovers when the server is back. Never inside a transaction: that one is lost
+        and its caller was told."""
+        if self._conn is not None and not self._conn.closed:
+            return
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._pool.putconn(self._conn)  # the pool discards a closed connection
+            self._conn = None
+        self._connect()
+
+    def set_session(self, sql: str) -> None:
+        """Run a session ``SET`` now and again on any replacement connection."""
+        self._session.append(sql)
+        self._raw(sql)
 
     @property
     def raw(self) -> Any:
@@ -467,6 +492,7 @@ class PgConnection:
                 raise map_error(exc, "ledger", self._conn) from None
 
     def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> PgCursor:
+        self._revive()
         head = sql.strip().rstrip(";").strip().upper()
         if head in _TXN:
             self._raw(_TXN[head])
@@ -497,6 +523,7 @@ class PgConnection:
         rows = [tuple(p) for p in seq]
         if not rows:
             return PgCursor(None, [], None, 0)
+        self._revive()
         with self._guard():
             try:
                 cur = self._conn.cursor()

@@ -1,11 +1,12 @@
-"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants, and the small
-reads the CLI's first-contact commands need (names seen in the ledger).
+"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants.
 
 SQLite: ``integrity_check``, ``foreign_key_check`` and that money/time values are stored as
 integers (SQLite's columns accept any type). PostgreSQL enforces types and foreign keys itself, so
 there the checks are that every money/time column is 64-bit (``*_ms``, ``*_micros``,
 ``*_micros_per_h``: BIGINT, never a 32-bit INTEGER) and that no constraint is left unvalidated.
 The ledger's invariants are the same SQL on both.
+
+Also the small reads the CLI's first-contact commands need (names seen in the ledger).
 """
 
 from __future__ import annotations
@@ -78,12 +79,16 @@ _SQLITE_TYPES: list[tuple[str, str]] = [
 ]
 
 _PG_TYPES: list[tuple[str, str]] = [
-    ("money and time columns are 64-bit integers",
-     "SELECT count(*) FROM information_schema.columns c JOIN information_schema.tables t "
-     "USING (table_schema, table_name) WHERE t.table_type = 'BASE TABLE' AND "
-     "table_schema = current_schema() AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR "
-     "column_name LIKE '%\\_micros' ESCAPE '\\' "
-     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') AND data_type != 'bigint'"),
+    # A *_ms / *_micros column of a table may be BIGINT or a float (latency percentiles), never
+    # a 32-bit INTEGER, which truncates epoch milliseconds and micro-dollars. Views are skipped:
+    # PostgreSQL's sum(bigint) is NUMERIC, exact.
+    ("money and time columns are never 32-bit integers",
+     "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+     "AND table_name IN (SELECT table_name FROM information_schema.tables WHERE "
+     "table_schema = current_schema() AND table_type = 'BASE TABLE') "
+     "AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR column_name LIKE '%\\_micros' ESCAPE '\\' "
+     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') "
+     "AND data_type IN ('integer', 'smallint')"),
     ("constraints are validated",
      "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
      "WHERE n.nspname = current_schema() AND NOT c.convalidated"),

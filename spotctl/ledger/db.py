@@ -157,7 +157,7 @@ class Ledger:
         """How long a write waits for the write lock before failing (SQLite's busy timeout;
         on PostgreSQL the lock timeout of this connection until it goes back to the pool)."""
         if self.backend == POSTGRESQL:
-            self.conn.execute(f"SET lock_timeout = {int(ms)}")
+            self.conn.set_session(f"SET lock_timeout = {int(ms)}")
         else:
             self.conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
 
