@@ -437,14 +437,30 @@ class PgConnection:
         self.total_changes = 0
         self.readonly = readonly
         self._session: list[str] = []  # SET statements to replay on a fresh connection
+        self._txn_open = False  # a BEGIN was sent and no COMMIT/ROLLBACK yet
         self._conn = None
         self._connect()
         if readonly:
             self.set_session("SET default_transaction_read_only = on")
 
     def _connect(self) -> None:
+        import psycopg_pool
+
         try:
             self._conn = self._pool.getconn(timeout=self.settings.pool_timeout_s)
+        except psycopg_pool.PoolTimeout:
+            # every connection the pool may open is lent out: exhausted; otherwise it could not
+            # open one in time: the server is down or unreachable
+            stats = self._pool.get_stats()
+            where = redact_url(self.settings.url)
+            if stats.get("pool_size", 0) >= self.settings.pool_size and \
+                    stats.get("pool_available", 0) == 0:
+                raise LedgerUnavailable(
+                    f"{where}: all {self.settings.pool_size} ledger connections of this process "
+                    f"are in use ({self.settings.pool_timeout_s:g} s wait): pool exhausted",
+                    reason="pool_exhausted") from None
+            raise LedgerUnavailable(f"{where}: ledger unreachable: no connection within "
+                                    f"{self.settings.pool_timeout_s:g} s") from None
         except Exception as exc:
             raise map_error(exc, redact_url(self.settings.url)) from None
         for sql in self._session:
@@ -457,6 +473,8 @@ class PgConnection:
         and its caller was told."""
         if self._conn is not None and not self._conn.closed:
             return
+        if self._txn_open:
+            return  # the transaction's statements fail until its COMMIT/ROLLBACK says so
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._pool.putconn(self._conn)  # the pool discards a closed connection
@@ -478,7 +496,7 @@ class PgConnection:
         from psycopg.pq import TransactionStatus
 
         if self._conn is None or self._conn.closed:
-            return False
+            return self._txn_open
         return self._conn.info.transaction_status != TransactionStatus.IDLE
 
     def _guard(self):
@@ -494,8 +512,32 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> PgCursor:
         self._revive()
         head = sql.strip().rstrip(";").strip().upper()
+        fresh = not self.in_transaction
+        try:
+            return self._execute(sql, params, head)
+        except LedgerUnavailable:
+            # A connection that died idle (a server restart) is only found out by using it.
+            # Outside a transaction, a BEGIN or a read had no effect: run it once more on a
+            # fresh connection. A write in flight is never retried here (it may have landed).
+            if not (fresh and self._conn is not None and self._conn.closed
+                    and (head.startswith(("BEGIN", "SELECT")))):
+                raise
+            self._revive()
+            return self._execute(sql, params, head)
+
+    def _execute(self, sql: str, params: Sequence[Any] | dict, head: str) -> PgCursor:
         if head in _TXN:
-            self._raw(_TXN[head])
+            if head in ("COMMIT", "END", "ROLLBACK") and self._txn_open and (
+                    self._conn is None or self._conn.closed):
+                self._txn_open = False
+                if head == "ROLLBACK":
+                    return PgCursor(None)  # the server rolled it back when the link died
+                raise LedgerUnavailable("ledger unreachable: the connection was lost inside a "
+                                        "transaction; the server rolled it back")
+            try:
+                self._raw(_TXN[head])
+            finally:  # a failed COMMIT also ends the transaction (the server rolled it back)
+                self._txn_open = head.startswith("BEGIN") and not self._conn.closed
             if head == "BEGIN IMMEDIATE":
                 self._raw("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             return PgCursor(None)
@@ -534,12 +576,12 @@ class PgConnection:
         return PgCursor(None, [], None, cur.rowcount)
 
     def commit(self) -> None:  # sqlite3 API; autocommit unless a BEGIN is open
-        if self.in_transaction:
-            self._raw("COMMIT")
+        if self._txn_open:
+            self.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.in_transaction and not self._conn.closed:
-            self._raw("ROLLBACK")
+        if self._txn_open:
+            self.execute("ROLLBACK")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
