@@ -155,3 +155,26 @@ def test_first_opens_racing_migrate_once(pg_url):
     assert [p.returncode for p in procs] == [0] * 8, errs
     with Ledger(pg_url) as led:
         assert led.schema_version() == SCHEMA_VERSION
+
+
+def test_the_fleet_journal_on_both(ledger_target, clock):
+    """The fleet's journal (spotctl.fleet.journal over ledger/journal.py) on either backend."""
+    from spotctl.config import parse_config
+    from spotctl.fleet.base import TierState, TierStatus
+    from spotctl.fleet.journal import Journal, read_events
+
+    key = "url" if isinstance(ledger_target, str) else "path"
+    cfg = parse_config(f'[ledger]\n{key} = "{ledger_target}"\n')
+    journal = Journal(cfg.ledger_target, clock)
+    status = TierStatus("t", TierState.READY, capacity="spot", resource_id="vm:7",
+                        quoted_rate_micros_per_h=2_400_000)
+    first = journal.record("t", "launching", "op1", status, operation="up")
+    clock.advance(30)
+    second = journal.record("t", "ready", "op1", status, phases={"boot": 29.5})
+    assert second.id == first.id + 1 and second.operation == "up"
+    assert journal.last("t").event == "ready"
+    assert journal.current_resource("t") == "vm:7"
+    with Ledger(cfg.ledger_target) as led:
+        events = read_events(led, "t")
+    assert [(e.event, e.quoted_rate_micros_per_h) for e in events] == [
+        ("launching", 2_400_000), ("ready", 2_400_000)]

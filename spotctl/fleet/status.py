@@ -19,7 +19,7 @@ def tier_rows(cfg: Config, manager: FleetManager | None = None) -> list[dict]:
     now = to_ms(clock.now())
     manager = manager or FleetManager(cfg, clock)
     rows = []
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         for tier in cfg.tiers:
             machines = orphans = None
             if not tier.fleet_managed:
