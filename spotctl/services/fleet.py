@@ -86,7 +86,7 @@ def status_rows(cfg: Config, manager: FleetManager | None = None) -> list[dict]:
     now = to_ms(clock.now())
     manager = manager or fleet_manager(cfg, clock)
     rows = []
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         for tier in cfg.tiers:
             machines = orphans = None
             st: TierStatus | None = None
@@ -132,7 +132,7 @@ def events(cfg: Config, tier: str | None = None, since: str | None = None) -> li
             since_ms = to_ms(get_clock().now() - parse_window(since, what="--since"))
     if tier is not None:
         cfg.tier(tier)  # an unknown tier is exit 2, naming the known ones
-    with Ledger(cfg.ledger_path, readonly=True) as led:
+    with Ledger(cfg.ledger_target, readonly=True) as led:
         return fleet_events(led, tier, since_ms)
 
 
