@@ -187,3 +187,56 @@ def test_a_hung_provider_call_delays_neither_revocation_nor_healthy_tiers(tmp_pa
         revoked_after, states = asyncio.run(go())
         assert revoked_after < 1.0  # the key table refreshes on its own (every 0.05 s here)
         assert states == {"hung": HIBERNATED, "ok": SERVING}  # last known state kept
+
+
+class FailingWake:
+    """A provider that refuses the wake with its own message, which holds the account key."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def current(self, tier):
+        return Upstream(HIBERNATED)
+
+    def wake(self, tier):
+        raise RuntimeError(f"403 from https://api.example/v1/vms?api_key={self.secret}: "
+                           f"account acct-991 over quota (Authorization: Bearer {self.secret})")
+
+
+def test_a_wake_failure_reaches_clients_as_a_generic_message(tmp_path, clock, monkeypatch):
+    from spotctl.gateway.app import Gateway
+
+    secret = "prov-key-5b7e0c1d2a9f4e3b8c6d"
+    monkeypatch.setenv("PROV_KEY", secret)
+    cfg = parse_config('[[providers]]\nname = "p"\nkind = "hyperstack"\napi_key_env = "PROV_KEY"\n'
+                       '[[tiers]]\nname = "t"\nmodel = "m"\nbackend = "localcloud"\n',
+                       tmp_path / "spotctl.toml")
+    key = gateway_key(cfg.ledger_path)
+    logs: list[str] = []
+
+    import spotctl.gateway.app as app_module
+    from spotctl.gateway.gate import GateState
+
+    # no billing in this test: the gate is open, the rest of the gateway is real
+    monkeypatch.setattr(app_module, "evaluate_gate",
+                        lambda *a, **k: GateState("open", "test", None, None, 0, 60, 0))
+
+    async def go():
+        app = Gateway(cfg, clock, FailingWake(secret), refresh_s=0.05, log=logs.append)
+        import httpx
+
+        from tests.fixtures_engines import lifespan
+
+        async with lifespan(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            return await c.post("/v1/chat/completions", json=CHAT,
+                                headers={"Authorization": f"Bearer {key}"})
+
+    r = asyncio.run(go())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_upstream"
+    message = r.json()["error"]["message"]
+    assert "acct-991" not in message and "403" not in message and secret not in r.text
+    assert "waking tier 't' failed" in message
+    wake_logs = [line for line in logs if "wake failed" in line]
+    assert wake_logs and not any(secret in line for line in logs)
+    assert "RuntimeError" in wake_logs[0]
