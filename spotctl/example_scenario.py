@@ -1,4 +1,7 @@
-"""Build an example ledger from ``examples/scenario.toml`` (example data, clearly labelled).
+"""Build an example ledger from the example scenario (example data, clearly labelled).
+
+The scenario is package data (``spotctl/data/scenario.toml``), so ``spotctl example`` works from
+an installed wheel.
 
 The generator plays the provider: per minute, each resource's running total grows by its rate
 for that minute (that is what a provider's meter does), and the gateway's usage rows follow the
@@ -13,7 +16,6 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 from spotctl.clock import to_ms
 from spotctl.ledger.db import Ledger
@@ -43,8 +45,16 @@ def _rate_per_min_micros(segments: list[list], minute: int) -> int:
     return 0
 
 
-def build_example(scenario_path: Path, ledger: Ledger, end: datetime) -> ExampleSummary:
-    sc = tomllib.loads(scenario_path.read_text())
+def scenario_text() -> str:
+    """The packaged example scenario."""
+    from importlib.resources import files
+
+    return files("spotctl").joinpath("data", "scenario.toml").read_text(encoding="utf-8")
+
+
+def build_example(ledger: Ledger, end: datetime, scenario: str | None = None) -> ExampleSummary:
+    """Write the scenario (default: the packaged one) into ``ledger``, ending at ``end``."""
+    sc = tomllib.loads(scenario if scenario is not None else scenario_text())
     hours = int(sc["hours"])
     rng = random.Random(sc.get("seed", 0))  # noqa: S311 - example data, not security
     start = end - timedelta(hours=hours)

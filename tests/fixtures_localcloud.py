@@ -56,11 +56,12 @@ def localcloud(monkeypatch):
 
 
 @pytest.fixture
-def localcloud_engines(monkeypatch):
-    """VMs run the real built-in engine (model "tiny") while ACTIVE."""
-    from spotctl.localcloud.engines import ProcessLauncher
+def localcloud_engines(monkeypatch, tmp_path):
+    """VMs boot from their user_data as real processes (spotctl's starts `vllm serve`, which
+    the VM's shim runs as the built-in engine with the same arguments)."""
+    from spotctl.localcloud.vm import VmRunner
 
-    lc = _serve(monkeypatch, ProcessLauncher(model="tiny"))
+    lc = _serve(monkeypatch, VmRunner(tmp_path / "localcloud"))
     yield lc
     lc.handle.stop()
     set_clock(None)

@@ -140,8 +140,15 @@ def test_usage_rollup_counts_each_request_once(ledger):
 
 
 def test_help_starts_without_skypilot_or_vllm():
-    code = ("import sys; from spotctl.cli import main; "
+    code = ("import sys; from spotctl.cli import main; main.register_commands(); "
             "bad=[m for m in sys.modules if m.split('.')[0] in ('sky','vllm','torch')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_unread_localcloud_section_is_gone():
+    # [localcloud] listen/engine were accepted and never read: `spotctl localcloud serve` takes
+    # its own options. A key nothing reads is now what every other unknown key is: an error.
+    with pytest.raises(ConfigError, match="localcloud: unknown key"):
+        parse_config('[localcloud]\nlisten = "127.0.0.1:9"\n', "x.toml")

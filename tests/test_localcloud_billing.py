@@ -102,7 +102,7 @@ def test_simulated_days_ledger_equals_invoice_with_every_fault(localcloud, tmp_p
     led = Ledger(cfg.ledger_path)
     start = to_ms(lc.clock.now())
     _minute(lc, led, cfg)
-    spot = cloud.create_vm("spotctl-big", "n3-H100x1", spot=True)
+    spot = cloud.create_vm("spotctl-big", "n3-H100x1-spot")
     cloud.create_volume("spotctl-big-weights", 200)
     _minute(lc, led, cfg, 6 * 60)
     lc.control("POST", f"/vms/{spot.id}/preempt")
@@ -127,7 +127,7 @@ def test_simulated_days_ledger_equals_invoice_with_every_fault(localcloud, tmp_p
     assert mid.status == "lost" and not mid.complete and mid.micros > 0
     assert mid.known_until_ms is not None and mid.known_until_ms <= dark_from
     _minute(lc, led, cfg, 20 * 60)
-    spot2 = cloud.create_vm("spotctl-big", "n3-H100x1", spot=True)  # back to spot
+    spot2 = cloud.create_vm("spotctl-big", "n3-H100x1-spot")  # back to spot
     cloud.delete_vm(od.id)
     _minute(lc, led, cfg, 5)
     lc.control("POST", "/faults", kind="vanish", minutes=30, resource=f"vm:{spot2.id}")

@@ -11,7 +11,7 @@ import pytest
 
 from spotctl.clock import ManualClock
 from spotctl.config import parse_config
-from spotctl.fleet.manager import _BACKENDS, FleetManager
+from spotctl.fleet.manager import FleetManager
 from spotctl.fleet.skypilot import SkyPilotBackend
 from spotctl.fleet.skypilot_task import task_config
 
@@ -111,8 +111,7 @@ class FakeSDK:
 def _manager(tmp_path, sdk, clock, **over):
     cfg = tier_cfg(tmp_path, **over)
     backend = SkyPilotBackend(cfg, clock, sdk)
-    _BACKENDS[f"skypilot:{id(cfg)}"] = backend
-    return FleetManager(cfg, clock), cfg.tiers[0]
+    return FleetManager(cfg, clock, {"skypilot": backend}), cfg.tiers[0]
 
 
 def test_spot_is_retried_until_the_bound_then_on_demand(tmp_path):

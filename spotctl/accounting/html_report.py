@@ -5,12 +5,11 @@ preemptions and fallbacks, gate closures, and the observability timeline."""
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 
 from spotctl.accounting.report import CostReport
 from spotctl.clock import from_ms, iso
-from spotctl.ledger.db import Ledger
+from spotctl.ledger.queries import refusal_counts
 from spotctl.money import MICROS_PER_USD, fmt_usd
 
 W, H, PAD = 900, 180, 40
@@ -59,15 +58,10 @@ def _band_chart(report: CostReport) -> str:
     return "".join(out)
 
 
-def render_html(ledger: Ledger, report: CostReport) -> str:
-    conn = ledger.conn
-    events = conn.execute(
-        "SELECT ts_ms, tier, event, capacity, phases_json, detail FROM fleet_events WHERE "
-        "ts_ms >= ? AND ts_ms <= ? ORDER BY id", (report.start_ms, report.end_ms)).fetchall()
-    closures = Counter(dict(conn.execute(
-        "SELECT status, count(*) FROM usage WHERE completed_ms >= ? AND completed_ms <= ? AND "
-        "status IN ('billing_stale', 'budget_exhausted', 'wake_timeout', 'no_upstream') "
-        "GROUP BY status", (report.start_ms, report.end_ms)).fetchall()))
+def render_html(report: CostReport) -> str:
+    data = report.data
+    events = [(e.ts_ms, e.tier, e.event, e.capacity, e.phases, e.detail) for e in data.events]
+    closures = Counter(refusal_counts(data.refusals))
     js = report.to_json()
     buckets = report.buckets
     dark = [b.dark for b in buckets]
@@ -76,7 +70,7 @@ def render_html(ledger: Ledger, report: CostReport) -> str:
     wake_rows = []
     for ts, tier, ev, _cap, phases, _detail in events:
         if ev in ("woke", "ready", "returned_to_spot") and phases:
-            p = json.loads(phases)
+            p = phases
             wake_rows.append(f"<tr><td>{iso(from_ms(ts))}</td><td>{html.escape(tier)}</td>"
                              f"<td>{ev}</td><td>" + ", ".join(
                                  f"{html.escape(k)} {v:.0f} s" for k, v in p.items()) +

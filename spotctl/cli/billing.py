@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
 from spotctl.errors import ExitCode, UsageError
 
 
 def register(app: typer.Typer) -> None:
     @app.command("poll-billing")
+    @json_option
     def poll_billing(
         ctx: typer.Context,
         daemon: bool = typer.Option(False, "--daemon",
                                     help="Poll every [billing] poll_interval_s until SIGTERM."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
         """Record every provider's billing in the ledger (one-shot for cron, or --daemon).
 
@@ -48,9 +49,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(billing, name="billing")
 
     @billing.command("status")
-    def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
-        """Per provider: fresh / stale / failing / regressed, last good sample, last error.
-        Exit 4 when any provider is not fresh."""
+    @json_option
+    def status(ctx: typer.Context, json_out: bool = False) -> None:
+        """Per provider: fresh / stale / failing / regressed, last good sample, last error, and
+        a billed rate off its launch quote (rate_mismatch). Exit 4 when any provider is not
+        fresh."""
         from spotctl.billing.health import FRESH, provider_health
         from spotctl.clock import from_ms, get_clock, iso, to_ms
 
@@ -63,26 +66,35 @@ def register(app: typer.Typer) -> None:
             from rich.table import Table
 
             table = Table(title="Billing health", title_justify="left")
-            for col in ("provider", "health", "last good sample", "last error"):
+            for col in ("provider", "health", "last good sample", "last error", "price"):
                 table.add_column(col)
             colours = {"fresh": "green", "regressed": "yellow"}
             for r in rows:
                 c = colours.get(r.status, "red")
+                mm = r.rate_mismatch
+                price = "" if mm is None else (
+                    f"[yellow]rate {mm.off_pct:+.1f}% vs quote[/yellow] ({mm.resource_id}: "
+                    f"${mm.billed_micros_per_h / 1e6:.4f}/h billed, "
+                    f"${mm.quoted_micros_per_h / 1e6:.4f}/h quoted)")
                 table.add_row(r.provider, f"[{c}]{r.status}[/{c}]",
                               iso(from_ms(r.last_good_ms)) if r.last_good_ms else "never",
-                              r.last_error or "")
+                              r.last_error or "", price)
             console().print(table)
         if any(r.status != FRESH for r in rows):
             raise typer.Exit(int(ExitCode.OBSERVABILITY))
 
     @app.command()
+    @json_option
     def reconcile(
         ctx: typer.Context,
         day: str = typer.Option(..., help="The UTC day to check, YYYY-MM-DD."),
         max_drift_pct: float = typer.Option(1.0, help="Exit 3 above this drift."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
-        """Compare the ledger's spend for a day with the provider's own daily figure."""
+        """Compare the ledger's spend for a day with the provider's own daily figure.
+
+        Exit 3 when the drift is above --max-drift-pct, 4 when a provider could not be asked.
+        """
         from datetime import date, timedelta
 
         from spotctl.billing.reconcile import reconcile_day
@@ -98,10 +110,17 @@ def register(app: typer.Typer) -> None:
             emit_json({"day": day, "providers": rows})
         else:
             for r in rows:
+                incomplete = "" if r["ledger_complete"] else " (ledger incomplete that day)"
+                if r["provider_usd"] is None:  # no figure from the provider: say why
+                    console().print(f"{r['provider']}: ledger ${r['ledger_usd']}{incomplete}; "
+                                    f"provider figure {r['status']}: {r['note']}", markup=False)
+                    continue
                 console().print(
                     f"{r['provider']}: ledger ${r['ledger_usd']} vs provider "
                     f"${r['provider_usd']} → drift ${r['drift_usd']} ({r['drift_pct']}%)"
-                    + ("" if r["ledger_complete"] else " [ledger incomplete that day]"))
+                    + incomplete, markup=False)
+        if any(r["status"] == "unavailable" for r in rows):
+            raise typer.Exit(int(ExitCode.OBSERVABILITY))
         if any(r["drift_pct"] is not None and abs(float(r["drift_pct"])) > max_drift_pct
                for r in rows):
             raise typer.Exit(int(ExitCode.THRESHOLD))

@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, open_ledger_for
+from spotctl.cli.common import console, emit_json, get_config, json_option, name_filters, open_ledger_for
 from spotctl.errors import ExitCode, UsageError
 
 
@@ -31,8 +31,8 @@ def _window_bounds(window: str | None, since: str | None, until: str | None) -> 
 
 
 def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
-    from spotctl.accounting.report import build_cost_report
     from spotctl.accounting.window import parse_window
+    from spotctl.services.cost import cost_report
 
     start_ms, end_ms = _window_bounds(window, since, until)
     bucket_s = int(parse_window(bucket, what="bucket").total_seconds())
@@ -40,9 +40,10 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
         raise UsageError("--min-tokens must be zero or more")
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
-        return build_cost_report(
+        tiers, providers = name_filters(cfg, ledger, tier, provider)
+        return cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=set(tier) if tier else None, providers=set(provider) if provider else None)
+            tiers=tiers, providers=providers)
 
 
 def _fmt_mtok(value: Decimal | None) -> str:
@@ -62,6 +63,20 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
+def fmt_pct(value: Decimal | None) -> str:
+    """A share for people: 5.7 %, 0.012 %, — when unknown."""
+    if value is None:
+        return "—"
+    pct = value * 100
+    if pct == 0:
+        return "0 %"
+    if pct < Decimal("0.1"):
+        return f"{pct:.3f} %"
+    if pct < 10:
+        return f"{pct:.1f} %"
+    return f"{pct:.0f} %"
+
+
 def _print_cost(report, plot: bool) -> None:
     from rich.table import Table
 
@@ -71,25 +86,33 @@ def _print_cost(report, plot: bool) -> None:
     c = console()
     s = report.spend
     title = f"Cost {iso(from_ms(report.start_ms))} → {iso(from_ms(report.end_ms))}"
-    table = Table(title=title, title_justify="left")
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False,
+                  caption="busy = utilisation of the serving capacity; full load = $/Mtok if "
+                          "the paid machines had been saturated; idle = serving time with no "
+                          "request in flight", caption_justify="left")
     for col, just in [("tier", "left"), ("spend", "right"), ("out tok", "right"),
-                      ("in tok", "right"), ("$/Mtok", "right"), ("P10–P90", "right"),
-                      ("idle", "right")]:
-        table.add_column(col, justify=just, no_wrap=True)
+                      ("$/Mtok", "right"), ("P10–P90", "right"), ("busy", "right"),
+                      ("full load", "right"), ("idle", "right")]:
+        width = min(24, max([5, *(len(t.name) for t in report.tiers)])) if col == "tier" else None
+        table.add_column(col, justify=just, no_wrap=True, min_width=width)
 
     def row(b, name: str, style: str | None = None) -> None:
         spend = fmt_usd(b.spend_micros)
         if name == "total" and not s.complete:
             spend = f"≥ {spend}"
-        table.add_row(name, spend, _fmt_tokens(b.output_tokens), _fmt_tokens(b.prompt_tokens),
+        table.add_row(name, spend, _fmt_tokens(b.output_tokens),
                       _fmt_mtok(b.usd_per_mtok_output), _fmt_band(b.band),
-                      "—" if b.idle_share is None else f"{b.idle_share * 100:.0f}%", style=style)
+                      fmt_pct(b.utilisation), _fmt_mtok(b.usd_per_mtok_at_full_load),
+                      fmt_pct(b.idle_share), style=style)
 
     for t in report.tiers:
         row(t, t.name)
     if report.unattributed_micros:
-        table.add_row("(no tier: volumes…)", fmt_usd(report.unattributed_micros),
-                      "", "", "", "", "")
+        table.add_row("no tier", fmt_usd(report.unattributed_micros),
+                      "", "", "", "", "", "")
     row(report.total, "total", style="bold")
     c.print(table)
     status = s.status
@@ -124,6 +147,7 @@ def _print_cost(report, plot: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def cost(
         ctx: typer.Context,
         window: str = typer.Option(None, "--window", "-w",
@@ -135,7 +159,7 @@ def register(app: typer.Typer) -> None:
         bucket: str = typer.Option("1h", help="Bucket size for the band: 15m, 1h, 1d."),
         min_tokens: int = typer.Option(1000, help="Buckets with fewer output tokens are left "
                                                   "out of the band."),
-        json_out: bool = typer.Option(False, "--json", help="Stable JSON for scripts."),
+        json_out: bool = False,
         plot: bool = typer.Option(False, "--plot", help="Charts in the terminal."),
         fail_over: str = typer.Option(None, help="Exit 3 when $/Mtok output exceeds this."),
         fail_stale: bool = typer.Option(False, help="Exit 4 when observability is not ok."),
@@ -161,13 +185,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(int(ExitCode.THRESHOLD))
 
     @app.command()
+    @json_option
     def price(
         ctx: typer.Context,
         margin: float = typer.Option(0.3, help="Gross margin on the price, 0 ≤ m < 1."),
         window: str = typer.Option("24h", "--window", "-w"),
         bucket: str = typer.Option("1h"),
         min_tokens: int = typer.Option(1000),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = False,
     ) -> None:
         """Illustrative price bands built on the cost band: cost of goods and the price on it."""
         if not 0 <= margin < 1:
@@ -225,8 +250,7 @@ def register(app: typer.Typer) -> None:
         from spotctl.accounting.html_report import render_html
 
         rep = _report(ctx, window, None, None, None, None, bucket, 1000)
-        with open_ledger_for(ctx, readonly=True) as ledger:
-            page = render_html(ledger, rep)
+        page = render_html(rep)
         path = Path(out)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")

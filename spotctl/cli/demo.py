@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Up a spot-first tier on the local cloud and drive a simulated day through it."""
         import contextlib
+        import importlib.util
         import json
         import time
 
@@ -30,6 +31,9 @@ def register(app: typer.Typer) -> None:
         from spotctl.errors import UsageError
         from spotctl.money import fmt_usd
 
+        if importlib.util.find_spec("openai") is None:
+            raise UsageError("spotctl demo drives its traffic with the OpenAI SDK: "
+                             "pip install 'spotctl[demo]' (make demo installs it)")
         if engine != "builtin":
             raise UsageError("--engine vllm is not wired into the demo yet; the real vLLM "
                              "engine runs in `make test` (tests/test_vllm_real.py)")

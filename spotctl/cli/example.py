@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-EXAMPLE_TOML = """# Written by `spotctl example`: EXAMPLE DATA, not a bill.
+MARK = "# Written by `spotctl example`"
+EXAMPLE_TOML = MARK + """: EXAMPLE DATA, not a bill.
 [ledger]
 path = "spotctl.db"
 
@@ -23,26 +24,32 @@ provider = "example-cloud"
 """
 
 
-def _scenario_path() -> Path:
-    here = Path(__file__).resolve().parents[2] / "examples" / "scenario.toml"
-    if here.is_file():
-        return here
-    from importlib.resources import files
+def _prepare(directory: Path) -> None:
+    """An empty workspace. Only a previous example workspace is replaced, never anything else."""
+    import shutil
 
-    return Path(str(files("spotctl") / "data" / "scenario.toml"))
+    from spotctl.errors import UsageError
+
+    if directory.exists():
+        cfg = directory / "spotctl.toml"
+        ours = cfg.is_file() and cfg.read_text(encoding="utf-8").startswith(MARK)
+        if not ours and (not directory.is_dir() or any(directory.iterdir())):
+            raise UsageError(f"{directory} exists and is not an example workspace; "
+                             "give another --dir")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def example(
-        directory: Path = typer.Option(Path("spotctl-example"), "--dir",
-                                       help="Workspace to create (replaced if it exists)."),
+        directory: Path = typer.Option(Path("spotctl-example"), "--dir", metavar="DIR",
+                                       help="Workspace to create (a previous example workspace "
+                                            "there is replaced; anything else is refused)."),
     ) -> None:
-        """Build an example ledger from examples/scenario.toml, then run cost and price on it."""
+        """Build an example ledger from the packaged example scenario, then run cost and price
+        on it. EXAMPLE DATA, not a bill."""
         import os
-        import shutil
-        import subprocess
-        import sys
 
         from spotctl.cli.common import console
         from spotctl.clock import get_clock
@@ -50,21 +57,22 @@ def register(app: typer.Typer) -> None:
         from spotctl.ledger.db import Ledger
 
         c = console()
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        _prepare(directory)
         cfg_path = directory / "spotctl.toml"
         fd = os.open(cfg_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(EXAMPLE_TOML)
-        now = get_clock().now()
         with Ledger(directory / "spotctl.db") as ledger:
-            summary = build_example(_scenario_path(), ledger, now)
+            summary = build_example(ledger, get_clock().now())
         c.print(f"[bold yellow]EXAMPLE DATA[/bold yellow]: {summary.samples:,} billing samples "
                 f"and {summary.requests:,} requests written by the example scenario "
-                f"(examples/scenario.toml) into {directory}/spotctl.db — not a real bill.\n")
+                f"into {directory}/spotctl.db — not a real bill.\n")
+        from spotctl.cli.main import invoke
+
         for args in (["cost", "--window", "24h"], ["price", "--margin", "0.3"]):
-            cmd = [sys.executable, "-m", "spotctl", "--config", str(cfg_path), *args]
-            c.print(f"$ spotctl --config {cfg_path} {' '.join(args)}", style="dim")
-            subprocess.run(cmd, check=False)  # noqa: S603 - our own CLI
+            c.print(f"$ spotctl --config {cfg_path} {' '.join(args)}", style="dim",
+                    markup=False)
+            code = invoke(["--config", str(cfg_path), *args])
+            if code:
+                raise typer.Exit(code)
             c.print()

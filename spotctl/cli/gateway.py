@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, open_ledger_for
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    err_console,
+    get_config,
+    json_option,
+    open_ledger_for,
+)
 from spotctl.errors import ExitCode
 
 
@@ -39,10 +46,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys, name="keys")
 
     @keys.command("create")
+    @json_option
     def keys_create(
         ctx: typer.Context, name: str,
         daily_usd: str = typer.Option(None, "--daily-usd", help="This key's daily budget."),
-        json_out: bool = typer.Option(False, "--json", help="Print {name, key} as JSON."),
+        json_out: bool = False,
     ) -> None:
         """Create a key and print it once."""
         from spotctl.services import gateway as service
@@ -56,14 +64,14 @@ def register(app: typer.Typer) -> None:
                             markup=False)
 
     @keys.command("list")
-    def keys_list(ctx: typer.Context, json_out: bool = typer.Option(
-            False, "--json", help="Print the keys as JSON.")) -> None:
+    @json_option
+    def keys_list(ctx: typer.Context, json_out: bool = False) -> None:
         """List keys (names, budgets, state: never the keys themselves)."""
         from spotctl.clock import from_ms, iso
         from spotctl.money import usd_str
         from spotctl.services import gateway as service
 
-        with open_ledger_for(ctx) as ledger:
+        with open_ledger_for(ctx, readonly=True) as ledger:  # a read: never creates one
             rows = service.keys(ledger)
         data = [{"name": k.name, "created": iso(from_ms(k.created_ms)),
                  "revoked": iso(from_ms(k.revoked_ms)) if k.revoked_ms else None,
@@ -95,8 +103,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(budget, name="budget")
 
     @budget.command("status")
-    def budget_status(ctx: typer.Context, json_out: bool = typer.Option(
-            False, "--json", help="Print the gate's state as JSON.")) -> None:
+    @json_option
+    def budget_status(ctx: typer.Context, json_out: bool = False) -> None:
         """Spend today, budget, gate state and reason. Exit 3 closed by budget, 4 by billing."""
         from spotctl.gateway.gate import BUDGET_EXHAUSTED
         from spotctl.money import fmt_usd

@@ -59,3 +59,46 @@ def wait_ready(base_url: str, api_key: str | None, model: str, timeout_s: float,
                                f"({phase.replace('_', ' ')})")
             threading.Event().wait(poll_s)
             real_waited += poll_s
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One liveness probe of an engine: ``ok``, else why not (one line, never a secret)."""
+
+    ok: bool
+    detail: str
+
+
+def probe_engine(base_url: str, api_key: str | None, model: str | None = None, *,
+                 timeout_s: float = 5.0, completion: bool = False,
+                 transport: httpx.BaseTransport | None = None) -> Probe:
+    """Is the engine at ``base_url`` serving? ``GET /v1/models`` (listing ``model`` when
+    given), or with ``completion`` a real 1-token completion. Short timeout, no retry: the
+    caller counts failures in a row (the fleet daemon, the gateway's refresh)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0))
+    try:
+        with httpx.Client(timeout=timeout, headers=headers, transport=transport) as client:
+            if completion:
+                r = client.post(f"{base_url}/v1/completions",
+                                json={"model": model, "prompt": "ping", "max_tokens": 1})
+                if r.status_code != 200:
+                    return Probe(False, f"completion: HTTP {r.status_code}")
+                if not (r.json() or {}).get("choices"):
+                    return Probe(False, "completion: no choices")
+                return Probe(True, "completion ok")
+            r = client.get(f"{base_url}/v1/models")
+            if r.status_code != 200:
+                return Probe(False, f"/v1/models: HTTP {r.status_code}")
+            if model is not None:
+                ids = [m.get("id") for m in (r.json() or {}).get("data") or []
+                       if isinstance(m, dict)]
+                if model not in ids:
+                    return Probe(False, f"/v1/models does not list {model!r}")
+            return Probe(True, "/v1/models ok")
+    except httpx.TimeoutException:
+        return Probe(False, f"no answer within {timeout_s:g} s")
+    except httpx.HTTPError as exc:
+        return Probe(False, f"unreachable ({type(exc).__name__})")
+    except (ValueError, AttributeError, TypeError):
+        return Probe(False, "malformed answer")

@@ -97,3 +97,15 @@ class EnumeratesMachines(Protocol):
     def machines(self, tier: TierConfig) -> list[Machine]: ...
 
     def delete_machine(self, tier: TierConfig, resource_id: str) -> None: ...
+
+
+@runtime_checkable
+class RestartsEngine(Protocol):
+    """A backend that can restart a tier's engine on its running machine (cheaper than a new
+    machine). The daemon uses it to recover an engine that stopped answering; without it, the
+    machine is replaced. Checked with ``isinstance``."""
+
+    def restart_engine(self, tier: TierConfig) -> TierStatus:
+        """Restart the engine and return once it serves a real completion again (raise a
+        :class:`~spotctl.errors.SpotctlError` otherwise)."""
+        ...

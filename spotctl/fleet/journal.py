@@ -1,63 +1,55 @@
 """The fleet journal (``fleet_events``): every change of every tier, with phase durations.
 
-It is the daemon's only memory: what operation is under way, when a recovery began, when a
-tier last served. Writes go through :func:`spotctl.ledger.writes.record_fleet_event`.
+It is the daemon's only memory: what operation is under way (and of which kind), when a
+recovery began, when a tier last served. An operation journals its intent *before* it acts on
+the provider (``launching``, ``returning_to_spot``, ``draining``, ``relaunching`` ...), so a
+process killed at any point leaves an unfinished operation that the next daemon pass finishes or
+undoes, never a machine nobody knows about. The SQL is in :mod:`spotctl.ledger.journal`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
 from spotctl.fleet.base import TierState, TierStatus
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.records import FleetEvent
-from spotctl.ledger.writes import record_fleet_event
+from spotctl.ledger.journal import (
+    FleetEntry,
+    append_fleet_event,
+    current_fleet_resource,
+    fleet_events,
+    fleet_operation,
+    last_fleet_event,
+)
 
-EVENTS = ("launching", "launched", "ready", "hibernating", "hibernated", "waking", "woke",
-          "preempted", "fell_back", "returned_to_spot", "down", "failed")
+JournalEntry = FleetEntry
+
+EVENTS = frozenset({
+    "launching", "launched", "ready", "hibernating", "hibernated", "waking", "woke",
+    "preempted", "fell_back", "returning_to_spot", "returned_to_spot", "stayed_on_demand",
+    "draining", "drain_aborted", "relaunching", "restarting_engine", "down", "failed",
+    "orphan_deleted",
+})
+# Notes about machines that do not change the tier's state (the policy skips them).
+NOTES = frozenset({"orphan_deleted"})
 # The tier serves after these (until a later event says otherwise).
-SERVING = frozenset({"ready", "woke", "returned_to_spot"})
+SERVING = frozenset({"ready", "woke", "returned_to_spot", "stayed_on_demand", "drain_aborted"})
+# ... and it began serving on its current machine at the newest of these.
+STARTED_SERVING = frozenset({"ready", "woke", "returned_to_spot"})
 # An operation was started and its end is not in the journal yet.
 UNFINISHED = frozenset({"launching", "launched", "waking", "hibernating", "preempted",
-                        "fell_back"})
+                        "fell_back", "returning_to_spot", "draining", "relaunching",
+                        "restarting_engine"})
 # A launch whose end is missing: relaunch (spot / on-demand by the retry window) if nothing runs.
 LAUNCHING = frozenset({"launching", "launched", "preempted", "fell_back"})
+# The journal says a machine exists (serving, hibernated, or an operation on it under way).
+EXISTS = SERVING | frozenset({"hibernated", "waking", "hibernating", "preempted", "fell_back",
+                              "returning_to_spot", "draining"})
 
-_COLS = ("id, ts_ms, tier, event, operation_id, capacity, cloud, region, resource_id, endpoint, "
-         "phases_json, detail")
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    id: int
-    ts_ms: int
-    tier: str
-    event: str
-    operation_id: str | None = None
-    capacity: str | None = None
-    cloud: str | None = None
-    region: str | None = None
-    resource_id: str | None = None
-    endpoint: str | None = None
-    phases: dict[str, float] = field(default_factory=dict)
-    detail: str | None = None
-
-    def to_json(self) -> dict:
-        from spotctl.clock import from_ms, iso
-
-        return {"at": iso(from_ms(self.ts_ms)), "ts_ms": self.ts_ms, "tier": self.tier,
-                "event": self.event, "operation_id": self.operation_id,
-                "capacity": self.capacity, "cloud": self.cloud, "region": self.region,
-                "resource_id": self.resource_id, "endpoint": self.endpoint,
-                "phases": self.phases, "detail": self.detail}
-
-
-def _entry(row: tuple) -> JournalEntry:
-    return JournalEntry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8],
-                        row[9], json.loads(row[10]) if row[10] else {}, row[11])
+# Operation kinds (the ``operation`` column).
+OP_UP, OP_WAKE, OP_HIBERNATE, OP_IDLE, OP_DOWN = "up", "wake", "hibernate", "idle", "down"
+OP_RECOVER, OP_RETURN, OP_ORPHANS = "recover", "return_to_spot", "orphans"
 
 
 class Journal:
@@ -69,63 +61,64 @@ class Journal:
         self.clock = clock
 
     def record(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,
-               phases: dict[str, float] | None = None, detail: str | None = None) -> None:
+               phases: dict[str, float] | None = None, detail: str | None = None, *,
+               operation: str | None = None) -> JournalEntry:
         if event not in EVENTS:
             raise ValueError(f"unknown fleet event {event!r}")
+        if operation is None and op is not None:
+            first = self.operation(op)
+            operation = first[0].operation if first else None
+        entry = JournalEntry(
+            ts_ms=to_ms(self.clock.now()), tier=tier, event=event, operation_id=op,
+            operation=operation,
+            capacity=status.capacity if status else None,
+            cloud=status.cloud if status else None,
+            region=status.region if status else None,
+            resource_id=status.resource_id if status else None,
+            endpoint=status.endpoint if status else None,
+            phases={k: round(float(v), 3) for k, v in (phases or {}).items()},
+            detail=detail,
+            quoted_rate_micros_per_h=status.quoted_rate_micros_per_h if status else None)
         with Ledger(self.ledger_path) as led:
-            record_fleet_event(led, FleetEvent(
-                ts_ms=to_ms(self.clock.now()), tier=tier, event=event, operation_id=op,
-                capacity=status.capacity if status else None,
-                cloud=status.cloud if status else None,
-                region=status.region if status else None,
-                resource_id=status.resource_id if status else None,
-                endpoint=status.endpoint if status else None,
-                phases={k: round(float(v), 3) for k, v in (phases or {}).items()},
-                detail=detail))
+            new_id = append_fleet_event(led, entry)
+        return JournalEntry(**{**entry.__dict__, "id": new_id})
 
-    def last(self, tier: str, events: frozenset[str] | tuple[str, ...] | None = None
-             ) -> JournalEntry | None:
-        """The newest entry of the tier (of one of ``events`` if given)."""
-        sql = f"SELECT {_COLS} FROM fleet_events WHERE tier = ?"  # noqa: S608 - constant columns
-        args: list = [tier]
-        if events:
-            sql += f" AND event IN ({','.join('?' * len(events))})"
-            args += sorted(events)
+    def last(self, tier: str, events: frozenset[str] | None = None) -> JournalEntry | None:
+        """The newest state entry of the tier (of one of ``events`` if given); notes about
+        machines are skipped."""
         with Ledger(self.ledger_path) as led:
-            row = led.conn.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
-        return _entry(row) if row else None
+            return last_fleet_event(led, tier, events, exclude=NOTES)
 
     def operation(self, op: str) -> list[JournalEntry]:
         """Every entry of one operation, oldest first."""
         with Ledger(self.ledger_path) as led:
-            rows = led.conn.execute(
-                f"SELECT {_COLS} FROM fleet_events WHERE operation_id = ? "  # noqa: S608
-                "ORDER BY id", (op,)).fetchall()
-        return [_entry(r) for r in rows]
+            return fleet_operation(led, op)
 
-    def last_request_ms(self, tier: str) -> int | None:
-        """The gateway's last request to the tier (``tier_activity``)."""
+    def current_resource(self, tier: str) -> str | None:
+        """The machine the journal says the tier runs on (or is hibernated on): the resource
+        of its newest entry that names one, unless the tier is down since."""
         with Ledger(self.ledger_path) as led:
-            row = led.conn.execute("SELECT last_request_ms FROM tier_activity WHERE tier = ?",
-                                   (tier,)).fetchone()
-        return row[0] if row else None
+            return current_fleet_resource(led, tier, SERVING | {"launched", "hibernated"})
 
 
 def read_events(ledger: Ledger, tier: str | None = None, since_ms: int = 0) -> list[JournalEntry]:
     """The journal, oldest first, for ``spotctl events``."""
-    rows = ledger.conn.execute(
-        f"SELECT {_COLS} FROM fleet_events WHERE ts_ms >= ? "  # noqa: S608 - constant columns
-        "AND (? IS NULL OR tier = ?) ORDER BY id", (since_ms, tier, tier)).fetchall()
-    return [_entry(r) for r in rows]
+    return fleet_events(ledger, tier, since_ms)
 
 
 def derived_state(last: JournalEntry | None, backend: TierStatus) -> TierStatus:
     """The tier's state from the backend, corrected by the journal: a tier the journal says
-    exists (serving or hibernated) but the provider no longer has was preempted."""
-    if backend.state != TierState.ABSENT or last is None:
+    exists (serving or hibernated) but the provider no longer has was preempted; a machine whose
+    engine is being restarted or replaced is not serving."""
+    if last is None:
         return backend
-    if last.event in SERVING | {"hibernated", "waking", "hibernating", "preempted",
-                                "fell_back"}:
+    if backend.state == TierState.READY and last.event in ("relaunching", "restarting_engine"):
+        return TierStatus(backend.tier, TierState.PROVISIONING, backend.capacity, backend.cloud,
+                          backend.region, None, backend.resource_id,
+                          "engine being recovered")
+    if backend.state != TierState.ABSENT:
+        return backend
+    if last.event in EXISTS:
         return TierStatus(backend.tier, TierState.PREEMPTED, last.capacity, last.cloud,
                           last.region, None, last.resource_id, "gone from the provider")
     return backend

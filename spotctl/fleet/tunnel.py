@@ -168,3 +168,34 @@ class TunnelManager:
             for tunnel in self._tunnels.values():
                 tunnel.stop()
             self._tunnels.clear()
+
+
+def needs_tunnel(tier) -> bool:
+    """Engines on remote VMs are reached through SSH unless the tier is exposed publicly; the
+    local cloud's engines already listen on this machine's loopback."""
+    return tier.exposure == "ssh" and tier.backend != "localcloud"
+
+
+class EngineReach:
+    """Engine endpoints as this host reaches them: through the tier's SSH tunnel (opened on
+    first use, kept) when its exposure is ``ssh``, else as the backend reports them."""
+
+    def __init__(self) -> None:
+        self._tunnels: TunnelManager | None = None
+
+    def endpoint(self, tier, endpoint: str | None) -> str | None:
+        if endpoint is None or not needs_tunnel(tier):
+            return endpoint
+        from urllib.parse import urlsplit
+
+        if self._tunnels is None:
+            self._tunnels = TunnelManager()
+        parts = urlsplit(endpoint)
+        target = SSHTarget(parts.hostname or "", tier.ssh_port, tier.ssh_user,
+                           tier.ssh_key_path.expanduser(), tier.ssh_known_hosts.expanduser(),
+                           remote_port=parts.port or tier.engine_port)
+        return self._tunnels.endpoint_for(tier.name, target)
+
+    def close(self) -> None:
+        if self._tunnels is not None:
+            self._tunnels.close()

@@ -1,5 +1,1 @@
-"""The SQLite ledger: schema, writes and queries."""
-
-from spotctl.ledger.db import Ledger, open_ledger
-
-__all__ = ["Ledger", "open_ledger"]
+"""The ledger: the only home of SQL (schema and migrations, writes, queries, checks)."""

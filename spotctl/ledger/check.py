@@ -1,11 +1,65 @@
-"""``spotctl ledger check``: SQLite's own integrity check plus the ledger's invariants."""
+"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants.
+
+SQLite: ``integrity_check``, ``foreign_key_check`` and that money/time values are stored as
+integers (SQLite's columns accept any type). PostgreSQL enforces types and foreign keys itself, so
+there the checks are that every money/time column is 64-bit (``*_ms``, ``*_micros``,
+``*_micros_per_h``: BIGINT, never a 32-bit INTEGER) and that no constraint is left unvalidated.
+The ledger's invariants are the same SQL on both.
+
+Also the small reads the CLI's first-contact commands need (names seen in the ledger).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from spotctl.ledger.db import Ledger
+from spotctl.ledger.db import POSTGRESQL, Ledger
 from spotctl.ledger.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class LedgerNames:
+    """The tier and provider names the ledger has seen (billing or usage), for validating
+    ``--tier``/``--provider`` filters: a tier removed from the config still has its history."""
+
+    tiers: frozenset[str]
+    providers: frozenset[str]
+
+
+def stored_schema_version(path: Path) -> int | None:
+    """The schema version of the ledger file at ``path``, read without migrating or creating
+    anything (``None``: no file there)."""
+    import sqlite3
+
+    from spotctl.errors import LedgerError
+
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot open: {exc}") from None
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                        ).fetchone() is None:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path}: not a usable spotctl ledger: {exc}") from None
+    finally:
+        conn.close()
+
+
+def ledger_names(ledger: Ledger) -> LedgerNames:
+    conn = ledger.conn
+    tiers = {r[0] for r in conn.execute(
+        "SELECT tier FROM billing_series WHERE tier IS NOT NULL "
+        "UNION SELECT tier FROM usage_minutes WHERE tier <> ''")}
+    providers = {r[0] for r in conn.execute(
+        "SELECT provider FROM billing_series UNION SELECT DISTINCT provider FROM billing_polls")}
+    return LedgerNames(frozenset(tiers), frozenset(providers))
 
 
 @dataclass
@@ -15,13 +69,32 @@ class CheckResult:
     detail: str = ""
 
 
-_INVARIANTS: list[tuple[str, str]] = [
+_SQLITE_TYPES: list[tuple[str, str]] = [
     ("money columns are exact integers",
      "SELECT count(*) FROM billing_samples WHERE typeof(cumulative_micros) NOT IN "
      "('integer','null') OR typeof(rate_micros_per_h) NOT IN ('integer','null') OR "
      "typeof(balance_micros) NOT IN ('integer','null')"),
     ("times are integers",
      "SELECT count(*) FROM billing_samples WHERE typeof(observed_ms) != 'integer'"),
+]
+
+_PG_TYPES: list[tuple[str, str]] = [
+    # A *_ms / *_micros column of a table may be BIGINT or a float (latency percentiles), never
+    # a 32-bit INTEGER, which truncates epoch milliseconds and micro-dollars. Views are skipped:
+    # PostgreSQL's sum(bigint) is NUMERIC, exact.
+    ("money and time columns are never 32-bit integers",
+     "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+     "AND table_name IN (SELECT table_name FROM information_schema.tables WHERE "
+     "table_schema = current_schema() AND table_type = 'BASE TABLE') "
+     "AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR column_name LIKE '%\\_micros' ESCAPE '\\' "
+     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') "
+     "AND data_type IN ('integer', 'smallint')"),
+    ("constraints are validated",
+     "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+     "WHERE n.nspname = current_schema() AND NOT c.convalidated"),
+]
+
+_INVARIANTS: list[tuple[str, str]] = [
     ("no negative token counts",
      "SELECT count(*) FROM usage WHERE prompt_tokens < 0 OR completion_tokens < 0"),
     ("every sample belongs to a recorded poll",
@@ -33,7 +106,7 @@ _INVARIANTS: list[tuple[str, str]] = [
      "SELECT count(*) FROM (SELECT minute_ms, tier, requests, prompt_tokens, completion_tokens "
      "FROM usage_minutes EXCEPT SELECT completed_ms - completed_ms % 60000, coalesce(tier, ''), "
      "count(*), sum(prompt_tokens), sum(completion_tokens) FROM usage "
-     "GROUP BY completed_ms - completed_ms % 60000, coalesce(tier, ''))"),
+     "GROUP BY completed_ms - completed_ms % 60000, coalesce(tier, '')) d"),
     ("every usage row is in the rollup",
      "SELECT (SELECT count(*) FROM usage) - (SELECT coalesce(sum(requests), 0) "
      "FROM usage_minutes)"),
@@ -57,14 +130,22 @@ _INVARIANTS: list[tuple[str, str]] = [
 def check_ledger(ledger: Ledger) -> list[CheckResult]:
     conn = ledger.conn
     results: list[CheckResult] = []
-    rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    results.append(CheckResult("sqlite integrity_check", rows == ["ok"], "; ".join(rows[:3])))
-    fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-    results.append(CheckResult("foreign keys", not fk, f"{len(fk)} violation(s)" if fk else ""))
+    if ledger.backend == POSTGRESQL:
+        version_row = conn.execute("SHOW server_version").fetchone()
+        results.append(CheckResult("postgresql server", True, f"PostgreSQL {version_row[0]}"))
+        types = _PG_TYPES
+    else:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        results.append(CheckResult("sqlite integrity_check", rows == ["ok"],
+                                   "; ".join(rows[:3])))
+        fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+        results.append(CheckResult("foreign keys", not fk,
+                                   f"{len(fk)} violation(s)" if fk else ""))
+        types = _SQLITE_TYPES
     version = ledger.schema_version()
     results.append(CheckResult("schema version", version == SCHEMA_VERSION,
                                f"v{version} (expected v{SCHEMA_VERSION})"))
-    for name, sql in _INVARIANTS:
+    for name, sql in [*types, *_INVARIANTS]:
         bad = conn.execute(sql).fetchone()[0]
         results.append(CheckResult(name, bad == 0, f"{bad} row(s) break it" if bad else ""))
     return results

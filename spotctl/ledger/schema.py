@@ -197,6 +197,107 @@ MIGRATIONS: list[str] = [
                sum(prompt_tokens), sum(completion_tokens)
         FROM usage GROUP BY completed_ms - completed_ms % 60000, coalesce(key_id, '');
     """,
+    # 2 -> 3: views for people querying the ledger by hand (sqlite3 spotctl.db). Portable SQL;
+    # times stay epoch ms and money micro-dollars, as in the tables, e.g. in sqlite3:
+    #   SELECT datetime(day_ms / 1000, 'unixepoch') AS day, resource_id, spend_micros / 1e6
+    #   FROM spend_per_resource_day ORDER BY day_ms;
+    """
+    CREATE VIEW spend_per_resource_hour AS
+    -- Spend per billing resource per UTC hour: the growth of the resource's running total
+    -- between consecutive samples, counted in the hour of the later sample. A total that went
+    -- down is held at its high-water mark (an anomaly, never a refund), so growth is never
+    -- negative; the first sample of a series adds nothing (what came before it is unknown).
+    -- Estimate-only samples are left out: they are not invoice-true. For hand queries:
+    -- `spotctl cost` splits growth exactly at window edges and reports dark time.
+    SELECT provider, account, resource_id, resource_kind, tier, cumulative_kind,
+           observed_ms - observed_ms % 3600000 AS hour_ms,
+           sum(growth_micros) AS spend_micros,
+           count(*) AS samples
+    FROM (
+        SELECT provider, account, resource_id, resource_kind, tier, cumulative_kind,
+               observed_ms,
+               CASE WHEN prev_high IS NULL OR cumulative_micros <= prev_high THEN 0
+                    ELSE cumulative_micros - prev_high END AS growth_micros
+        FROM (
+            SELECT provider, account, resource_id, resource_kind, tier, cumulative_kind,
+                   observed_ms, cumulative_micros,
+                   max(cumulative_micros) OVER (
+                       PARTITION BY provider, account, resource_id ORDER BY observed_ms
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_high
+            FROM billing_samples
+            WHERE cumulative_micros IS NOT NULL AND cumulative_kind <> 'estimate'
+        ) AS ordered
+    ) AS growth
+    GROUP BY provider, account, resource_id, resource_kind, tier, cumulative_kind,
+             observed_ms - observed_ms % 3600000;
+
+    CREATE VIEW spend_per_resource_day AS
+    -- spend_per_resource_hour summed per UTC day.
+    SELECT provider, account, resource_id, resource_kind, tier, cumulative_kind,
+           hour_ms - hour_ms % 86400000 AS day_ms,
+           sum(spend_micros) AS spend_micros,
+           sum(samples) AS samples
+    FROM spend_per_resource_hour
+    GROUP BY provider, account, resource_id, resource_kind, tier, cumulative_kind,
+             hour_ms - hour_ms % 86400000;
+
+    CREATE VIEW usage_per_key_day AS
+    -- Gateway usage per API key (api_keys.name; '' when the request had no key) per UTC day,
+    -- counted when each request completed; from the per-minute rollup usage_key_minutes.
+    SELECT key_id,
+           minute_ms - minute_ms % 86400000 AS day_ms,
+           sum(requests) AS requests,
+           sum(prompt_tokens) AS prompt_tokens,
+           sum(completion_tokens) AS completion_tokens
+    FROM usage_key_minutes
+    GROUP BY key_id, minute_ms - minute_ms % 86400000;
+    """,
+    # 3 -> 4 (fleet, issue 11 §2): each journal entry names its operation's kind, so a
+    # restarted daemon knows what a half-done operation was for (a `draining` of a down, of a
+    # hibernation, ...); and the rate the provider quoted at launch (an estimate of price,
+    # never spend: the billing poller compares the billed rate with it).
+    """
+    ALTER TABLE fleet_events ADD COLUMN operation TEXT;  -- up, wake, hibernate, down, ...
+    ALTER TABLE fleet_events ADD COLUMN quoted_rate_micros_per_h INTEGER;
+    CREATE INDEX ix_events_operation ON fleet_events (operation_id);
+    """,
+    # 4 -> 5: capacity measurements (`spotctl bench`): saturated output tokens/s per tier.
+    """
+    CREATE TABLE bench_runs (
+        id INTEGER PRIMARY KEY,
+        tier TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL,
+        model TEXT,                      -- the model the tier served
+        engine_version TEXT,             -- e.g. vllm 0.11.0 (NULL when unknown)
+        accelerator TEXT,                -- e.g. H100:1 or the provider flavor
+        output_tokens_per_s REAL NOT NULL,  -- saturated output tokens/s within the TTFT SLO
+        concurrency INTEGER NOT NULL,    -- concurrent streams at that throughput
+        slo_ttft_ms INTEGER NOT NULL,    -- the TTFT SLO the ramp stopped at
+        slo_broken INTEGER NOT NULL,     -- 1: the ramp went past the SLO (saturation found);
+                                         -- 0: it ended first, so capacity is at least this
+        ttft_p50_ms REAL, ttft_p90_ms REAL, ttft_p99_ms REAL,
+        itl_p50_ms REAL, itl_p90_ms REAL, itl_p99_ms REAL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        mix_json TEXT NOT NULL,          -- the prompt/output mix used
+        steps_json TEXT NOT NULL         -- one entry per concurrency step
+    );
+    CREATE INDEX ix_bench_tier_time ON bench_runs (tier, finished_ms);
+    """,
+    # 5 -> 6 (issue 14) leases: one holder at a time per name (a daemon acting on a tier), with a
+    # fencing token that grows with each new holder (spotctl.ledger.coordination).
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,          -- 'fleet:<tier>', ...
+        holder TEXT NOT NULL,           -- host:pid:random of the process holding it
+        token INTEGER NOT NULL,         -- fencing token: +1 for every new holder
+        acquired_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
