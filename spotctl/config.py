@@ -34,7 +34,38 @@ class _Section(BaseModel):
 
 
 class LedgerConfig(_Section):
-    path: Path | None = None  # default: spotctl.db beside the config file
+    path: Path | None = None  # SQLite (the default): spotctl.db beside the config file
+    # PostgreSQL instead (a ledger shared by several hosts): postgresql://user@host:port/db.
+    # The password comes from PGPASSWORD or ~/.pgpass (libpq), never from this file.
+    url: str | None = None
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10  # connections per process (PostgreSQL)
+    pool_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # wait for a free connection
+    query_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0  # a statement's deadline
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql://user@host:port/dbname URL")
+        parts = urlsplit(value)
+        if parts.password is not None or "password=" in parts.query.lower():
+            raise ValueError("the URL holds a password; put it in PGPASSWORD or ~/.pgpass "
+                             "instead (secrets never go in spotctl.toml)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> LedgerConfig:
+        if self.url is not None and self.path is not None:
+            raise ValueError("set either path (SQLite) or url (PostgreSQL), not both")
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url else "sqlite"
 
 
 class BillingConfig(_Section):
@@ -43,6 +74,8 @@ class BillingConfig(_Section):
     stale_after_s: Annotated[int, Field(ge=1)] = 180
     deleted_poll_every_s: Annotated[int, Field(ge=60, le=600)] = 600
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # price truth: a billed rate further than this from the rate quoted at launch is an anomaly
+    rate_tolerance_pct: Annotated[float, Field(ge=0, le=1000)] = 5.0
 
 
 class ProviderConfig(_Section):
@@ -76,13 +109,22 @@ class TierConfig(_Section):
     exposure: Exposure = "ssh"
     endpoint: str | None = None  # a fixed engine the user already runs: http://host:port
     api_key_env: str | None = None  # the engine's key, for fixed or public engines
-    flavor: str | None = None  # Hyperstack / local cloud flavor name
+    flavor: str | None = None  # Hyperstack / local cloud flavor name (default: from accelerators)
+    # Hyperstack / local cloud: the account's environment, SSH key pair and OS image by name
+    # (checked before anything is created), and the size of the tier's weights volume.
+    environment: str = "default"
+    keypair: str = "spotctl"
+    image: str = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
+    volume_gb: Annotated[int, Field(ge=1, le=1_048_576)] = 200
     engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
     ssh_user: str = "ubuntu"
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_key_path: Path = Path("~/.ssh/id_ed25519")
     ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
+    # (econ) output tokens/s one VM of this tier serves at saturation, when no `spotctl bench`
+    # was run: capacity for `cost` utilisation and full-load $/Mtok. Cite the figure's source.
+    rated_output_tokens_per_s: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def public_model(self) -> str:
@@ -96,6 +138,9 @@ class TierConfig(_Section):
 class BudgetConfig(_Section):
     daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
     timezone: str = "UTC"
+    # close the gate while a provider bills a rate off its launch quote (a `rate_mismatch`
+    # anomaly since the last good poll), as for stale billing
+    close_on_rate_mismatch: bool = False
 
     @field_validator("timezone")
     @classmethod
@@ -159,6 +204,14 @@ class FleetConfig(_Section):
     probe_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
+class FixedCostConfig(_Section):
+    """(econ) A cost the providers' invoices do not carry (the gateway's VPS, egress, labour):
+    shown pro-rated as a separate "fully loaded" line by `cost` and `compare`, never in spend."""
+
+    name: Annotated[str, Field(min_length=1)]
+    usd_per_month: Annotated[Decimal, Field(ge=0)]
+
+
 class Config(_Section):
     ledger: LedgerConfig = LedgerConfig()
     billing: BillingConfig = BillingConfig()
@@ -167,6 +220,7 @@ class Config(_Section):
     budget: BudgetConfig = BudgetConfig()
     gateway: GatewayConfig = GatewayConfig()
     fleet: FleetConfig = FleetConfig()
+    fixed_costs: list[FixedCostConfig] = Field(default_factory=list)  # (econ) [[fixed_costs]]
     # Where the file was read from; not a TOML key.
     source: Path | None = Field(default=None, exclude=True)
 
@@ -192,6 +246,14 @@ class Config(_Section):
         base = self.source.parent if self.source else Path.cwd()
         path = self.ledger.path or Path("spotctl.db")
         return path if path.is_absolute() else base / path
+
+    @property
+    def ledger_target(self) -> LedgerConfig:
+        """What ``Ledger()`` opens: the ``[ledger]`` section with the SQLite path made absolute
+        (unused when ``url`` names a PostgreSQL ledger)."""
+        if self.ledger.url:
+            return self.ledger
+        return self.ledger.model_copy(update={"path": self.ledger_path})
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:
@@ -261,6 +323,8 @@ def format_validation_error(path: Path | str, exc: ValidationError, data: dict[s
     found_text = "missing" if err.get("type") == "missing" else repr(found)
     if isinstance(found, dict | list):
         found_text = type(found).__name__
+    if isinstance(found, str) and "://" in found and "@" in found:  # never echo a password
+        found_text = repr(found.split("://", 1)[0] + "://***@" + found.rsplit("@", 1)[1])
     more = len(exc.errors()) - 1
     tail = f" (+{more} more error{'s' if more > 1 else ''})" if more > 0 else ""
     msg = msg.removeprefix("Value error, ")

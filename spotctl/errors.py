@@ -12,6 +12,8 @@ exception or searches an error's text.
     ├── UsageError                    exit 2: bad flags, arguments or input
     │   └── ConfigError               exit 2: spotctl.toml is wrong (names file, key, expected, found)
     ├── LedgerError                   the ledger cannot be opened, migrated or written
+    │   └── LedgerUnavailable         the ledger server cannot be reached (or no pooled
+    │                                 connection came in time): ``reason`` says which
     ├── ProviderError                 a provider's API refused or failed (``provider`` names it)
     │   ├── ProviderAuthError         401/403: the key is wrong or lacks a permission
     │   ├── ProviderQuotaError        quota, credit or limit exhausted
@@ -20,6 +22,7 @@ exception or searches an error's text.
     │   ├── ProviderUnavailable       unreachable, timed out, 429/5xx after the retries
     │   └── NoSpotCapacity            spot capacity refused: worth retrying later, or on demand
     ├── FleetError                    a fleet operation failed (VM error, not ready in time, ...)
+    │   └── LeaseLost                 this process no longer holds the tier's lease: do not act
     ├── ThresholdCrossed              exit 3: --fail-over, a closed budget, reconcile drift
     └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
 
@@ -64,6 +67,16 @@ class LedgerError(SpotctlError):
     exit_code = ExitCode.ERROR
 
 
+class LedgerUnavailable(LedgerError):
+    """The shared ledger (PostgreSQL) cannot be reached, a connection broke, or the pool had no
+    free connection in time. ``reason``: ``ledger_unreachable`` or ``pool_exhausted``."""
+
+    def __init__(self, message: str, exit_code: ExitCode | None = None, *,
+                 reason: str = "ledger_unreachable") -> None:
+        super().__init__(message, exit_code)
+        self.reason = reason
+
+
 class ProviderError(SpotctlError):
     """A provider API call failed. ``provider`` is the configured provider's name (or kind)."""
 
@@ -103,6 +116,11 @@ class NoSpotCapacity(ProviderError):
 
 class FleetError(SpotctlError):
     exit_code = ExitCode.ERROR
+
+
+class LeaseLost(FleetError):
+    """The lease that lets this process act on a tier moved to another holder (or is about to
+    lapse): launch, delete and journal writes are refused (spotctl.ledger.coordination)."""
 
 
 class ThresholdCrossed(SpotctlError):

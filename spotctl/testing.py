@@ -75,17 +75,30 @@ def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
     import uvicorn
 
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan=lifespan,
-                                           log_level="warning", access_log=False, ws="none"))
+    config = uvicorn.Config(app, host=host, port=port, lifespan=lifespan, log_level="warning",
+                            access_log=False, ws="none")
+    with serve_uvicorn(config, f"http://{host}:{port}", port,
+                       stop_timeout_s=stop_timeout_s) as served:
+        yield served
+
+
+@contextmanager
+def serve_uvicorn(config: Any, url: str, port: int, *, sockets: list | None = None,
+                  stop_timeout_s: float = 20.0) -> Iterator[Served]:
+    """Run a ``uvicorn.Config`` in a thread of this process for the ``with`` block (on
+    ``sockets`` when given, as ``spotctl gateway`` does); stopped when the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            server.run()
+            server.run(sockets=sockets)
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name=f"serve_asgi:{port}", daemon=True)
+    thread = threading.Thread(target=run, name=f"uvicorn:{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + READY_TIMEOUT_S  # clock-ok
     while not server.started:
@@ -96,7 +109,7 @@ def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
             raise TimeoutError(f"server on port {port} did not start in {READY_TIMEOUT_S} s")
         time.sleep(0.01)  # clock-ok
     try:
-        yield Served(f"http://{host}:{port}", port, server, thread)
+        yield Served(url, port, server, thread)
     finally:
         server.should_exit = True
         thread.join(stop_timeout_s)
@@ -165,16 +178,23 @@ class RunningGateway:
 @contextmanager
 def running_gateway(cfg: Any, clock: Any = None, runtime: Any = None, *,
                     refresh_s: float = 0.05) -> Iterator[RunningGateway]:
-    """The gateway for ``cfg`` on a loopback port (lifespan on: its background refresh runs and
-    pending usage rows are flushed when the block ends). ``runtime`` defaults to fixed engines
-    only (no fleet)."""
+    """The gateway for ``cfg`` on a loopback port, served as ``spotctl gateway`` serves it (its
+    guarded protocol, limits and timeouts; lifespan on, so pending usage rows are flushed when
+    the block ends). ``runtime`` defaults to fixed engines only (no fleet)."""
     from spotctl.clock import get_clock
     from spotctl.gateway.app import Gateway
+    from spotctl.gateway.server import listen_socket, uvicorn_config
     from spotctl.gateway.upstreams import RoutingRuntime
 
     app = Gateway(cfg, clock or get_clock(), runtime or RoutingRuntime(None), refresh_s=refresh_s)
-    with serve_asgi(app, lifespan="on") as served:
-        yield RunningGateway(served.url, app, served, cfg.ledger_path)
+    sock = listen_socket("127.0.0.1", 0, reuse_port=False)
+    port = sock.getsockname()[1]
+    try:
+        with serve_uvicorn(uvicorn_config(app, cfg.gateway), f"http://127.0.0.1:{port}", port,
+                           sockets=[sock]) as served:
+            yield RunningGateway(served.url, app, served, cfg.ledger_path)
+    finally:
+        sock.close()
 
 
 # -- time ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from spotctl.ledger.db import Ledger
 FIXTURES = Path(__file__).parent / "fixtures"
 
 pytest_plugins = ["tests.fixtures_localcloud", "tests.fixtures_engines", "tests.fixtures_vllm",
-                  "tests.fixtures_sshd"]
+                  "tests.fixtures_sshd", "tests.fixtures_pg"]
 
 
 @pytest.fixture
@@ -26,7 +26,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    led = Ledger(tmp_path / "ledger.db")
+def ledger(ledger_target) -> Ledger:
+    """A fresh ledger on each backend (SQLite file | PostgreSQL database: tests/fixtures_pg.py)."""
+    led = Ledger(ledger_target)
     yield led
     led.close()

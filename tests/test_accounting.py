@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from spotctl.accounting.bands import usd_per_mtok, weighted_percentile
 from spotctl.accounting.observability import LOST, OK, provider_coverage
-from spotctl.accounting.report import build_cost_report
 from spotctl.accounting.series import series_spend
 from spotctl.accounting.spend import spend_between
 from spotctl.accounting.window import parse_window
@@ -19,6 +18,7 @@ from spotctl.config import parse_config
 from spotctl.errors import UsageError
 from spotctl.ledger.records import BillingSample, CumulativeKind, PollRecord, UsageRecord
 from spotctl.ledger.writes import record_poll, record_usage
+from spotctl.services.cost import cost_report as build_cost_report
 
 MIN = 60_000
 
@@ -112,7 +112,8 @@ def _poll(ledger, t, samples, outcome="ok"):
 
 
 def _vm(t, cum, rid="vm:1", tier="big", kind=CumulativeKind.RESOURCE_TOTAL, rkind="vm"):
-    return BillingSample("hs", "acct", rid, rkind, t, cum, kind, "h", tier=tier, created_ms=0)
+    return BillingSample("hs", "acct", rid, rkind, t, cum, kind, "h", tier=tier, created_ms=0,
+                         state="ACTIVE", spot=True)
 
 
 def test_idle_fleet_with_healthy_billing_reads_exactly_zero(ledger):
@@ -165,8 +166,12 @@ def test_report_tiers_buckets_and_band(ledger):
     assert js["spend_usd"] == "6.000000" and js["spend_complete"] is True
     assert js["output_tokens"] == 50_000 and js["prompt_tokens"] == 5_000
     assert js["usd_per_mtok_output"] == "120.0000"
-    # the second hour served nothing: its $3 is idle spend
-    assert js["idle_spend_usd"] == "3.000000"
+    # the second hour served nothing: its $3 is zero-token spend
+    assert js["zero_token_spend_usd"] == "3.000000" and js["zero_token_share"] == "0.500000"
+    # time-weighted: requests were in flight from 0 to 10 min 49 s of the 2 h served
+    idle = 1 - Decimal(649) / Decimal(7200)
+    assert Decimal(js["idle_share"]) == idle.quantize(Decimal("0.000001"))
+    assert js["spend_by_capacity"]["spot"] == "6.000000" and js["serving_seconds"] == 7200
     assert js["band"]["p50"] == "60.0000"
     assert [t["name"] for t in js["tiers"]] == ["big"]
     assert len(js["buckets"]) == 2

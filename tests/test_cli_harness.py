@@ -49,9 +49,8 @@ def test_wait_http_names_the_url_when_nothing_answers():
 
 
 def test_running_engine_and_gateway_serve_a_request_and_stop(tmp_path):
-    from spotctl.gateway.keys import create_key
-
     from spotctl.ledger.db import Ledger
+    from spotctl.ledger.keys import create_key
 
     with running_engine() as engine:
         assert wait_http(f"{engine.url}/v1/models") == 200

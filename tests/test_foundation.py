@@ -140,7 +140,7 @@ def test_usage_rollup_counts_each_request_once(ledger):
 
 
 def test_help_starts_without_skypilot_or_vllm():
-    code = ("import sys; from spotctl.cli import main; "
+    code = ("import sys; from spotctl.cli import main; main.register_commands(); "
             "bad=[m for m in sys.modules if m.split('.')[0] in ('sky','vllm','torch')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

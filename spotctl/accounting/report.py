@@ -1,41 +1,125 @@
-"""The cost report: spend, tokens, $/Mtok band, idle share and observability for a window.
+"""The cost report: spend, tokens, $/Mtok band, utilisation, spend by capacity and
+observability for a window. Pure: built from one :class:`WindowData` snapshot.
 
-Used by ``spotctl cost``, ``spotctl price``, the HTML report and the demo. The JSON shape
-(:meth:`CostReport.to_json`) is documented in the README and stable.
+Used by ``spotctl cost``, ``price``, ``compare``, the HTML report and the demo. The JSON shape
+(:meth:`CostReport.to_json`) is documented in the README and stable: fields are only added.
+
+Definitions (per tier, and in total over the tiers):
+
+* ``serving``: time a VM of the tier billed in a running state (from the billing samples'
+  states, see :mod:`spotctl.accounting.capacity`), summed over its VMs;
+* ``utilisation`` = output tokens ÷ (capacity × serving seconds), capacity in output tokens/s
+  per VM from the newest ``spotctl bench`` of the tier, else the tier's
+  ``rated_output_tokens_per_s``; null when neither is known;
+* ``usd_per_mtok_at_full_load`` = the billed $/h of the serving resources (their invoice-true
+  spend while serving ÷ serving hours) ÷ capacity: what a million output tokens would cost if
+  the paid machines were busy all the time;
+* ``idle_share`` (time-weighted): the share of the tier's serving time with no request in
+  flight; ``idle_spend_usd`` is that share of the serving spend (an allocation, not a bill);
+* ``zero_token_spend_usd`` / ``zero_token_share``: spend in buckets that served no token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from spotctl.accounting.bands import band, usd_per_mtok
-from spotctl.accounting.spend import SpendResult, spend_between
+from spotctl.accounting.capacity import CATEGORIES
+from spotctl.accounting.spend import SpendResult
 from spotctl.clock import from_ms, iso
-from spotctl.config import Config
-from spotctl.ledger import queries
-from spotctl.ledger.db import Ledger
 from spotctl.money import usd_str
+
+_RATIO = Decimal("0.000001")
+_MTOK = Decimal("0.0001")
 
 
 def _dec(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
 
+def ratio(num: int | Decimal, den: int | Decimal) -> Decimal | None:
+    if not den:
+        return None
+    return (Decimal(num) / Decimal(den)).quantize(_RATIO, rounding=ROUND_HALF_EVEN)
+
+
+def union_length(spans: Sequence[tuple[int, int]]) -> int:
+    total, cur_s, cur_e = 0, None, None
+    for s, e in sorted(spans):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s  # type: ignore[operator]
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s  # type: ignore[operator]
+    return total
+
+
+def merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def intersect_length(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> int:
+    """Length of (∪a) ∩ (∪b)."""
+    a, b = merge(a), merge(b)
+    i = j = total = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Output tokens/s one VM of a tier serves at saturation, and where the figure comes from."""
+
+    tokens_per_s: Decimal
+    source: str  # bench | rated
+    detail: str = ""
+    lower_bound: bool = False  # a bench that ended before the TTFT SLO broke
+
+
 @dataclass
 class Bucket:
-    index: int
-    start_ms: int
+    start_ms: int  # aligned bucket start, clipped to the window
     end_ms: int
     spend_micros: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
     requests: int = 0
     dark: bool = False
+    by_capacity: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    capacity_tokens: Decimal | None = None  # capacity × serving seconds, over tiers with one
+    rated_output_tokens: int = 0  # output tokens of the tiers with a capacity
+
+    @property
+    def index(self) -> int:  # kept for callers that label buckets by position
+        return self.start_ms
 
     @property
     def usd_per_mtok_output(self) -> Decimal | None:
         return usd_per_mtok(self.spend_micros, self.output_tokens)
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        if not self.capacity_tokens:
+            return None
+        return ratio(self.rated_output_tokens, self.capacity_tokens)
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +127,8 @@ class Bucket:
             "spend_usd": usd_str(self.spend_micros), "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens, "requests": self.requests,
             "usd_per_mtok_output": _dec(self.usd_per_mtok_output), "dark": self.dark,
+            "spend_by_capacity": {k: usd_str(v) for k, v in self.by_capacity.items()},
+            "utilisation": _dec(self.utilisation),
         }
 
 
@@ -54,8 +140,19 @@ class Breakdown:
     spend_micros: int = 0
     prompt_tokens: int = 0
     output_tokens: int = 0
-    idle_micros: int = 0
+    zero_token_micros: int = 0
     band: dict[str, Decimal | None] = field(default_factory=lambda: band([]))
+    by_capacity: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    serving_ms: int = 0  # machine-time billed in a running state
+    serving_micros: int = 0  # spend billed in a running state
+    serving_union_ms: int = 0  # time at least one machine served
+    busy_serving_ms: int = 0  # of which some request was in flight
+    capacity: Capacity | None = None
+    # totals over several tiers: output tokens of the tiers with a capacity, and their
+    # capacity × serving seconds (None unless every serving tier has a capacity)
+    rated_output_tokens: int = 0
+    capacity_tokens: Decimal | None = None
+    extra: dict = field(default_factory=dict)  # economics sections (interruptions, savings)
 
     @property
     def usd_per_mtok_output(self) -> Decimal | None:
@@ -66,12 +163,46 @@ class Breakdown:
         return usd_per_mtok(self.spend_micros, self.prompt_tokens + self.output_tokens)
 
     @property
+    def zero_token_share(self) -> Decimal | None:
+        return ratio(self.zero_token_micros, self.spend_micros) if self.spend_micros > 0 else None
+
+    @property
     def idle_share(self) -> Decimal | None:
-        if self.spend_micros <= 0:
+        """Time-weighted: the share of serving time with no request in flight."""
+        if self.serving_union_ms <= 0:
             return None
-        return (Decimal(self.idle_micros) / Decimal(self.spend_micros)).quantize(Decimal("0.0001"))
+        return ratio(self.serving_union_ms - self.busy_serving_ms, self.serving_union_ms)
+
+    @property
+    def idle_micros(self) -> int:
+        share = self.idle_share
+        if share is None:
+            return 0
+        return int((Decimal(self.serving_micros) * share).quantize(Decimal(1), ROUND_HALF_EVEN))
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        if not self.capacity_tokens:
+            return None
+        return ratio(self.rated_output_tokens, self.capacity_tokens)
+
+    @property
+    def usd_per_mtok_at_full_load(self) -> Decimal | None:
+        """$ per million output tokens if the serving machines had been saturated."""
+        if not self.capacity_tokens or self.serving_micros <= 0:
+            return None
+        return usd_per_mtok(self.serving_micros, int(self.capacity_tokens)) if int(
+            self.capacity_tokens) > 0 else None
+
+    @property
+    def billed_usd_per_h_serving(self) -> Decimal | None:
+        if self.serving_ms <= 0:
+            return None
+        return (Decimal(self.serving_micros) * 3600 / Decimal(self.serving_ms) / 1000
+                ).quantize(_MTOK, ROUND_HALF_EVEN)
 
     def to_json(self) -> dict:
+        cap = self.capacity
         return {
             "name": self.name,
             "spend_usd": usd_str(self.spend_micros),
@@ -82,6 +213,16 @@ class Breakdown:
             "band": {k: _dec(v) for k, v in self.band.items()},
             "idle_spend_usd": usd_str(self.idle_micros),
             "idle_share": _dec(self.idle_share),
+            "zero_token_spend_usd": usd_str(self.zero_token_micros),
+            "zero_token_share": _dec(self.zero_token_share),
+            "spend_by_capacity": {k: usd_str(v) for k, v in self.by_capacity.items()},
+            "serving_seconds": self.serving_ms // 1000,
+            "billed_usd_per_h_serving": _dec(self.billed_usd_per_h_serving),
+            "capacity_output_tokens_per_s": None if cap is None else str(cap.tokens_per_s),
+            "capacity_source": None if cap is None else cap.source,
+            "utilisation": _dec(self.utilisation),
+            "usd_per_mtok_at_full_load": _dec(self.usd_per_mtok_at_full_load),
+            **self.extra,
         }
 
 
@@ -98,6 +239,9 @@ class CostReport:
     buckets: list[Bucket]
     unattributed_micros: int
     estimated_requests: int
+    extras: dict = field(default_factory=dict)  # economics sections added by services
+    data: object = None  # the WindowData snapshot the report was built from
+    compare: dict | None = None  # the hosted-API comparison, when computed (not in to_json)
 
     @property
     def spend_complete(self) -> bool:
@@ -121,11 +265,8 @@ class CostReport:
         mid = t.usd_per_mtok_output
         rng = (f" (P10–P90 across buckets: ${p10:.2f}–${p90:.2f})"
                if p10 is not None and p90 is not None else "")
-        idle = t.idle_share
-        idle_txt = (f"; {idle * 100:.0f}% of spend fell in buckets that served nothing"
-                    if idle else "")
         return (f"{head} Serving {t.output_tokens:,} output tokens cost ${mid:.2f} per million"
-                f"{rng}{idle_txt}.")
+                f"{rng}.")
 
     def to_json(self) -> dict:
         s = self.spend
@@ -152,99 +293,163 @@ class CostReport:
                     for i in s.coverage.intervals
                 ],
             },
+            "idle_share_resolution": (self.data.busy_resolution if self.data is not None
+                                      else "request"),
             "tiers": [t.to_json() for t in self.tiers],
             "providers": [p.to_json() for p in self.providers],
             "buckets": [b.to_json() for b in self.buckets],
         }
         total = self.total.to_json()
         total.pop("name")
+        total.pop("capacity_source")
         out.update(total)
+        out.update(self.extras)
         return out
 
 
-def _band_of(buckets: dict[int, tuple[int, int]], min_tokens: int) -> dict[str, Decimal | None]:
+def _band_of(pairs: dict[int, tuple[int, int]], min_tokens: int) -> dict[str, Decimal | None]:
     values = []
-    for spend, tokens in buckets.values():
+    for spend, tokens in pairs.values():
         if tokens >= min_tokens and tokens > 0:
             values.append((usd_per_mtok(spend, tokens), tokens))
     return band(values)  # type: ignore[arg-type]
 
 
-def build_cost_report(
-    ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
-    bucket_s: int = 3600, min_tokens: int = 1000,
-    tiers: set[str] | None = None, providers: set[str] | None = None,
-) -> CostReport:
-    if end_ms <= start_ms:
-        raise ValueError("the window ends before it starts")
-    bucket_ms = bucket_s * 1000
-    nbuckets = -(-(end_ms - start_ms) // bucket_ms)
-    spend = spend_between(ledger, start_ms, end_ms, cfg, providers=providers, tiers=tiers,
-                          bucket_ms=bucket_ms)
-    tokens = queries.token_buckets(ledger.conn, start_ms, end_ms, bucket_ms)
+def tier_capacity(tier_cfg, bench_rows) -> Capacity | None:
+    """The newest bench of the tier for its current model, else its rated figure, else None."""
+    for row in bench_rows or ():
+        if row.output_tokens_per_s > 0 and (
+                tier_cfg is None or row.model in (None, tier_cfg.model, tier_cfg.public_model)):
+            when = iso(from_ms(row.finished_ms))
+            return Capacity(Decimal(str(round(row.output_tokens_per_s, 1))), "bench",
+                            f"spotctl bench at {when}, {row.concurrency} concurrent streams",
+                            lower_bound=not row.slo_broken)
+    rated = tier_cfg.rated_output_tokens_per_s if tier_cfg is not None else None
+    if rated:
+        return Capacity(Decimal(str(rated)), "rated", "tier config rated_output_tokens_per_s")
+    return None
 
-    buckets = [Bucket(k, start_ms + k * bucket_ms, min(end_ms, start_ms + (k + 1) * bucket_ms))
-               for k in range(nbuckets)]
+
+def build_report(data, spend: SpendResult, cfg, *, min_tokens: int = 1000,
+                 tiers: set[str] | None = None) -> CostReport:
+    """The report from one snapshot (``WindowData``) and the spend computed from it."""
+    start_ms, end_ms = data.start_ms, data.end_ms
+    bucket_ms = data.bucket_ms or (end_ms - start_ms)
+    starts = data.bucket_starts
+    buckets = {b: Bucket(max(b, start_ms), min(end_ms, b + bucket_ms)) for b in starts}
+    ordered = [buckets[b] for b in starts]
     for interval in spend.coverage.intervals:
-        for b in buckets:
-            if interval.start_ms < b.end_ms and interval.end_ms > b.start_ms:
-                b.dark = True
+        for bk in ordered:
+            if interval.start_ms < bk.end_ms and interval.end_ms > bk.start_ms:
+                bk.dark = True
 
-    # per (slice, bucket) spend
-    tier_spend: dict[str, dict[int, int]] = {}
-    prov_spend: dict[str, dict[int, int]] = {}
+    tier_cfgs = {t.name: t for t in cfg.tiers}
+    tier_names = {s.data.tier for s in spend.series if s.data.tier} | {
+        t for (_b, t) in data.tokens if t} | set(tier_cfgs)
+    if tiers is not None:
+        tier_names &= tiers
+    rows = {name: Breakdown(name) for name in sorted(tier_names)}
+    for name, row in rows.items():
+        row.capacity = tier_capacity(tier_cfgs.get(name), data.bench.get(name))
+
+    total = Breakdown("total")
+    tier_bucket_spend: dict[str, dict[int, int]] = {n: {} for n in rows}
+    tier_bucket_out: dict[str, dict[int, int]] = {n: {} for n in rows}
+    tier_bucket_serving: dict[str, dict[int, int]] = {n: {} for n in rows}
+    tier_serving_spans: dict[str, list[tuple[int, int]]] = {n: [] for n in rows}
+    prov_spend: dict[str, int] = {}
+    prov_cap: dict[str, dict[str, int]] = {}
     unattributed = 0
     for r in spend.series:
         tier = r.data.tier
+        row = rows.get(tier) if tier else None
         if tier is None:
             unattributed += r.spend.micros
-        for k, micros in r.spend.by_bucket.items():
-            k = min(k, nbuckets - 1)
-            buckets[k].spend_micros += micros
-            if tier is not None:
-                tier_spend.setdefault(tier, {}).setdefault(k, 0)
-                tier_spend[tier][k] += micros
-            prov_spend.setdefault(r.data.provider, {}).setdefault(k, 0)
-            prov_spend[r.data.provider][k] += micros
+        prov_spend[r.data.provider] = prov_spend.get(r.data.provider, 0) + r.spend.micros
+        for (b, label), micros in r.spend.by_bucket_label.items():
+            bk = buckets.get(b)
+            if bk is not None:
+                bk.spend_micros += micros
+                bk.by_capacity[label.category] += micros
+            total.by_capacity[label.category] += micros
+            pc = prov_cap.setdefault(r.data.provider, dict.fromkeys(CATEGORIES, 0))
+            pc[label.category] += micros
+            if row is not None:
+                row.by_capacity[label.category] += micros
+                row.spend_micros += micros
+                tier_bucket_spend[row.name][b] = tier_bucket_spend[row.name].get(b, 0) + micros
+                if label.serving:
+                    row.serving_micros += micros
+        for (b, label), ms in r.spend.ms_by_bucket_label.items():
+            if row is not None and label.serving:
+                row.serving_ms += ms
+                tier_bucket_serving[row.name][b] = tier_bucket_serving[row.name].get(b, 0) + ms
+        if row is not None:
+            tier_serving_spans[row.name].extend(_serving_spans(r, start_ms, end_ms))
+    total.spend_micros = spend.micros
 
-    tier_prompt: dict[str, int] = {}
-    tier_output: dict[str, dict[int, int]] = {}
-    for (k, tier), out_tokens in tokens.output.items():
+    for (b, tier), tok in data.tokens.items():
         if tiers is not None and tier not in tiers:
             continue
-        k = min(k, nbuckets - 1)
-        buckets[k].output_tokens += out_tokens
-        buckets[k].prompt_tokens += tokens.prompt.get((k, tier), 0)
-        buckets[k].requests += tokens.requests.get((k, tier), 0)
-        tier_output.setdefault(tier, {}).setdefault(k, 0)
-        tier_output[tier][k] += out_tokens
-        tier_prompt[tier] = tier_prompt.get(tier, 0) + tokens.prompt.get((k, tier), 0)
+        bk = buckets.get(b)
+        if bk is not None:
+            bk.output_tokens += tok.output
+            bk.prompt_tokens += tok.prompt
+            bk.requests += tok.requests
+        total.output_tokens += tok.output
+        total.prompt_tokens += tok.prompt
+        row = rows.get(tier)
+        if row is not None:
+            row.output_tokens += tok.output
+            row.prompt_tokens += tok.prompt
+            tier_bucket_out[tier][b] = tier_bucket_out[tier].get(b, 0) + tok.output
 
-    def breakdown(name: str, by_bucket_spend: dict[int, int], by_bucket_out: dict[int, int],
-                  prompt: int) -> Breakdown:
-        ks = set(by_bucket_spend) | set(by_bucket_out)
-        pairs = {k: (by_bucket_spend.get(k, 0), by_bucket_out.get(k, 0)) for k in ks}
-        return Breakdown(
-            name=name,
-            spend_micros=sum(by_bucket_spend.values()),
-            prompt_tokens=prompt,
-            output_tokens=sum(by_bucket_out.values()),
-            idle_micros=sum(sp for sp, out in pairs.values() if out == 0),
-            band=_band_of(pairs, min_tokens),
-        )
+    # capacity, utilisation, idle time
+    capacity_tokens = Decimal(0)
+    full_load_ok = True
+    for name, row in rows.items():
+        spans = tier_serving_spans[name]
+        row.serving_union_ms = union_length(spans)
+        row.busy_serving_ms = intersect_length(spans, data.busy.get(name, []))
+        total.serving_ms += row.serving_ms
+        total.serving_micros += row.serving_micros
+        total.serving_union_ms += row.serving_union_ms
+        total.busy_serving_ms += row.busy_serving_ms
+        if row.capacity is not None:
+            row.capacity_tokens = row.capacity.tokens_per_s * row.serving_ms / 1000
+            row.rated_output_tokens = row.output_tokens
+            capacity_tokens += row.capacity_tokens
+            total.rated_output_tokens += row.output_tokens
+            for b, ms in tier_bucket_serving[name].items():
+                bk = buckets.get(b)
+                if bk is not None:
+                    bk.capacity_tokens = (bk.capacity_tokens or Decimal(0)) + (
+                        row.capacity.tokens_per_s * ms / 1000)
+                    bk.rated_output_tokens += tier_bucket_out[name].get(b, 0)
+        elif row.serving_ms > 0:
+            full_load_ok = False
+    if full_load_ok and capacity_tokens > 0:
+        total.capacity_tokens = capacity_tokens
 
-    total = breakdown(
-        "total", {b.index: b.spend_micros for b in buckets},
-        {b.index: b.output_tokens for b in buckets}, sum(b.prompt_tokens for b in buckets))
-    tier_names = sorted(({t.name for t in cfg.tiers} | set(tier_spend) | set(tier_output))
-                        - {""})
-    if tiers is not None:
-        tier_names = [t for t in tier_names if t in tiers]
-    tier_rows = [breakdown(t, tier_spend.get(t, {}), tier_output.get(t, {}),
-                           tier_prompt.get(t, 0)) for t in tier_names]
-    prov_rows = [breakdown(p, prov_spend[p], {}, 0) for p in sorted(prov_spend)]
-    for row in prov_rows:
-        row.idle_micros = 0
-        row.band = band([])
-    return CostReport(start_ms, end_ms, bucket_ms, min_tokens, spend, total, tier_rows, prov_rows,
-                      buckets, unattributed, tokens.estimated_requests)
+    # bands and zero-token spend
+    for name, row in rows.items():
+        ks = set(tier_bucket_spend[name]) | set(tier_bucket_out[name])
+        pairs = {k: (tier_bucket_spend[name].get(k, 0), tier_bucket_out[name].get(k, 0))
+                 for k in ks}
+        row.band = _band_of(pairs, min_tokens)
+        row.zero_token_micros = sum(sp for sp, out in pairs.values() if out == 0)
+    pairs = {b: (bk.spend_micros, bk.output_tokens) for b, bk in buckets.items()}
+    total.band = _band_of(pairs, min_tokens)
+    total.zero_token_micros = sum(sp for sp, out in pairs.values() if out == 0)
+
+    prov_rows = [Breakdown(p, spend_micros=m, by_capacity=prov_cap.get(
+        p, dict.fromkeys(CATEGORIES, 0))) for p, m in sorted(prov_spend.items())]
+    estimated = sum(tok.estimated for (_b, t), tok in data.tokens.items()
+                    if tiers is None or t in tiers)
+    return CostReport(start_ms, end_ms, bucket_ms, min_tokens, spend, total, list(rows.values()),
+                      prov_rows, ordered, unattributed, estimated, data=data)
+
+
+def _serving_spans(r, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """The intervals (between consecutive samples) in which this series billed as serving."""
+    return [(lo, hi) for lo, hi, label in r.spend.spans if label.serving]

@@ -9,11 +9,18 @@ it is never a refund. The series is held at its high-water mark: spend resumes o
 provider's total exceeds its previous high, so a total that dips and recovers is neither
 refunded nor counted twice. (A genuine counter reset therefore pauses spend until the total
 passes the old high: the report flags the anomaly, and the figure is a lower bound.)
+
+Labels: each sample may carry a label (for example the capacity the resource billed as: spot,
+on-demand, hibernated). The growth between two samples is the provider's meter running in the
+state that held *from the earlier sample on*, so it is booked under the earlier sample's label
+(the first growth of a resource created inside the window, from zero, under its first sample's).
+The time between two samples is booked the same way. Labels only split the exact total: the
+parts always sum to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 Point = tuple[int, int]  # (observed_ms, cumulative_micros)
@@ -22,13 +29,45 @@ Point = tuple[int, int]  # (observed_ms, cumulative_micros)
 @dataclass
 class SeriesSpend:
     micros: int = 0
-    by_bucket: dict[int, int] = field(default_factory=dict)  # bucket index -> micros
+    by_bucket: dict[int, int] = field(default_factory=dict)  # bucket start ms -> micros
     decreases: list[tuple[int, int, int]] = field(default_factory=list)  # (ms, before, after)
+    # with labels: micros and elapsed ms per (bucket start, label)
+    by_bucket_label: dict[tuple[int, Hashable], int] = field(default_factory=dict)
+    ms_by_bucket_label: dict[tuple[int, Hashable], int] = field(default_factory=dict)
+    # with labels: the (lo, hi, label) intervals between samples, clipped to the window
+    spans: list[tuple[int, int, Hashable]] = field(default_factory=list)
+    # the first sample, when the series started from it (no anchor, not counted from zero)
+    first_ms: int | None = None
+
+    def by_label(self) -> dict[Hashable, int]:
+        out: dict[Hashable, int] = {}
+        for (_b, label), v in self.by_bucket_label.items():
+            out[label] = out.get(label, 0) + v
+        return out
+
+    def ms_by_label(self) -> dict[Hashable, int]:
+        out: dict[Hashable, int] = {}
+        for (_b, label), v in self.ms_by_bucket_label.items():
+            out[label] = out.get(label, 0) + v
+        return out
 
 
-def bucket_of(ms: int, start_ms: int, bucket_ms: int) -> int:
-    """Bucket index of a sample: bucket k holds samples in (start + k·w, start + (k+1)·w]."""
-    return max(0, (ms - start_ms - 1) // bucket_ms)
+def bucket_of(ms: int, bucket_ms: int) -> int:
+    """Start of the aligned bucket holding a sample at ``ms``: bucket [b, b + w) holds the
+    samples in (b, b + w] (a sample on a boundary closes the bucket before it)."""
+    return (ms - 1) // bucket_ms * bucket_ms
+
+
+def split_by_bucket(lo: int, hi: int, bucket_ms: int) -> list[tuple[int, int]]:
+    """The interval (lo, hi] cut at aligned bucket boundaries: [(bucket start, ms), ...]."""
+    out = []
+    t = lo
+    while t < hi:
+        b = t - t % bucket_ms
+        nxt = min(hi, b + bucket_ms)
+        out.append((b, nxt - t))
+        t = nxt
+    return out
 
 
 def series_spend(
@@ -38,42 +77,75 @@ def series_spend(
     *,
     created_ms: int | None = None,
     counts_from_creation: bool = True,
+    from_zero: bool | None = None,
     bucket_ms: int | None = None,
+    labels: Sequence[Hashable] | None = None,
 ) -> SeriesSpend:
     """Spend of one series over (start_ms, end_ms].
 
     ``points`` are sorted by time and may include samples outside the window (only the last one
     at or before ``start_ms`` matters there). When no sample precedes the window, the series
-    starts from zero if its cumulative counts from the resource's creation and the resource was
-    created inside the window; otherwise it starts from its first sample in the window.
-    ``points`` may be a compressed series (see ``ledger.queries``) as long as it keeps both sides
-    of every decrease: the result is the same as for the full series.
+    starts from zero if ``from_zero`` says so, or (when ``from_zero`` is None) if its cumulative
+    counts from the resource's creation and the resource was created inside the window;
+    otherwise it starts from its first sample in the window. ``points`` may be a compressed
+    series (see ``ledger.queries``) as long as it keeps both sides of every decrease (and of
+    every label change): the result is the same as for the full series.
+
+    Buckets are aligned to multiples of ``bucket_ms`` (one bucket, keyed ``start_ms``, when
+    None). ``labels`` (parallel to ``points``) split the spend and the elapsed time.
     """
     out = SeriesSpend()
-    width = bucket_ms or max(1, end_ms - start_ms)
+
+    def bucket(ms: int) -> int:
+        return start_ms if bucket_ms is None else bucket_of(ms, bucket_ms)
+
+    def book_time(lo: int, hi: int, label: Hashable) -> None:
+        lo, hi = max(lo, start_ms), min(hi, end_ms)
+        if hi <= lo:
+            return
+        out.spans.append((lo, hi, label))
+        parts = [(start_ms, hi - lo)] if bucket_ms is None else split_by_bucket(lo, hi, bucket_ms)
+        for b, ms in parts:
+            key = (b, label)
+            out.ms_by_bucket_label[key] = out.ms_by_bucket_label.get(key, 0) + ms
+
     prev: int | None = None  # the previous sample's value
+    prev_ms: int | None = None
+    prev_label: Hashable = None
     high: int | None = None  # the high-water mark
-    for ms, cum in points:
+    for i, (ms, cum) in enumerate(points):
+        label = labels[i] if labels is not None else None
         if ms <= start_ms:
-            prev = cum
+            prev, prev_ms, prev_label = cum, ms, label
             high = cum if high is None else max(high, cum)
             continue
         if ms > end_ms:
             break
         if prev is None or high is None:
-            created_inside = created_ms is not None and start_ms <= created_ms <= end_ms
-            if counts_from_creation and created_inside:
+            zero = from_zero
+            if zero is None:
+                zero = (counts_from_creation and created_ms is not None
+                        and start_ms <= created_ms <= end_ms)
+            if zero:
                 prev = high = 0
+                prev_ms = created_ms if created_ms is not None and created_ms < ms else start_ms
+                prev_label = label
             else:
-                prev = high = cum
+                out.first_ms = ms
+                prev, prev_ms, prev_label, high = cum, ms, label, cum
                 continue
+        if labels is not None and prev_ms is not None:
+            book_time(prev_ms, ms, prev_label)
         if cum < prev:
             out.decreases.append((ms, prev, cum))
         if cum > high:
             delta = cum - high
             out.micros += delta
-            k = bucket_of(ms, start_ms, width)
+            k = bucket(ms)
             out.by_bucket[k] = out.by_bucket.get(k, 0) + delta
+            if labels is not None:
+                key = (k, prev_label)
+                out.by_bucket_label[key] = out.by_bucket_label.get(key, 0) + delta
             high = cum
-        prev = cum
+        prev, prev_ms, prev_label = cum, ms, label
     return out

@@ -1,15 +1,26 @@
-"""Invoice-true spend over a window, from the ledger. The gateway's budget gate calls this."""
+"""Invoice-true spend over a window. Pure: it computes from a :class:`WindowData` snapshot.
+
+Reading the snapshot is :func:`spotctl.ledger.queries.read_window` (one transaction);
+:mod:`spotctl.services.cost` puts the two together. :func:`spend_between` is kept for the
+callers that still pass a ledger (the gateway's gate, reconcile, the demo): it does that one
+read and nothing else.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from spotctl.accounting.capacity import CATEGORIES, Label, classify
 from spotctl.accounting.observability import Coverage, combine, provider_coverage
 from spotctl.accounting.series import SeriesSpend, series_spend
-from spotctl.config import Config
-from spotctl.ledger import queries
-from spotctl.ledger.db import Ledger
-from spotctl.ledger.queries import INVOICE_TRUE, SeriesData
+from spotctl.clock import from_ms, iso
+from spotctl.ledger.queries import INVOICE_TRUE, SeriesData, WindowData
+
+if TYPE_CHECKING:
+    from spotctl.config import Config
+    from spotctl.ledger.db import Ledger
 
 
 @dataclass
@@ -32,6 +43,17 @@ class SpendResult:
     anomalies: int = 0
     reasons: list[str] = field(default_factory=list)
 
+    def by_capacity(self, tiers: set[str] | None = None) -> dict[str, int]:
+        """Spend split by the capacity each resource billed as; sums exactly to the spend of
+        the same series (all of them, or those of ``tiers``)."""
+        out = dict.fromkeys(CATEGORIES, 0)
+        for r in self.series:
+            if tiers is not None and r.data.tier not in tiers:
+                continue
+            for label, micros in r.spend.by_label().items():
+                out[label.category] += micros
+        return out
+
 
 def select_series(all_series: list[SeriesData]) -> tuple[list[SeriesData], list[SeriesData]]:
     """Split into (invoice-true series to count, estimate series).
@@ -53,60 +75,82 @@ def select_series(all_series: list[SeriesData]) -> tuple[list[SeriesData], list[
     return counted, estimates
 
 
-def billing_providers(ledger: Ledger, cfg: Config) -> list[str]:
-    """Providers whose coverage matters: the configured ones (or, with none configured, every
-    provider the ledger has polled, so a ledger can be read without its config)."""
-    names = [p.name for p in cfg.providers if p.kind != "lambda"]
-    if cfg.providers:
-        return names
-    return queries.polled_providers(ledger.conn)
+def start_rule(s: SeriesData, start_ms: int, end_ms: int) -> tuple[bool | None, str | None]:
+    """How a series with no sample at or before the window start begins.
+
+    Returns ``(from_zero, unknown_reason)``. A successful poll inside the window that did not
+    list the resource proves it was created inside the window: count from zero, whatever the
+    provider's clock says. Otherwise the provider's creation time decides, unless it is later
+    than spotctl's own first sample of the resource: then the provider's clock is ahead of
+    ours, nothing says whether the resource ran before the window's first sample, and the spend
+    before that sample is unknown (reported, never silently left out).
+    """
+    if s.resource_kind == "account" or any(ms <= start_ms for ms, _ in s.points):
+        return None, None
+    inside = [(ms, cum) for ms, cum in s.points if start_ms < ms <= end_ms]
+    if not inside:
+        return None, None
+    first_ms, first_cum = inside[0]
+    if s.absent_at_ms is not None and (s.created_ms is None or s.created_ms >= start_ms
+                                       or s.created_ms > first_ms):
+        return True, None
+    if s.created_ms is not None and s.created_ms > first_ms:
+        if first_cum == 0:
+            return False, None
+        return False, (f"{s.provider}: {s.resource_id} was created at {iso(from_ms(s.created_ms))}"
+                       f" by the provider's clock, after spotctl first saw it at "
+                       f"{iso(from_ms(first_ms))}: the provider's clock is ahead, so its spend "
+                       "before that sample is unknown")
+    return None, None
 
 
-def spend_between(
-    ledger: Ledger, start_ms: int, end_ms: int, cfg: Config, *,
-    providers: set[str] | None = None, tiers: set[str] | None = None,
-    bucket_ms: int | None = None,
+def _labels(s: SeriesData, journal: dict[str, str]) -> list[Label]:
+    cap = journal.get(s.resource_id)
+    out = []
+    for ms, _ in s.points:
+        state, spot, _rate = s.meta.get(ms, (None, None, None))
+        out.append(classify(s.resource_kind, state, spot, cap))
+    return out
+
+
+def compute_spend(
+    data: WindowData, *, gap_after_ms: int, stale_after_ms: int,
+    providers: Iterable[str] | None = None, tiers: set[str] | None = None,
 ) -> SpendResult:
-    """Invoice-true spend in (start_ms, end_ms], with its observability."""
-    conn = ledger.conn
-    width = bucket_ms or max(1, end_ms - start_ms)
-    watched = [p for p in billing_providers(ledger, cfg) if providers is None or p in providers]
-    conn.execute("BEGIN")  # one consistent snapshot for every read below
-    try:
-        all_series = queries.load_series(conn, start_ms, end_ms, width, providers)
-        coverages = [
-            provider_coverage(
-                p, queries.ok_poll_times(conn, p, start_ms, end_ms), start_ms, end_ms,
-                gap_after_ms=cfg.billing.gap_after_s * 1000,
-                stale_after_ms=cfg.billing.stale_after_s * 1000,
-                failures=queries.failed_polls(conn, p, start_ms, end_ms))
-            for p in watched
-        ]
-        vanished = queries.vanished(conn, start_ms, end_ms)
-        unconfirmed = queries.unconfirmed_credits(conn, start_ms, end_ms)
-    finally:
-        conn.execute("COMMIT")
-    counted, estimates = select_series(all_series)
+    """Invoice-true spend in (start, end] of the snapshot, with its observability."""
+    start_ms, end_ms = data.start_ms, data.end_ms
+    prov = set(providers) if providers is not None else None
+    coverages = [
+        provider_coverage(p, polls.ok, start_ms, end_ms, gap_after_ms=gap_after_ms,
+                          stale_after_ms=stale_after_ms, failures=polls.failed)
+        for p, polls in data.polls.items() if prov is None or p in prov
+    ]
+    series = [s for s in data.series if prov is None or s.provider in prov]
+    counted, estimates = select_series(series)
     if tiers is not None:
         counted = [s for s in counted if s.tier in tiers]
         estimates = [s for s in estimates if s.tier in tiers]
-    results = [
-        SeriesResult(s, series_spend(
-            s.points, start_ms, end_ms, created_ms=s.created_ms,
-            counts_from_creation=s.resource_kind != "account", bucket_ms=width))
-        for s in counted
-    ]
     coverage = combine(coverages, start_ms, end_ms)
     reasons = list(coverage.reasons)
     complete = coverage.status != "lost"
-    for provider, rid, ms in vanished:
-        if providers is None or provider in providers:
+    results = []
+    for s in counted:
+        from_zero, unknown = start_rule(s, start_ms, end_ms)
+        results.append(SeriesResult(s, series_spend(
+            s.points, start_ms, end_ms, created_ms=s.created_ms,
+            counts_from_creation=s.resource_kind != "account", from_zero=from_zero,
+            bucket_ms=data.bucket_ms, labels=_labels(s, data.resource_capacity))))
+        if unknown:
+            complete = False
+            reasons.append(unknown)
+    for provider, rid, ms in data.vanished:
+        if prov is None or provider in prov:
             complete = False
             reasons.append(f"{provider}: {rid} vanished without a final total")
             if coverage.known_until_ms is None or ms < coverage.known_until_ms:
                 coverage.known_until_ms = ms
     est = sum(series_spend(s.points, start_ms, end_ms, created_ms=s.created_ms,
-                           bucket_ms=width).micros for s in estimates)
+                           bucket_ms=data.bucket_ms).micros for s in estimates)
     return SpendResult(
         micros=sum(r.spend.micros for r in results),
         complete=complete,
@@ -114,10 +158,39 @@ def spend_between(
         status=coverage.status,
         dark_seconds=coverage.dark_seconds,
         estimate_micros=est,
-        uncertain_micros=sum(v for k, v in unconfirmed.items()
-                             if providers is None or k in providers),
+        uncertain_micros=sum(v for k, v in data.unconfirmed_credits.items()
+                             if prov is None or k in prov),
         coverage=coverage,
         series=results,
         anomalies=sum(len(r.spend.decreases) for r in results),
         reasons=reasons,
     )
+
+
+def watched_providers(cfg: Config, polled: list[str]) -> list[str]:
+    """Providers whose coverage matters: the configured ones (or, with none configured, every
+    provider the ledger has polled, so a ledger can be read without its config)."""
+    if cfg.providers:
+        return [p.name for p in cfg.providers if p.kind != "lambda"]
+    return polled
+
+
+def spend_between(
+    ledger: Ledger, start_ms: int, end_ms: int, cfg: Config, *,
+    providers: set[str] | None = None, tiers: set[str] | None = None,
+    bucket_ms: int | None = None,
+) -> SpendResult:
+    """Invoice-true spend in (start_ms, end_ms]: one snapshot read, then :func:`compute_spend`.
+
+    The only function here that reads (through :func:`spotctl.ledger.queries.read_window`),
+    kept for callers below the services layer that hold a ledger (the gateway's gate).
+    """
+    from spotctl.ledger import queries
+
+    polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
+    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
+    data = queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
+                               watched=watched, tokens=False, fleet=False)
+    return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
+                         stale_after_ms=cfg.billing.stale_after_s * 1000,
+                         providers=providers, tiers=tiers)

@@ -57,15 +57,16 @@ def open_ledger_for(ctx: typer.Context, *, readonly: bool = False) -> Ledger:
     keeps working after an upgrade."""
     from spotctl.ledger.db import Ledger
 
-    path = get_config(ctx).ledger_path
-    if readonly:
+    cfg = get_config(ctx)
+    if readonly and not cfg.ledger.url:  # SQLite: migrate an older file forward first
         from spotctl.ledger.check import stored_schema_version
         from spotctl.ledger.schema import SCHEMA_VERSION
 
+        path = cfg.ledger_path
         version = stored_schema_version(path)
         if version is not None and version < SCHEMA_VERSION and os.access(path, os.W_OK):
-            Ledger(path).close()  # the file exists: this migrates, it never creates
-    return Ledger(path, readonly=readonly)
+            Ledger(cfg.ledger_target).close()  # the file exists: this migrates, it never creates
+    return Ledger(cfg.ledger_target, readonly=readonly)
 
 
 def require_ledger(ctx: typer.Context) -> None:

@@ -30,9 +30,10 @@ def _window_bounds(window: str | None, since: str | None, until: str | None) -> 
     return to_ms(start_dt), to_ms(end)
 
 
-def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
-    from spotctl.accounting.report import build_cost_report
+def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens,
+            closures: bool = False):
     from spotctl.accounting.window import parse_window
+    from spotctl.services.cost import cost_report
 
     start_ms, end_ms = _window_bounds(window, since, until)
     bucket_s = int(parse_window(bucket, what="bucket").total_seconds())
@@ -41,9 +42,13 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
         tiers, providers = name_filters(cfg, ledger, tier, provider)
-        return build_cost_report(
+        report = cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=tiers, providers=providers)
+            tiers=tiers, providers=providers, closures=closures)
+    from spotctl.services.cost import add_summary
+
+    report.compare = add_summary(report, cfg)
+    return report
 
 
 def _fmt_mtok(value: Decimal | None) -> str:
@@ -63,6 +68,20 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
+def fmt_pct(value: Decimal | None) -> str:
+    """A share for people: 5.7 %, 0.012 %, — when unknown."""
+    if value is None:
+        return "—"
+    pct = value * 100
+    if pct == 0:
+        return "0 %"
+    if pct < Decimal("0.1"):
+        return f"{pct:.3f} %"
+    if pct < 10:
+        return f"{pct:.1f} %"
+    return f"{pct:.0f} %"
+
+
 def _print_cost(report, plot: bool) -> None:
     from rich.table import Table
 
@@ -72,25 +91,33 @@ def _print_cost(report, plot: bool) -> None:
     c = console()
     s = report.spend
     title = f"Cost {iso(from_ms(report.start_ms))} → {iso(from_ms(report.end_ms))}"
-    table = Table(title=title, title_justify="left")
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False,
+                  caption="busy = utilisation of the serving capacity; full load = $/Mtok if "
+                          "the paid machines had been saturated; idle = serving time with no "
+                          "request in flight", caption_justify="left")
     for col, just in [("tier", "left"), ("spend", "right"), ("out tok", "right"),
-                      ("in tok", "right"), ("$/Mtok", "right"), ("P10–P90", "right"),
-                      ("idle", "right")]:
-        table.add_column(col, justify=just, no_wrap=True)
+                      ("$/Mtok", "right"), ("P10–P90", "right"), ("busy", "right"),
+                      ("full load", "right"), ("idle", "right")]:
+        width = min(24, max([5, *(len(t.name) for t in report.tiers)])) if col == "tier" else None
+        table.add_column(col, justify=just, no_wrap=True, min_width=width)
 
     def row(b, name: str, style: str | None = None) -> None:
         spend = fmt_usd(b.spend_micros)
         if name == "total" and not s.complete:
             spend = f"≥ {spend}"
-        table.add_row(name, spend, _fmt_tokens(b.output_tokens), _fmt_tokens(b.prompt_tokens),
+        table.add_row(name, spend, _fmt_tokens(b.output_tokens),
                       _fmt_mtok(b.usd_per_mtok_output), _fmt_band(b.band),
-                      "—" if b.idle_share is None else f"{b.idle_share * 100:.0f}%", style=style)
+                      fmt_pct(b.utilisation), _fmt_mtok(b.usd_per_mtok_at_full_load),
+                      fmt_pct(b.idle_share), style=style)
 
     for t in report.tiers:
         row(t, t.name)
     if report.unattributed_micros:
-        table.add_row("(no tier: volumes…)", fmt_usd(report.unattributed_micros),
-                      "", "", "", "", "")
+        table.add_row("no tier", fmt_usd(report.unattributed_micros),
+                      "", "", "", "", "", "")
     row(report.total, "total", style="bold")
     c.print(table)
     status = s.status
@@ -116,11 +143,12 @@ def _print_cost(report, plot: bool) -> None:
     if report.estimated_requests:
         c.print(f"{report.estimated_requests} request(s) had token counts estimated, "
                 "not reported by the engine")
-    c.print(report.sentence())
     if plot:
         from spotctl.accounting.plot import plot_report
 
         plot_report(report)
+    for sentence in report.extras.get("summary") or [report.sentence()]:
+        c.print(sentence)
 
 
 def register(app: typer.Typer) -> None:
@@ -226,10 +254,13 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from spotctl.accounting.html_report import render_html
+        from spotctl.services.economics import advise as run_advise
 
-        rep = _report(ctx, window, None, None, None, None, bucket, 1000)
+        rep = _report(ctx, window, None, None, None, None, bucket, 1000, closures=True)
         with open_ledger_for(ctx, readonly=True) as ledger:
-            page = render_html(ledger, rep)
+            advised = run_advise(ledger, get_config(ctx), rep.start_ms, rep.end_ms)
+        page = render_html(rep, compare=rep.compare, advise=advised,
+                           summary=rep.extras.get("summary"))
         path = Path(out)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")

@@ -36,15 +36,22 @@ def _print_phases(status, verb: str) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @json_option
     def up(ctx: typer.Context, tier: str,
            dry_run: bool = typer.Option(False, "--dry-run",
-                                        help="Print the task and the vLLM command; launch "
-                                             "nothing.")) -> None:
+                                        help="Print what would be launched (Hyperstack: the "
+                                             "exact requests, after discovery; with --json as "
+                                             "JSON); launch nothing."),
+           json_out: bool = False) -> None:
         """Launch a tier (spot first, bounded on-demand fallback) and wait until it serves."""
         from spotctl.services import fleet
 
         if dry_run:
-            console().print(fleet.dry_run(get_config(ctx), tier), markup=False, highlight=False)
+            if json_out:
+                emit_json(fleet.dry_run_json(get_config(ctx), tier))
+            else:
+                console().print(fleet.dry_run(get_config(ctx), tier), markup=False,
+                                highlight=False)
             return
         _print_phases(fleet.up(get_config(ctx), tier, _progress()), "up")
 

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from spotctl.money import usd_str
         from spotctl.services import gateway as service
 
-        with open_ledger_for(ctx) as ledger:
+        with open_ledger_for(ctx, readonly=True) as ledger:  # a read: never creates one
             rows = service.keys(ledger)
         data = [{"name": k.name, "created": iso(from_ms(k.created_ms)),
                  "revoked": iso(from_ms(k.revoked_ms)) if k.revoked_ms else None,

@@ -1,10 +1,10 @@
-"""``spotctl ledger check``."""
+"""``spotctl ledger check``, ``spotctl ledger migrate``."""
 
 from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, json_option, open_ledger_for
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
         with open_ledger_for(ctx, readonly=True) as ledger:
             results = check_ledger(ledger)
-            path = str(ledger.path)
+            path = ledger.where
         ok = all(r.ok for r in results)
         if json_out:
             emit_json({"ledger": path, "ok": ok,
@@ -31,5 +31,76 @@ def register(app: typer.Typer) -> None:
                 mark = "[green]ok[/green]  " if r.ok else "[red]FAIL[/red]"
                 c.print(f"{mark} {r.name}" + (f" — {r.detail}" if r.detail and not r.ok else ""))
             c.print("ledger ok" if ok else "[red]ledger check failed[/red]")
+        if not ok:
+            raise typer.Exit(1)
+
+    @group.command("migrate")
+    def migrate(
+        ctx: typer.Context,
+        to: str = typer.Option(..., "--to", metavar="URL",
+                               help="postgresql://user@host:port/db (the password comes from "
+                                    "PGPASSWORD or ~/.pgpass)"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Copy this SQLite ledger into PostgreSQL exactly: all or nothing, idempotent when re-run
+        (only rows not yet there are copied); then `ledger check` on both. Exit 0, else 1."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from spotctl.errors import UsageError
+        from spotctl.ledger.check import check_ledger
+        from spotctl.ledger.db import Ledger
+        from spotctl.ledger.migrate import migrate_sqlite_to_postgres
+
+        cfg = get_config(ctx)
+        if cfg.ledger.url:
+            raise UsageError("[ledger] already names a PostgreSQL url; migrate copies the SQLite "
+                             "ledger at [ledger] path")
+        if not to.startswith(("postgresql://", "postgres://")):
+            raise UsageError(f"--to: expected a postgresql:// URL, got {to.split(':', 1)[0]!r}")
+        from pydantic import ValidationError
+
+        from spotctl.config import LedgerConfig
+
+        try:
+            LedgerConfig(url=to)
+        except ValidationError as exc:  # its message never repeats the URL (a password)
+            msg = exc.errors(include_url=False)[0].get("msg", "invalid URL")
+            raise UsageError(f"--to: {msg.removeprefix('Value error, ')}") from None
+        tasks: dict[str, object] = {}
+        with Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(),
+                      console=err_console(), transient=True, disable=json_out) as bar:
+            def progress(table: str, done: int, total: int) -> None:
+                if table not in tasks:
+                    tasks[table] = bar.add_task(table, total=total or 1)
+                bar.update(tasks[table], completed=done if total else 1)
+
+            result = migrate_sqlite_to_postgres(cfg.ledger_path, to, progress)
+        checks = {}
+        for where, target in (("source", cfg.ledger_target), ("destination", to)):
+            with Ledger(target, readonly=True) as led:
+                checks[where] = check_ledger(led)
+        ok = all(r.ok for rs in checks.values() for r in rs)
+        if json_out:
+            emit_json({"source": result.source, "destination": result.dest, "ok": ok,
+                       "copied_rows": result.copied_rows,
+                       "tables": [{"name": t.name, "rows": t.dest_rows, "copied": t.copied_rows,
+                                   "sums": t.sums} for t in result.tables],
+                       "checks": {k: [{"name": r.name, "ok": r.ok, "detail": r.detail}
+                                      for r in v] for k, v in checks.items()}})
+        else:
+            from rich.table import Table
+
+            table = Table("table", "rows", "copied now", "rows equal", title=(
+                f"{result.source} → {result.dest}"))
+            for t in result.tables:
+                table.add_row(t.name, f"{t.dest_rows:,}", f"{t.copied_rows:,}",
+                              "yes" if t.exact else "NO")
+            c = console()
+            c.print(table)
+            c.print("every integer column's sum (money, time, tokens) is equal on both")
+            for where, rs in checks.items():
+                bad = [r for r in rs if not r.ok]
+                c.print(f"ledger check ({where}): " + ("ok" if not bad else "[red]FAIL[/red] " +
+                        "; ".join(f"{r.name}: {r.detail}" for r in bad)))
         if not ok:
             raise typer.Exit(1)

@@ -36,6 +36,7 @@ from spotctl.errors import ExitCode, SpotctlError
 COMMANDS: dict[str, str] = {
     "init": "spotctl.cli.setup", "config": "spotctl.cli.setup", "doctor": "spotctl.cli.setup",
     "cost": "spotctl.cli.cost", "price": "spotctl.cli.cost", "report": "spotctl.cli.cost",
+    "bench": "spotctl.cli.bench", "compare": "spotctl.cli.compare", "advise": "spotctl.cli.advise",
     "ledger": "spotctl.cli.ledger_cmd",
     "example": "spotctl.cli.example",
     "localcloud": "spotctl.cli.localcloud",

@@ -1,12 +1,20 @@
-"""``spotctl ledger check`` (SQLite's own integrity check plus the ledger's invariants) and the
-small reads the CLI's first-contact commands need (names seen in the ledger)."""
+"""``spotctl ledger check``: the engine's own checks plus the ledger's invariants.
+
+SQLite: ``integrity_check``, ``foreign_key_check`` and that money/time values are stored as
+integers (SQLite's columns accept any type). PostgreSQL enforces types and foreign keys itself, so
+there the checks are that every money/time column is 64-bit (``*_ms``, ``*_micros``,
+``*_micros_per_h``: BIGINT, never a 32-bit INTEGER) and that no constraint is left unvalidated.
+The ledger's invariants are the same SQL on both.
+
+Also the small reads the CLI's first-contact commands need (names seen in the ledger).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotctl.ledger.db import Ledger
+from spotctl.ledger.db import POSTGRESQL, Ledger
 from spotctl.ledger.schema import SCHEMA_VERSION
 
 
@@ -61,13 +69,32 @@ class CheckResult:
     detail: str = ""
 
 
-_INVARIANTS: list[tuple[str, str]] = [
+_SQLITE_TYPES: list[tuple[str, str]] = [
     ("money columns are exact integers",
      "SELECT count(*) FROM billing_samples WHERE typeof(cumulative_micros) NOT IN "
      "('integer','null') OR typeof(rate_micros_per_h) NOT IN ('integer','null') OR "
      "typeof(balance_micros) NOT IN ('integer','null')"),
     ("times are integers",
      "SELECT count(*) FROM billing_samples WHERE typeof(observed_ms) != 'integer'"),
+]
+
+_PG_TYPES: list[tuple[str, str]] = [
+    # A *_ms / *_micros column of a table may be BIGINT or a float (latency percentiles), never
+    # a 32-bit INTEGER, which truncates epoch milliseconds and micro-dollars. Views are skipped:
+    # PostgreSQL's sum(bigint) is NUMERIC, exact.
+    ("money and time columns are never 32-bit integers",
+     "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+     "AND table_name IN (SELECT table_name FROM information_schema.tables WHERE "
+     "table_schema = current_schema() AND table_type = 'BASE TABLE') "
+     "AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR column_name LIKE '%\\_micros' ESCAPE '\\' "
+     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') "
+     "AND data_type IN ('integer', 'smallint')"),
+    ("constraints are validated",
+     "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+     "WHERE n.nspname = current_schema() AND NOT c.convalidated"),
+]
+
+_INVARIANTS: list[tuple[str, str]] = [
     ("no negative token counts",
      "SELECT count(*) FROM usage WHERE prompt_tokens < 0 OR completion_tokens < 0"),
     ("every sample belongs to a recorded poll",
@@ -79,7 +106,7 @@ _INVARIANTS: list[tuple[str, str]] = [
      "SELECT count(*) FROM (SELECT minute_ms, tier, requests, prompt_tokens, completion_tokens "
      "FROM usage_minutes EXCEPT SELECT completed_ms - completed_ms % 60000, coalesce(tier, ''), "
      "count(*), sum(prompt_tokens), sum(completion_tokens) FROM usage "
-     "GROUP BY completed_ms - completed_ms % 60000, coalesce(tier, ''))"),
+     "GROUP BY completed_ms - completed_ms % 60000, coalesce(tier, '')) d"),
     ("every usage row is in the rollup",
      "SELECT (SELECT count(*) FROM usage) - (SELECT coalesce(sum(requests), 0) "
      "FROM usage_minutes)"),
@@ -103,14 +130,22 @@ _INVARIANTS: list[tuple[str, str]] = [
 def check_ledger(ledger: Ledger) -> list[CheckResult]:
     conn = ledger.conn
     results: list[CheckResult] = []
-    rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    results.append(CheckResult("sqlite integrity_check", rows == ["ok"], "; ".join(rows[:3])))
-    fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-    results.append(CheckResult("foreign keys", not fk, f"{len(fk)} violation(s)" if fk else ""))
+    if ledger.backend == POSTGRESQL:
+        version_row = conn.execute("SHOW server_version").fetchone()
+        results.append(CheckResult("postgresql server", True, f"PostgreSQL {version_row[0]}"))
+        types = _PG_TYPES
+    else:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        results.append(CheckResult("sqlite integrity_check", rows == ["ok"],
+                                   "; ".join(rows[:3])))
+        fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+        results.append(CheckResult("foreign keys", not fk,
+                                   f"{len(fk)} violation(s)" if fk else ""))
+        types = _SQLITE_TYPES
     version = ledger.schema_version()
     results.append(CheckResult("schema version", version == SCHEMA_VERSION,
                                f"v{version} (expected v{SCHEMA_VERSION})"))
-    for name, sql in _INVARIANTS:
+    for name, sql in [*types, *_INVARIANTS]:
         bad = conn.execute(sql).fetchone()[0]
         results.append(CheckResult(name, bad == 0, f"{bad} row(s) break it" if bad else ""))
     return results

@@ -1,4 +1,10 @@
-"""Opening the ledger: one SQLite file, WAL, a busy timeout, mode 0600, forward migrations."""
+"""Opening the ledger: SQLite (one file, WAL, a busy timeout, mode 0600: the embedded default) or
+PostgreSQL (``[ledger] url``: shared by several hosts, a connection pool). One schema and one set
+of forward migrations for both (``schema.py``); ledger functions run the same SQL text on both
+(``backend.py`` translates it for PostgreSQL).
+
+``Ledger(target)`` takes a path (SQLite), a ``postgresql://`` URL, or ``Config.ledger_target``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,17 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from spotctl.errors import ExitCode, LedgerError
 from spotctl.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 
+if TYPE_CHECKING:
+    from spotctl.config import LedgerConfig
+
 BUSY_TIMEOUT_MS = 15_000
+
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
 
 
 def _create_private(path: Path) -> None:
@@ -25,16 +37,47 @@ def _create_private(path: Path) -> None:
 
 
 class Ledger:
-    """A connection to the ledger. Not shared between threads; open one per thread/process.
+    """A connection to the ledger. Not shared between threads; open one per thread/process
+    (on PostgreSQL that borrows a connection from the process's pool until :meth:`close`).
 
-    Writes go through :meth:`transaction` (``BEGIN IMMEDIATE``), so concurrent writers queue on
-    SQLite's lock for up to the busy timeout instead of failing with "database is locked".
+    ``conn`` runs SQL with ``?`` placeholders on both backends (on SQLite it is the
+    ``sqlite3.Connection`` itself). Writes go through :meth:`transaction`: on SQLite
+    ``BEGIN IMMEDIATE``, so concurrent writers queue on SQLite's lock for up to the busy timeout;
+    on PostgreSQL the same one-writer-at-a-time semantics through a transaction-scoped advisory
+    lock, across every host sharing the database. Consistent multi-query reads go through
+    :meth:`snapshot`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, target: str | os.PathLike[str] | LedgerConfig, *,
+                 readonly: bool = False) -> None:
+        from spotctl.ledger.backend import is_postgres_url
+
         self.readonly = readonly
-        if readonly:
+        self.url: str | None = None
+        self.path: Path | None = None
+        url, path, settings = _resolve(target)
+        if url is not None and is_postgres_url(url):
+            self.backend = POSTGRESQL
+            self.url = url
+            self._open_postgres(settings)
+        else:
+            self.backend = SQLITE
+            self.path = Path(path)
+            self._open_sqlite()
+
+    @property
+    def where(self) -> str:
+        """The ledger's location for messages (a PostgreSQL URL never holds a password)."""
+        if self.url is not None:
+            from spotctl.ledger.backend import redact_url
+
+            return redact_url(self.url)
+        return str(self.path)
+
+    # -- opening --------------------------------------------------------------------------
+    def _open_sqlite(self) -> None:
+        assert self.path is not None
+        if self.readonly:
             if not self.path.exists():
                 raise LedgerError(f"{self.path}: no ledger here yet (run spotctl poll-billing)",
                                   ExitCode.USAGE)
@@ -45,10 +88,10 @@ class Ledger:
             _create_private(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        self.conn = conn
+        self.conn: Any = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not readonly:
+            if not self.readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -57,12 +100,29 @@ class Ledger:
             conn.close()
             raise LedgerError(f"{self.path}: not a usable spotctl ledger: {exc}") from None
 
+    def _open_postgres(self, settings: dict[str, Any]) -> None:
+        from spotctl.ledger import backend
+
+        self.settings = backend.PgSettings(self.url, **settings)
+        self.conn = backend.connect(self.settings, readonly=self.readonly)
+        try:
+            self._migrate()
+        except BaseException:
+            self.conn.close()
+            raise
+
     # -- schema ---------------------------------------------------------------------------
+    def _table_exists(self, name: str) -> bool:
+        if self.backend == POSTGRESQL:
+            from spotctl.ledger.backend import table_exists
+
+            return table_exists(self.conn, name)
+        return self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone() is not None
+
     def schema_version(self) -> int:
-        row = self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
-        ).fetchone()
-        if row is None:
+        if not self._table_exists("meta"):
             return 0
         value = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(value[0]) if value else 0
@@ -71,14 +131,18 @@ class Ledger:
         version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise LedgerError(
-                f"{self.path}: ledger schema v{version} is newer than this spotctl "
+                f"{self.where}: ledger schema v{version} is newer than this spotctl "
                 f"(v{SCHEMA_VERSION}); upgrade spotctl"
             )
         if version == SCHEMA_VERSION:
             return
         if self.readonly:
-            raise LedgerError(f"{self.path}: ledger needs a migration; run a writing command")
+            raise LedgerError(f"{self.where}: ledger needs a migration; run a writing command")
         with self.transaction():
+            if self.backend == POSTGRESQL:
+                from spotctl.ledger.backend import MIGRATE_LOCK
+
+                self.conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATE_LOCK,))
             version = self.schema_version()  # another process may have migrated meanwhile
             for step in range(version, SCHEMA_VERSION):
                 for statement in _statements(MIGRATIONS[step]):
@@ -89,18 +153,38 @@ class Ledger:
                     (str(step + 1),),
                 )
 
+    def set_busy_timeout(self, ms: int) -> None:
+        """How long a write waits for the write lock before failing (SQLite's busy timeout;
+        on PostgreSQL the lock timeout of this connection until it goes back to the pool)."""
+        if self.backend == POSTGRESQL:
+            self.conn.set_session(f"SET lock_timeout = {int(ms)}")
+        else:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
+
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locking) transaction: all or nothing."""
+    def transaction(self) -> Iterator[Any]:
+        """A write transaction, one writer at a time across every process: all or nothing."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Any]:
+        """A read-only view of one instant: every query inside sees the same committed state
+        (SQLite: a deferred transaction; PostgreSQL: REPEATABLE READ)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -110,6 +194,23 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resolve(target: Any) -> tuple[str | None, str | os.PathLike[str] | None, dict[str, Any]]:
+    """(url, path, pool settings) of whatever ``Ledger()`` was given."""
+    from spotctl.config import LedgerConfig
+
+    if isinstance(target, LedgerConfig):
+        settings = {"pool_size": target.pool_size, "pool_timeout_s": target.pool_timeout_s,
+                    "query_timeout_s": target.query_timeout_s}
+        if target.url:
+            return target.url, None, settings
+        if target.path is None:
+            raise LedgerError("no ledger configured ([ledger] path or url)", ExitCode.USAGE)
+        return None, target.path, settings
+    if isinstance(target, str) and target.startswith(("postgresql://", "postgres://")):
+        return target, None, {}
+    return None, target, {}
 
 
 def _statements(script: str) -> Iterator[str]:

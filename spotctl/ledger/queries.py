@@ -1,9 +1,28 @@
-"""Reads that feed the accounting. Each does index range scans and SQL aggregates so that Python
-touches O(series × buckets) rows, not every sample, and never scans the whole ledger.
+"""Reads that feed the accounting: one read transaction returns everything a window needs.
+
+:func:`read_window` opens one snapshot (``BEGIN`` … ``COMMIT``) and returns a plain
+:class:`WindowData`: billing series (compressed), poll times, vanished resources, unconfirmed
+credits, tokens, fleet events, gateway refusals, busy intervals and the newest capacity
+measurement per tier. ``spotctl.accounting`` computes every figure from it without I/O, so
+spend and tokens always come from the same snapshot.
+
+Each read does index range scans and SQL aggregates, so Python touches O(series × buckets +
+state changes) rows, not every sample, and never scans the whole ledger.
+
+Time conventions (all epoch milliseconds, UTC):
+
+* spend: a sample at ``t`` belongs to the window (start, end] and to the bucket holding ``t - 1``
+  (so a sample exactly on a boundary closes the bucket before it);
+* tokens: a request belongs to the window [start, end) and the bucket holding its completion
+  time. Whole minutes come from the ``usage_minutes`` rollup; the partial minutes at both edges
+  come from the ``usage`` rows, so a window need not start on a minute;
+* buckets align to multiples of the bucket size since the epoch (clock hours for 1h), so two runs
+  a minute apart share every bucket but the two at the edges.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
@@ -13,6 +32,17 @@ from spotctl.ledger.records import CumulativeKind
 
 SeriesKey = tuple[str, str, str]  # (provider, account, resource_id)
 ENDED_STATES = frozenset({"deleted", "terminated"})
+MINUTE_MS = 60_000
+# No request outlives this ([gateway] total_timeout_s is capped well below it): bounds the scan
+# for requests that started before a window's end.
+MAX_REQUEST_MS = 86_400_000
+GATE_REFUSALS = ("billing_stale", "budget_exhausted", "wake_timeout", "no_upstream",
+                 "usage_unrecordable", "ledger_unreachable")
+
+INVOICE_TRUE = frozenset(
+    {str(CumulativeKind.RESOURCE_TOTAL), str(CumulativeKind.ACCOUNT_TOTAL),
+     str(CumulativeKind.BALANCE_DERIVED)}
+)
 
 
 @dataclass
@@ -20,8 +50,11 @@ class SeriesData:
     """One cumulative series, compressed to what window accounting needs.
 
     ``points`` holds the last sample at or before the window start (the anchor), the first
-    sample in the window, the last sample of every bucket, and both sides of every recorded
-    decrease. The positive increments over these points equal those over the full series.
+    sample in the window, the last sample at or before every bucket boundary, both sides of
+    every recorded decrease, and both sides of every change of state or spot flag. The positive
+    increments over these points equal those over the full series, and between two consecutive
+    points the resource's state and spot flag do not change. ``meta[ms]`` is the
+    ``(state, spot, rate_micros_per_h)`` of the sample at ``ms``.
     """
 
     key: SeriesKey
@@ -32,76 +65,257 @@ class SeriesData:
     last_state: str | None = None
     last_ms: int | None = None
     points: list[tuple[int, int]] = field(default_factory=list)
+    meta: dict[int, tuple[str | None, bool | None, int | None]] = field(default_factory=dict)
+    # the provider's last successful poll before the series' first sample ever, when that poll
+    # was at or after the window start (the resource did not exist at that poll)
+    absent_at_ms: int | None = None
 
     @property
     def provider(self) -> str:
         return self.key[0]
 
     @property
+    def resource_id(self) -> str:
+        return self.key[2]
+
+    @property
     def ended(self) -> bool:
         return (self.last_state or "").lower() in ENDED_STATES
 
 
-def load_series(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int,
-    providers: Iterable[str] | None = None,
-) -> list[SeriesData]:
-    """Every series with a sample in (start_ms, end_ms], compressed per bucket.
+@dataclass
+class PollTimes:
+    ok: list[int] = field(default_factory=list)  # preceded by the last one at/before start
+    failed: list[tuple[int, str, str | None]] = field(default_factory=list)
 
-    The series come from the ``billing_series`` catalogue; each series' points are found by one
-    index seek per bucket boundary, so the cost is O(series × buckets), whatever the ledger's size.
+
+@dataclass
+class TokenTotals:
+    prompt: int = 0
+    output: int = 0
+    requests: int = 0
+    estimated: int = 0
+
+    def add(self, other: TokenTotals) -> None:
+        self.prompt += other.prompt
+        self.output += other.output
+        self.requests += other.requests
+        self.estimated += other.estimated
+
+
+@dataclass(frozen=True)
+class EventRow:
+    ts_ms: int
+    tier: str
+    event: str
+    capacity: str | None = None
+    resource_id: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    detail: str | None = None
+    operation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """The newest saturation measurement of a tier (``spotctl bench``)."""
+
+    tier: str
+    finished_ms: int
+    model: str | None
+    engine_version: str | None
+    accelerator: str | None
+    output_tokens_per_s: float
+    concurrency: int
+    slo_broken: bool
+
+
+@dataclass
+class WindowData:
+    """Everything a window's accounting needs, read in one snapshot. Plain data, no I/O."""
+
+    start_ms: int
+    end_ms: int
+    bucket_ms: int | None  # None: the whole window is one bucket, keyed by its start
+    series: list[SeriesData] = field(default_factory=list)
+    polls: dict[str, PollTimes] = field(default_factory=dict)  # per watched provider
+    vanished: list[tuple[str, str, int]] = field(default_factory=list)
+    unconfirmed_credits: dict[str, int] = field(default_factory=dict)
+    # tokens by (bucket start ms, tier); tier '' when no tier served the request
+    tokens: dict[tuple[int, str], TokenTotals] = field(default_factory=dict)
+    events: list[EventRow] = field(default_factory=list)  # in the window, oldest first
+    events_before: dict[str, EventRow] = field(default_factory=dict)  # last per tier ≤ start
+    resource_capacity: dict[str, str] = field(default_factory=dict)  # journal: rid -> capacity
+    # requests refused or failed during preemptions: (ms, tier, status)
+    refusals: list[tuple[int, str, str]] = field(default_factory=list)
+    gate_closures: dict[str, int] = field(default_factory=dict)  # only when asked (report)
+    busy: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tier -> islands
+    busy_resolution: str = "request"  # request | minute (see _busy_islands)
+    bench: dict[str, list[BenchRow]] = field(default_factory=dict)  # newest first
+    # request start times per tier inside each wake ((tier, waking ms) -> starts), and, when
+    # asked for (advise), every request start per tier in the window
+    held: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    arrivals: dict[str, list[int]] = field(default_factory=dict)
+
+    def bucket_start(self, ms: int) -> int:
+        return self.start_ms if self.bucket_ms is None else ms - ms % self.bucket_ms
+
+    @property
+    def bucket_starts(self) -> list[int]:
+        """Aligned bucket starts covering [start, end); the first and last may be partial."""
+        if self.bucket_ms is None:
+            return [self.start_ms]
+        first = self.bucket_start(self.start_ms)
+        return list(range(first, self.end_ms, self.bucket_ms))
+
+
+def read_window(
+    ledger, start_ms: int, end_ms: int, bucket_ms: int | None, *,
+    providers: Iterable[str] | None = None, watched: Iterable[str] = (),
+    tokens: bool = True, fleet: bool = True, arrivals: bool = False, closures: bool = False,
+) -> WindowData:
+    """Everything for the window (start, end] in one consistent snapshot.
+
+    ``providers`` restricts the billing series (None: all); ``watched`` are the providers whose
+    poll history decides observability. ``tokens`` and ``fleet`` may be turned off by callers
+    that need only spend (the gateway's budget gate).
+    """
+    if bucket_ms is not None and (bucket_ms <= 0 or bucket_ms % MINUTE_MS):
+        raise ValueError("the bucket size must be a positive whole number of minutes")
+    data = WindowData(start_ms, end_ms, bucket_ms)
+    with ledger.snapshot() as conn:  # one consistent snapshot for every read below
+        if fleet:
+            data.events, data.events_before = _events(conn, start_ms, end_ms)
+            data.bench = latest_bench(conn, end_ms)
+        # fleet events are extra boundaries: spend between two events is exact at sample times
+        data.series = _load_series(conn, start_ms, end_ms, bucket_ms, providers,
+                                   extra=sorted({e.ts_ms for e in data.events}))
+        for p in watched:
+            data.polls[p] = PollTimes(_ok_poll_times(conn, p, start_ms, end_ms),
+                                      _failed_polls(conn, p, start_ms, end_ms))
+        data.vanished = _vanished(conn, start_ms, end_ms)
+        data.unconfirmed_credits = _unconfirmed_credits(conn, start_ms, end_ms)
+        if tokens:
+            data.tokens = _tokens(conn, start_ms, end_ms, bucket_ms)
+            data.busy, data.busy_resolution = _busy_islands(conn, start_ms, end_ms)
+            if closures:
+                data.gate_closures = _gate_closures(conn, start_ms, end_ms)
+        if fleet or tokens:
+            data.resource_capacity = _resource_capacity(conn, end_ms)
+        if fleet and tokens:
+            data.held = _held(conn, wake_intervals(data.events, end_ms))
+            data.refusals = _refusals(conn, [(lo, hi) for _t, lo, hi in
+                                             preemption_intervals(data.events, end_ms)])
+        if arrivals:
+            data.arrivals = _arrivals(conn, start_ms, end_ms)
+    return data
+
+
+# -- billing series ----------------------------------------------------------------------------
+
+def _load_series(
+    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None,
+    providers: Iterable[str] | None = None, extra: Iterable[int] = (),
+) -> list[SeriesData]:
+    """Every series with a sample in (start_ms, end_ms], compressed per bucket and state run.
+
+    The series come from the ``billing_series`` catalogue; each series' bucket points are found
+    by one index seek per (aligned) bucket boundary, its state changes by one range scan.
     """
     prov = set(providers) if providers is not None else None
     series: dict[SeriesKey, SeriesData] = {}
-    for p, a, r, rkind, ckind, tier, created, last_ms, last_state in conn.execute(
+    for p, a, r, rkind, ckind, tier, created, first_ms, last_ms, last_state in conn.execute(
         "SELECT provider, account, resource_id, resource_kind, cumulative_kind, tier, created_ms,"
-        " last_ms, last_state FROM billing_series WHERE last_ms > ? AND first_ms <= ?",
+        " first_ms, last_ms, last_state FROM billing_series WHERE last_ms > ? AND first_ms <= ?",
         (start_ms, end_ms)):
         if prov is not None and p not in prov:
             continue
         data = SeriesData((p, a, r), rkind, ckind, tier, created)
         data.last_ms, data.last_state = last_ms, last_state
+        if first_ms > start_ms:
+            absent = conn.execute(
+                "SELECT MAX(finished_ms) FROM billing_polls WHERE provider=? AND outcome='ok' "
+                "AND finished_ms < ?", (p, first_ms)).fetchone()[0]
+            if absent is not None and absent >= start_ms:
+                data.absent_at_ms = absent
         series[(p, a, r)] = data
-    for key, data in series.items():
-        # the anchor (last sample at/before start) and the last sample at/before each boundary
-        data.points.extend(conn.execute(
-            "WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT min(t + ?, ?) FROM b WHERE t < ?) "
-            "SELECT s.observed_ms, s.cumulative_micros FROM b JOIN billing_samples s ON s.id = ("
-            "SELECT id FROM billing_samples WHERE provider=? AND account=? AND resource_id=? "
-            "AND observed_ms <= b.t AND cumulative_micros IS NOT NULL "
-            "ORDER BY observed_ms DESC LIMIT 1)",
-            (start_ms, bucket_ms, end_ms, end_ms, *key)))
+    # the window's ends and the fleet events are seeked one by one; the aligned bucket
+    # boundaries in one statement per series (a recursive CTE of boundary times)
+    boundaries = [start_ms, end_ms, *(t for t in extra if start_ms < t < end_ms)]
+    first_b = None if bucket_ms is None else start_ms - start_ms % bucket_ms + bucket_ms
+    aligned_sql = (
+        "WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT t + ? FROM b WHERE t + ? < ?) "
+        "SELECT s.observed_ms, s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
+        "FROM b JOIN billing_samples s ON s.id = (SELECT id FROM billing_samples WHERE "
+        "provider=? AND account=? AND resource_id=? AND observed_ms <= b.t AND "
+        "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1)")
+    point_sql = (
+        "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM billing_samples WHERE "
+        "provider=? AND account=? AND resource_id=? AND observed_ms <= ? AND "
+        "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1")
+    rows: dict[SeriesKey, set[tuple]] = defaultdict(set)
+    for key in series:
+        for t in boundaries:
+            row = conn.execute(point_sql, (*key, t)).fetchone()
+            if row:
+                rows[key].add(tuple(row))
+        if first_b is not None and first_b < end_ms:
+            rows[key].update(tuple(r) for r in conn.execute(
+                aligned_sql, (first_b, bucket_ms, bucket_ms, end_ms, *key)))
         first = conn.execute(
-            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
-            "account=? AND resource_id=? AND observed_ms > ? AND cumulative_micros IS NOT NULL "
-            "ORDER BY observed_ms ASC LIMIT 1", (*key, start_ms)).fetchone()
+            "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+            "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+            "observed_ms > ? AND cumulative_micros IS NOT NULL ORDER BY observed_ms ASC LIMIT 1",
+            (*key, start_ms)).fetchone()
         if first:
-            data.points.append(tuple(first))
-    if not series:
-        return []
-    for prov_name, account, rid, ms, _before, after in conn.execute(
-        "SELECT provider, account, resource_id, observed_ms, previous_micros, current_micros "
-        "FROM billing_anomalies WHERE kind='cumulative_decreased' AND observed_ms > ? "
-        "AND observed_ms <= ?", (start_ms, end_ms)):
-        data = series.get((prov_name, account, rid))
-        if data is None:
-            continue
-        prev = conn.execute(
-            "SELECT observed_ms, cumulative_micros FROM billing_samples WHERE provider=? AND "
-            "account=? AND resource_id=? AND observed_ms < ? AND cumulative_micros IS NOT NULL "
-            "ORDER BY observed_ms DESC LIMIT 1", (prov_name, account, rid, ms)).fetchone()
-        if prev:
-            data.points.append(tuple(prev))
-        data.points.append((ms, after))
-    for data in series.values():
-        data.points = sorted(set(data.points))
+            rows[key].add(tuple(first))
+        # both sides of every change of state or spot flag inside the window: seek the next
+        # sample that differs from the current run, then the sample just before it
+        anchor = conn.execute(point_sql, (*key, start_ms)).fetchone() or first
+        t, cur = start_ms, (None if anchor is None else (anchor[2], anchor[3]))
+        while cur is not None:
+            nxt = conn.execute(
+                "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                "observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL AND "
+                "(state IS DISTINCT FROM ? OR spot IS DISTINCT FROM ?) "
+                "ORDER BY observed_ms LIMIT 1", (*key, t, end_ms, *cur)).fetchone()
+            if nxt is None:
+                break
+            rows[key].add(tuple(nxt))
+            before = conn.execute(point_sql, (*key, nxt[0] - 1)).fetchone()
+            if before is not None:
+                rows[key].add(tuple(before))
+            t, cur = nxt[0], (nxt[2], nxt[3])
+    if series:
+        for prov_name, account, rid, ms in conn.execute(
+            "SELECT provider, account, resource_id, observed_ms "
+            "FROM billing_anomalies WHERE kind='cumulative_decreased' AND observed_ms > ? "
+            "AND observed_ms <= ?", (start_ms, end_ms)):
+            key = (prov_name, account, rid)
+            if key not in series:
+                continue
+            for sql, args in (
+                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                 "observed_ms < ? AND "
+                 "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1",
+                 (*key, ms)),
+                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                 "observed_ms = ?",
+                 (*key, ms))):
+                row = conn.execute(sql, args).fetchone()
+                if row:
+                    rows[key].add(tuple(row))
+    for key, data in series.items():
+        pts = sorted(rows.get(key, ()), key=lambda r: r[0])
+        data.points = [(r[0], r[1]) for r in pts]
+        data.meta = {r[0]: (r[2], None if r[3] is None else bool(r[3]), r[4]) for r in pts}
     return list(series.values())
 
 
-def ok_poll_times(
-    conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
-) -> list[int]:
-    """Finish times of successful polls in (start, end], preceded by the last one at/before start."""
+def _ok_poll_times(conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
+                   ) -> list[int]:
     anchor = conn.execute(
         "SELECT MAX(finished_ms) FROM billing_polls WHERE provider=? AND outcome='ok' "
         "AND finished_ms <= ?", (provider, start_ms)).fetchone()[0]
@@ -112,35 +326,32 @@ def ok_poll_times(
     return ([anchor] if anchor is not None else []) + rows
 
 
-def failed_polls(
-    conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
-) -> list[tuple[int, str, str | None]]:
-    return list(conn.execute(
+def _failed_polls(conn: sqlite3.Connection, provider: str, start_ms: int, end_ms: int
+                  ) -> list[tuple[int, str, str | None]]:
+    return [tuple(r) for r in conn.execute(
         "SELECT finished_ms, outcome, error_message FROM billing_polls WHERE provider=? AND "
         "outcome != 'ok' AND finished_ms > ? AND finished_ms <= ? ORDER BY finished_ms",
-        (provider, start_ms, end_ms)))
+        (provider, start_ms, end_ms))]
 
 
 def polled_providers(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT DISTINCT provider FROM billing_polls")]
 
 
-def vanished(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:
+def _vanished(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> list[tuple[str, str, int]]:
     """Resources that vanished in the window and never reappeared (live or with a final total)
     by its end: their spend after the last sample is unknown. Returns their last sample time."""
-    return list(conn.execute(
+    return [tuple(r) for r in conn.execute(
         "SELECT a.provider, a.resource_id, coalesce(c.last_ms, a.observed_ms) "
         "FROM billing_anomalies a LEFT JOIN billing_series c ON c.provider = a.provider AND "
         "c.account = a.account AND c.resource_id = a.resource_id WHERE a.kind='vanished' AND "
         "a.observed_ms > ? AND a.observed_ms <= ? AND NOT EXISTS (SELECT 1 FROM billing_samples "
         "s WHERE s.provider = a.provider AND s.account = a.account AND "
         "s.resource_id = a.resource_id AND s.observed_ms > a.observed_ms AND s.observed_ms <= ?)",
-        (start_ms, end_ms, end_ms)))
+        (start_ms, end_ms, end_ms))]
 
 
-def unconfirmed_credits(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int
-) -> dict[str, int]:
+def _unconfirmed_credits(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
     for provider, amount in conn.execute(
         "SELECT provider, amount_micros FROM credit_events WHERE confirmed=0 AND "
@@ -149,36 +360,250 @@ def unconfirmed_credits(
     return dict(out)
 
 
-@dataclass
-class TokenBuckets:
-    """Tokens served, by bucket index and tier (from the per-minute rollup)."""
+# -- tokens, requests ----------------------------------------------------------------------------
 
-    prompt: dict[tuple[int, str], int] = field(default_factory=dict)
-    output: dict[tuple[int, str], int] = field(default_factory=dict)
-    requests: dict[tuple[int, str], int] = field(default_factory=dict)
-    estimated_requests: int = 0
+def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None
+            ) -> dict[tuple[int, str], TokenTotals]:
+    """Tokens of requests completed in [start, end), by aligned bucket and tier: whole minutes
+    from the rollup, the partial minutes at both edges from the usage rows."""
+    out: dict[tuple[int, str], TokenTotals] = {}
 
+    def add(ms: int, tier: str, req: int, prompt: int, output: int, est: int) -> None:
+        key = (start_ms if bucket_ms is None else ms - ms % bucket_ms, tier or "")
+        tot = out.setdefault(key, TokenTotals())
+        tot.add(TokenTotals(prompt or 0, output or 0, req or 0, est or 0))
 
-def token_buckets(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
-) -> TokenBuckets:
-    """Tokens by completion time. The rollup is per minute, so the window is taken in whole
-    minutes: a request counts when its completion minute starts inside [start, end)."""
-    out = TokenBuckets()
-    for k, tier, req, prompt, output, est in conn.execute(
-        "SELECT (minute_ms - ?) / ? AS k, tier, SUM(requests), SUM(prompt_tokens), "
-        "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
-        "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY k, tier",
-        (start_ms, bucket_ms, start_ms, end_ms)):
-        key = (max(0, k), tier)
-        out.prompt[key] = out.prompt.get(key, 0) + prompt
-        out.output[key] = out.output.get(key, 0) + output
-        out.requests[key] = out.requests.get(key, 0) + req
-        out.estimated_requests += est
+    whole_lo = -(-start_ms // MINUTE_MS) * MINUTE_MS  # first minute starting at/after start
+    whole_hi = end_ms - end_ms % MINUTE_MS  # minutes starting before this end before `end`
+    edges: list[tuple[int, int]]
+    if whole_lo < whole_hi:
+        width = bucket_ms or 1 << 62  # one bucket: every minute maps to 0, then to start_ms
+        for minute, tier, req, prompt, output, est in conn.execute(
+            "SELECT minute_ms - minute_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
+            "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
+            "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY b, tier",
+            (width, whole_lo, whole_hi)):
+            add(minute, tier, req, prompt, output, est)
+        edges = [(start_ms, whole_lo), (whole_hi, end_ms)]
+    else:
+        edges = [(start_ms, end_ms)]
+    for lo, hi in edges:
+        if lo >= hi:
+            continue
+        for done, tier, prompt, output, est in conn.execute(
+            "SELECT completed_ms, tier, prompt_tokens, completion_tokens, tokens_estimated "
+            "FROM usage WHERE completed_ms >= ? AND completed_ms < ?", (lo, hi)):
+            add(done, tier or "", 1, prompt, output, est)
     return out
 
 
-INVOICE_TRUE = frozenset(
-    {str(CumulativeKind.RESOURCE_TOTAL), str(CumulativeKind.ACCOUNT_TOTAL),
-     str(CumulativeKind.BALANCE_DERIVED)}
-)
+BUSY_EXACT_MAX_REQUESTS = 50_000
+
+
+def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
+                  ) -> tuple[dict[str, list[tuple[int, int]]], str]:
+    """Per tier, when some request was in flight, clipped to the window, and the resolution.
+
+    Up to ``BUSY_EXACT_MAX_REQUESTS`` requests in the window: the union of the requests'
+    [started, completed] intervals (gaps and islands, in SQL) — resolution ``request``. Beyond
+    that (a month of heavy traffic), the per-minute rollup: a minute in which some request
+    completed counts as busy — resolution ``minute`` (bounded cost, said in the output).
+    """
+    n = conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_minutes WHERE "
+                     "minute_ms >= ? AND minute_ms < ?",
+                     (start_ms - start_ms % MINUTE_MS, end_ms)).fetchone()[0]
+    if n > BUSY_EXACT_MAX_REQUESTS:
+        minutes: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for tier, minute in conn.execute(
+            "SELECT tier, minute_ms FROM usage_minutes WHERE minute_ms >= ? AND minute_ms < ? "
+            "AND requests > 0 ORDER BY tier, minute_ms",
+            (start_ms - start_ms % MINUTE_MS, end_ms)):
+            lo, hi = max(minute, start_ms), min(minute + MINUTE_MS, end_ms)
+            spans = minutes[tier]
+            if spans and spans[-1][1] >= lo:
+                spans[-1] = (spans[-1][0], hi)
+            elif hi > lo:
+                spans.append((lo, hi))
+        return dict(minutes), "minute"
+    out: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for tier, s, e in conn.execute(
+        "SELECT tier, MIN(s), MAX(e) FROM ("
+        " SELECT tier, s, e, SUM(brk) OVER (PARTITION BY tier ORDER BY s, e"
+        "  ROWS UNBOUNDED PRECEDING) AS grp FROM ("
+        "  SELECT tier, s, e, CASE WHEN s <= MAX(e) OVER (PARTITION BY tier ORDER BY s, e"
+        "   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 0 ELSE 1 END AS brk FROM ("
+        "   SELECT coalesce(tier, '') AS tier, started_ms AS s, completed_ms AS e FROM usage"
+        "   WHERE completed_ms > ? AND completed_ms < ? AND started_ms < ?) AS r) AS b) AS g "
+        "GROUP BY tier, grp ORDER BY tier, MIN(s)",
+        (start_ms, end_ms + MAX_REQUEST_MS, end_ms)):
+        lo, hi = max(s, start_ms), min(e, end_ms)
+        if hi > lo:
+            out[tier].append((lo, hi))
+    return dict(out), "request"
+
+
+def _refusals(conn: sqlite3.Connection, intervals: Iterable[tuple[int, int]]
+              ) -> list[tuple[int, str, str]]:
+    """Requests refused or failed, completed inside the given intervals: (ms, tier, status)."""
+    out: set[tuple[int, str, str]] = set()
+    for lo, hi in intervals:
+        out.update((r[0], r[1] or "", r[2]) for r in conn.execute(
+            "SELECT completed_ms, tier, status FROM usage WHERE completed_ms >= ? AND "
+            "completed_ms <= ? AND status != 'ok' AND status != 'client_cancelled'", (lo, hi)))
+    return sorted(out)
+
+
+def _gate_closures(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict[str, int]:
+    """Requests the gate refused in [start, end), by reason (scans the window's usage rows:
+    only the HTML report asks)."""
+    marks = ", ".join("?" * len(GATE_REFUSALS))
+    return dict(conn.execute(
+        f"SELECT status, count(*) FROM usage WHERE completed_ms >= ? AND completed_ms < ? "  # noqa: S608
+        f"AND status IN ({marks}) GROUP BY status", (start_ms, end_ms, *GATE_REFUSALS)))
+
+
+def preemption_intervals(events: list[EventRow], end_ms: int) -> list[tuple[str, int, int]]:
+    """(tier, preempted ms, serving again ms or the window's end) for every preemption."""
+    out = []
+    for i, ev in enumerate(events):
+        if ev.event != "preempted":
+            continue
+        back = next((e.ts_ms for e in events[i + 1:] if e.tier == ev.tier and e.event in
+                     ("ready", "woke", "returned_to_spot")), end_ms)
+        out.append((ev.tier, ev.ts_ms, back))
+    return out
+
+
+# -- fleet journal, capacity --------------------------------------------------------------------
+
+_EVENT_COLS = "ts_ms, tier, event, capacity, resource_id, phases_json, detail, operation_id"
+
+
+def _event(row: tuple) -> EventRow:
+    return EventRow(row[0], row[1], row[2], row[3], row[4],
+                    json.loads(row[5]) if row[5] else {}, row[6], row[7])
+
+
+def _events(conn: sqlite3.Connection, start_ms: int, end_ms: int
+            ) -> tuple[list[EventRow], dict[str, EventRow]]:
+    events = [_event(r) for r in conn.execute(
+        f"SELECT {_EVENT_COLS} FROM fleet_events WHERE ts_ms > ? AND ts_ms <= ? "  # noqa: S608
+        "ORDER BY ts_ms, id", (start_ms, end_ms))]
+    before: dict[str, EventRow] = {}
+    for r in conn.execute(
+        f"SELECT {_EVENT_COLS} FROM fleet_events f WHERE id = (SELECT id FROM fleet_events g "  # noqa: S608
+        "WHERE g.tier = f.tier AND g.ts_ms <= ? ORDER BY g.ts_ms DESC, g.id DESC LIMIT 1)",
+        (start_ms,)):
+        before[r[1]] = _event(r)
+    return events, before
+
+
+def wake_intervals(events: list[EventRow], end_ms: int) -> list[tuple[str, int, int]]:
+    """(tier, waking ms, woke ms or the window's end) for every ``waking`` event."""
+    out = []
+    for i, ev in enumerate(events):
+        if ev.event != "waking":
+            continue
+        done = next((e.ts_ms for e in events[i + 1:] if e.tier == ev.tier and e.event in
+                     ("woke", "ready", "failed", "down", "preempted", "hibernated")), end_ms)
+        out.append((ev.tier, ev.ts_ms, done))
+    return out
+
+
+def _held(conn: sqlite3.Connection, intervals: list[tuple[str, int, int]]
+          ) -> dict[tuple[str, int], list[int]]:
+    """Start times of the requests to a tier that arrived while it was waking."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for tier, lo, hi in intervals:
+        out[(tier, lo)] = [r[0] for r in conn.execute(
+            "SELECT started_ms FROM usage WHERE completed_ms >= ? AND completed_ms < ? AND "
+            "started_ms >= ? AND started_ms <= ? AND (tier = ? OR tier IS NULL) "
+            "ORDER BY started_ms", (lo, hi + MAX_REQUEST_MS, lo, hi, tier))]
+    return out
+
+
+def _arrivals(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for tier, started in conn.execute(
+        "SELECT coalesce(tier, ''), started_ms FROM usage WHERE completed_ms >= ? AND "
+        "completed_ms < ? AND started_ms >= ? AND started_ms < ? ORDER BY started_ms",
+        (start_ms, end_ms + MAX_REQUEST_MS, start_ms, end_ms)):
+        out[tier].append(started)
+    return dict(out)
+
+
+def _resource_capacity(conn: sqlite3.Connection, end_ms: int) -> dict[str, str]:
+    """The capacity (spot | on-demand) the journal recorded for each billing resource."""
+    out: dict[str, str] = {}
+    for rid, cap in conn.execute(
+        "SELECT resource_id, capacity FROM fleet_events WHERE resource_id IS NOT NULL AND "
+        "capacity IS NOT NULL AND ts_ms <= ? ORDER BY ts_ms, id", (end_ms,)):
+        out[rid] = cap
+    return out
+
+
+def latest_bench(conn: sqlite3.Connection, until_ms: int) -> dict[str, list[BenchRow]]:
+    """``spotctl bench`` results per tier finished at or before ``until_ms``, newest first."""
+    out: dict[str, list[BenchRow]] = defaultdict(list)
+    for row in conn.execute(
+        "SELECT tier, finished_ms, model, engine_version, accelerator, output_tokens_per_s, "
+        "concurrency, slo_broken FROM bench_runs WHERE finished_ms <= ? "
+        "ORDER BY finished_ms DESC, id DESC", (until_ms,)):
+        out[row[0]].append(BenchRow(row[0], row[1], row[2], row[3], row[4], float(row[5]),
+                                    int(row[6]), bool(row[7])))
+    return dict(out)
+
+
+# -- writes of the econ commands (one transaction each) ------------------------------------------
+
+@dataclass(frozen=True)
+class BenchRecord:
+    tier: str
+    started_ms: int
+    finished_ms: int
+    model: str | None
+    engine_version: str | None
+    accelerator: str | None
+    output_tokens_per_s: float
+    concurrency: int
+    slo_ttft_ms: int
+    slo_broken: bool
+    ttft_ms: dict
+    itl_ms: dict
+    requests: int
+    errors: int
+    prompt_tokens: int
+    output_tokens: int
+    mix: list
+    steps: list
+
+
+def record_bench_run(ledger, rec: BenchRecord) -> int:
+    """Append one ``spotctl bench`` result; returns its id."""
+    with ledger.transaction() as conn:
+        row = conn.execute(
+            "INSERT INTO bench_runs (tier, started_ms, finished_ms, model, engine_version, "
+            "accelerator, output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, "
+            "ttft_p50_ms, ttft_p90_ms, ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, "
+            "requests, errors, prompt_tokens, output_tokens, mix_json, steps_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
+            (rec.tier, rec.started_ms, rec.finished_ms, rec.model, rec.engine_version,
+             rec.accelerator, rec.output_tokens_per_s, rec.concurrency, rec.slo_ttft_ms,
+             int(rec.slo_broken), rec.ttft_ms.get("p50"), rec.ttft_ms.get("p90"),
+             rec.ttft_ms.get("p99"), rec.itl_ms.get("p50"), rec.itl_ms.get("p90"),
+             rec.itl_ms.get("p99"), rec.requests, rec.errors, rec.prompt_tokens,
+             rec.output_tokens, json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
+        return int(row[0])
+
+
+def bench_runs(conn: sqlite3.Connection, tier: str | None = None) -> list[dict]:
+    """Every bench result (newest first), for ``spotctl bench --history`` and the report."""
+    cur = conn.execute(
+        "SELECT id, tier, started_ms, finished_ms, model, engine_version, accelerator, "
+        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_ms, ttft_p90_ms, "
+        "ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, requests, errors, prompt_tokens, "
+        "output_tokens, mix_json, steps_json FROM bench_runs WHERE (? IS NULL OR tier = ?) "
+        "ORDER BY finished_ms DESC, id DESC", (tier, tier))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

@@ -261,6 +261,43 @@ MIGRATIONS: list[str] = [
     ALTER TABLE fleet_events ADD COLUMN quoted_rate_micros_per_h INTEGER;
     CREATE INDEX ix_events_operation ON fleet_events (operation_id);
     """,
+    # 4 -> 5: capacity measurements (`spotctl bench`): saturated output tokens/s per tier.
+    """
+    CREATE TABLE bench_runs (
+        id INTEGER PRIMARY KEY,
+        tier TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL,
+        model TEXT,                      -- the model the tier served
+        engine_version TEXT,             -- e.g. vllm 0.11.0 (NULL when unknown)
+        accelerator TEXT,                -- e.g. H100:1 or the provider flavor
+        output_tokens_per_s REAL NOT NULL,  -- saturated output tokens/s within the TTFT SLO
+        concurrency INTEGER NOT NULL,    -- concurrent streams at that throughput
+        slo_ttft_ms INTEGER NOT NULL,    -- the TTFT SLO the ramp stopped at
+        slo_broken INTEGER NOT NULL,     -- 1: the ramp went past the SLO (saturation found);
+                                         -- 0: it ended first, so capacity is at least this
+        ttft_p50_ms REAL, ttft_p90_ms REAL, ttft_p99_ms REAL,
+        itl_p50_ms REAL, itl_p90_ms REAL, itl_p99_ms REAL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        mix_json TEXT NOT NULL,          -- the prompt/output mix used
+        steps_json TEXT NOT NULL         -- one entry per concurrency step
+    );
+    CREATE INDEX ix_bench_tier_time ON bench_runs (tier, finished_ms);
+    """,
+    # 5 -> 6 (issue 14) leases: one holder at a time per name (a daemon acting on a tier), with a
+    # fencing token that grows with each new holder (spotctl.ledger.coordination).
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,          -- 'fleet:<tier>', ...
+        holder TEXT NOT NULL,           -- host:pid:random of the process holding it
+        token INTEGER NOT NULL,         -- fencing token: +1 for every new holder
+        acquired_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -202,7 +202,7 @@ class FleetDaemon:
             return ""
         now = to_ms(self.clock.now())
         if report.provider is not None:
-            with Ledger(self.manager.ledger_path) as led:
+            with Ledger(self.manager.ledger_target) as led:
                 for mach in report.machines:
                     record_orphan(led, report.provider, None, mach.resource_id, now,
                                   f"tier {tier.name}: {mach.name} ({mach.state.value}, "
@@ -217,7 +217,7 @@ class FleetDaemon:
         from spotctl.billing.poller import poll_once
 
         if self.cfg.providers:
-            with Ledger(self.cfg.ledger_path) as led:
+            with Ledger(self.cfg.ledger_target) as led:
                 for o in poll_once(self.cfg, led, self.clock):
                     if not o.ok:
                         line = f"billing {o.provider}: FAILED {o.kind}: {o.message}"
@@ -281,7 +281,7 @@ class FleetDaemon:
         if not self.cfg.providers:
             return
         try:
-            with Ledger(self.cfg.ledger_path) as led:
+            with Ledger(self.cfg.ledger_target) as led:
                 run_daemon(self.cfg, led, self.clock, stop,
                            log=lambda line: self.log(f"billing {line}"))
         except BaseException as exc:

@@ -45,9 +45,17 @@ def up(cfg: Config, name: str, progress: Progress = no_progress) -> TierStatus:
 
 
 def dry_run(cfg: Config, name: str) -> str:
+    """What ``up`` would launch, for people (Hyperstack: after discovery on the account)."""
     from spotctl.fleet.dryrun import render_dry_run
 
-    return render_dry_run(fleet_tier(cfg, name))
+    return render_dry_run(fleet_tier(cfg, name), cfg)
+
+
+def dry_run_json(cfg: Config, name: str) -> dict:
+    """What ``up`` would launch, for scripts: Hyperstack's exact requests, in order."""
+    from spotctl.fleet.dryrun import dry_run_json as as_json
+
+    return as_json(fleet_tier(cfg, name), cfg)
 
 
 def hibernate(cfg: Config, name: str) -> TierStatus:
@@ -78,7 +86,7 @@ def status_rows(cfg: Config, manager: FleetManager | None = None) -> list[dict]:
     now = to_ms(clock.now())
     manager = manager or fleet_manager(cfg, clock)
     rows = []
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         for tier in cfg.tiers:
             machines = orphans = None
             st: TierStatus | None = None
@@ -124,7 +132,7 @@ def events(cfg: Config, tier: str | None = None, since: str | None = None) -> li
             since_ms = to_ms(get_clock().now() - parse_window(since, what="--since"))
     if tier is not None:
         cfg.tier(tier)  # an unknown tier is exit 2, naming the known ones
-    with Ledger(cfg.ledger_path, readonly=True) as led:
+    with Ledger(cfg.ledger_target, readonly=True) as led:
         return fleet_events(led, tier, since_ms)
 
 

@@ -1,0 +1,140 @@
+"""Cost for a window: one snapshot read from the ledger, then the pure accounting.
+
+``cost``, ``price``, ``report``, ``compare`` and ``advise`` call these; each reads the ledger
+exactly once (:func:`spotctl.ledger.queries.read_window`, one transaction), so spend, tokens
+and the fleet journal always describe the same moment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spotctl.accounting.compare import FixedCost, fully_loaded
+from spotctl.accounting.economics import (
+    OnDemandRate,
+    combine_savings,
+    interruption_tax_json,
+    interruptions,
+    observed_on_demand_rate,
+    spot_savings,
+    wakes,
+)
+from spotctl.accounting.report import CostReport, build_report
+from spotctl.accounting.spend import SpendResult, compute_spend, watched_providers
+from spotctl.ledger import queries
+from spotctl.money import usd_str
+
+if TYPE_CHECKING:
+    from spotctl.config import Config
+    from spotctl.ledger.db import Ledger
+
+
+def read_window(ledger: Ledger, cfg: Config, start_ms: int, end_ms: int,
+                bucket_ms: int | None, *, providers: set[str] | None = None,
+                tokens: bool = True, fleet: bool = True, arrivals: bool = False,
+                closures: bool = False) -> queries.WindowData:
+    polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
+    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
+    return queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
+                               watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals,
+                               closures=closures)
+
+
+def spend_of(data: queries.WindowData, cfg: Config, *, providers: set[str] | None = None,
+             tiers: set[str] | None = None) -> SpendResult:
+    return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
+                         stale_after_ms=cfg.billing.stale_after_s * 1000,
+                         providers=providers, tiers=tiers)
+
+
+def spend_between(
+    ledger: Ledger, start_ms: int, end_ms: int, cfg: Config, *,
+    providers: set[str] | None = None, tiers: set[str] | None = None,
+    bucket_ms: int | None = None,
+) -> SpendResult:
+    """Invoice-true spend in (start_ms, end_ms], with its observability."""
+    data = read_window(ledger, cfg, start_ms, end_ms, bucket_ms, providers=providers,
+                       tokens=False, fleet=False)
+    return spend_of(data, cfg, providers=providers, tiers=tiers)
+
+
+def cost_report(
+    ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
+    bucket_s: int = 3600, min_tokens: int = 1000,
+    tiers: set[str] | None = None, providers: set[str] | None = None, closures: bool = False,
+) -> CostReport:
+    """The cost report for (start, end]: buckets aligned to multiples of ``bucket_s``.
+    ``closures``: also count the gate's refusals by reason (a scan of the window's requests)."""
+    if end_ms <= start_ms:
+        raise ValueError("the window ends before it starts")
+    data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers,
+                       closures=closures)
+    spend = spend_of(data, cfg, providers=providers, tiers=tiers)
+    report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
+    add_spot_economics(report, cfg)
+    report.extras["fully_loaded"] = fully_loaded(
+        report.total.spend_micros, fixed_costs(cfg), end_ms - start_ms)
+    return report
+
+
+def fixed_costs(cfg: Config) -> list[FixedCost]:
+    return [FixedCost(f.name, f.usd_per_month) for f in cfg.fixed_costs]
+
+
+def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
+    """The on-demand rate for the tier's flavor: the provider's own billed rate for an
+    on-demand VM of the tier in the window, else the provider's price list where spotctl has
+    one (the local cloud's flavors carry both rates), else unknown (said so)."""
+    observed = observed_on_demand_rate(data, tier)
+    if observed:
+        return OnDemandRate(observed, "billed: the provider's rate for an on-demand VM of this "
+                                      "tier in the window")
+    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
+    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
+    if tier_cfg is not None and prov is not None and prov.kind == "localcloud" and tier_cfg.flavor:
+        from spotctl.localcloud.model import FLAVORS
+
+        flavor = FLAVORS.get(tier_cfg.flavor)
+        if flavor is not None:
+            return OnDemandRate(flavor.active_per_min * 60,
+                                f"price list: local cloud flavor {flavor.name} on demand")
+    kind = prov.kind if prov is not None else "no provider"
+    return OnDemandRate(None, f"unknown: no on-demand VM of tier {tier} billed in the window, "
+                              f"and spotctl has no on-demand price list for {kind}")
+
+
+def add_spot_economics(report: CostReport, cfg: Config) -> None:
+    """Interruption tax and net spot savings (an estimate), per tier and in total."""
+    data = report.data
+    items = interruptions(data, report.spend, {t.name for t in report.tiers})
+    savings = []
+    for row in report.tiers:
+        mine = [i for i in items if i.tier == row.name]
+        row.extra["interruption_tax"] = interruption_tax_json(mine)
+        sv = spot_savings(report.spend, row.name, on_demand_rate(cfg, data, row.name), mine)
+        savings.append(sv)
+        row.extra["spot_savings_estimate"] = sv.to_json()
+    woken = wakes(data, report.spend, {t.name for t in report.tiers})
+    for row in report.tiers:
+        row.extra["wakes"] = [w.to_json() for w in woken if w.tier == row.name]
+    report.extras["wakes"] = {"count": len(woken),
+                              "spend_usd": usd_str(sum(w.spend_micros for w in woken)),
+                              "requests_held": sum(len(w.held_waits_ms) for w in woken)}
+    report.extras["interruption_tax"] = interruption_tax_json(items)
+    report.extras["spot_savings_estimate"] = combine_savings(savings)
+
+
+def add_summary(report: CostReport, cfg: Config) -> dict | None:
+    """The closing sentences (one per question) into ``report.extras['summary']``; returns the
+    hosted-API comparison used for the last one (None when the prices file is unusable)."""
+    from spotctl.accounting.sentences import summary
+    from spotctl.errors import SpotctlError
+    from spotctl.services.economics import hosted_compare
+
+    try:
+        compared = hosted_compare(report, cfg)
+    except SpotctlError as exc:  # a broken prices file must not break `cost`
+        compared = None
+        report.extras["summary_note"] = f"no API comparison: {exc.message}"
+    report.extras["summary"] = summary(report, compared)
+    return compared
