@@ -219,8 +219,6 @@ class FleetManager:
     def backend(self, tier: TierConfig) -> FleetBackend:
         return self.backends.for_tier(tier)
 
-    _backend = backend
-
     # -- locking ----------------------------------------------------------------------------
     def _lock_path(self, tier: TierConfig) -> Path:
         return Path(f"{self.ledger_path}.{tier.name}.fleet.lock")
@@ -247,11 +245,6 @@ class FleetManager:
         finally:
             if got:
                 lock.release()
-
-    def busy(self, tier: TierConfig) -> bool:
-        """Whether another process (or thread) holds the tier's lock right now."""
-        with self.try_tier_lock(tier) as got:
-            return not got
 
     # -- reading ----------------------------------------------------------------------------
     def status(self, tier: TierConfig) -> TierStatus:

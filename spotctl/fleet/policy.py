@@ -2,7 +2,8 @@
 next.
 
 No I/O and no clock here: the daemon gathers :class:`Facts` (from the ledger, the backend and
-its engine probes) under the tier's lock and executes the :class:`Decision`. Because every fact
+its engine probes) under the tier's lock (a tier another process operates on is skipped, not
+decided) and executes the :class:`Decision`. Because every fact
 but the probe count comes from persistent state, a daemon restarted at any moment takes the same
 decision as the one that died.
 
@@ -60,7 +61,6 @@ class Facts:
     op_started_ms: int | None  # when the newest operation began (its first journal entry)
     serving_since_ms: int | None  # the newest ready / woke / returned_to_spot
     last_request_ms: int | None  # the later of the last request's start and completion
-    busy: bool = False  # another process holds the tier's lock right now
     operation: str | None = None  # the kind of the newest operation (up, idle, down, ...)
     open_requests: int = 0  # requests the gateways have in flight to the tier
     probe_failures: int = 0  # engine probes failed in a row
@@ -120,8 +120,6 @@ def drain_decision(policy: TierPolicy, facts: Facts) -> Decision:
 
 def decide(policy: TierPolicy, facts: Facts) -> Decision:
     ev, st = facts.last_event, facts.state
-    if facts.busy:
-        return Decision(Action.NOTHING, "another process is operating on the tier")
     if ev is None or ev == "down":
         return Decision(Action.NOTHING, "not launched")
     if ev == "draining":

@@ -117,16 +117,6 @@ def current_fleet_resource(ledger: Ledger, tier: str, events: frozenset[str]) ->
     return row[0] if row else None
 
 
-def newest_quoted_rate(ledger: Ledger, resource_id: str) -> int | None:
-    """The rate the provider quoted when ``resource_id`` was launched (micro-dollars per hour),
-    for the billing poller's ``rate_mismatch`` check; ``None`` when no quote was journaled."""
-    row = ledger.conn.execute(
-        "SELECT quoted_rate_micros_per_h FROM fleet_events WHERE resource_id = ? AND "
-        "quoted_rate_micros_per_h IS NOT NULL ORDER BY id DESC LIMIT 1",
-        (resource_id,)).fetchone()
-    return int(row[0]) if row else None
-
-
 # -- spotctl status ----------------------------------------------------------------------------
 def latest_vm_rate(ledger: Ledger, tier: str) -> tuple[int | None, int] | None:
     """The provider's newest billed rate for the tier's machines and when it was observed."""

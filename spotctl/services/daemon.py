@@ -31,7 +31,7 @@ from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import SpotctlError, UsageError
 from spotctl.fleet.base import TierState, TierStatus
-from spotctl.fleet.journal import SERVING, STARTED_SERVING, JournalEntry
+from spotctl.fleet.journal import OP_RECOVER, SERVING, STARTED_SERVING, JournalEntry
 from spotctl.fleet.manager import FleetManager, new_op, tier_policy
 from spotctl.fleet.policy import Action, Decision, Facts, decide
 from spotctl.ledger.db import Ledger
@@ -146,7 +146,7 @@ class FleetDaemon:
         if decision.action == Action.MARK_PREEMPTED:
             op = new_op()
             self.manager.journal(tier.name, "preempted", op, status, detail=decision.reason,
-                                 operation="recover")
+                                 operation=OP_RECOVER)
             if not decision.was_serving:
                 self.manager.journal(tier.name, "down", op,
                                      detail="vanished while hibernated; the next request "
