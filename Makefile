@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.spotctl-installed
 DEMO_STAMP := $(VENV)/.spotctl-demo-installed
 CONSTRAINTS := constraints.txt
 VLLM_STAMP := .venv-vllm/.vllm-ready
+CONTRACT_STAMP := .venv-contract/.contract-ready-1.56.1a0
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench install clean sshd chromium lock postgresql
@@ -32,6 +33,10 @@ install: $(STAMP)
 $(VLLM_STAMP):
 	bash tests/tools/build_vllm_venv.sh
 
+# The official provider SDKs (pinned) for the contract tests, in their own venv.
+$(CONTRACT_STAMP):
+	bash tests/tools/build_contract_venv.sh
+
 # A real OpenSSH server for the tunnel tests (Debian's openssh-server), only when missing.
 sshd:
 	@command -v sshd >/dev/null 2>&1 || test -x /usr/sbin/sshd || \
@@ -54,7 +59,7 @@ postgresql:
 	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql || \
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql); }
 
-test: $(STAMP) $(VLLM_STAMP) sshd chromium postgresql
+test: $(STAMP) $(VLLM_STAMP) $(CONTRACT_STAMP) sshd chromium postgresql
 	$(BIN)/ruff check spotctl tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -77,4 +82,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) spotctl-demo spotctl-example .pytest_cache
+	rm -rf $(VENV) .venv-contract spotctl-demo spotctl-example .pytest_cache

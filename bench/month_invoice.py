@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     start = to_ms(clock.now())
     t0 = time.perf_counter()
     vol = cloud.create_volume("spotctl-big-weights", 500)
-    vm = cloud.create_vm("spotctl-big", "n3-H100x1", spot=True)
+    vm = cloud.create_vm("spotctl-big", "n3-H100x1-spot")
     polls = 0
     fault_windows = []
     for day in range(args.days):
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
                 cloud.restore(vm.id)
             if minute == 11 * 60 and day % 3 == 0:  # spot preemption, relaunch
                 httpx.post(f"{lc.control_url}/vms/{vm.id}/preempt", timeout=10)
-                vm = cloud.create_vm("spotctl-big", "n3-H100x1", spot=day % 2 == 0)
+                vm = cloud.create_vm("spotctl-big", "n3-H100x1-spot" if day % 2 == 0
+                                     else "n3-H100x1")
             if minute == 13 * 60 and day % 5 == 1:  # keep the prepaid account above zero
                 httpx.post(f"{lc.control_url}/topup", json={"usd": "600"}, timeout=10)
             if minute == 15 * 60:

@@ -18,6 +18,7 @@ QUICK = [
     ("crash_loop.py", ["--kills", "10"]),
     ("overlap_soak.py", ["--minutes", "1"]),
     ("month_invoice.py", ["--days", "3"]),
+    ("wake_phases.py", ["--rounds", "1"]),
 ]
 
 

@@ -74,6 +74,8 @@ class BillingConfig(_Section):
     stale_after_s: Annotated[int, Field(ge=1)] = 180
     deleted_poll_every_s: Annotated[int, Field(ge=60, le=600)] = 600
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # price truth: a billed rate further than this from the rate quoted at launch is an anomaly
+    rate_tolerance_pct: Annotated[float, Field(ge=0, le=1000)] = 5.0
 
 
 class ProviderConfig(_Section):
@@ -107,7 +109,13 @@ class TierConfig(_Section):
     exposure: Exposure = "ssh"
     endpoint: str | None = None  # a fixed engine the user already runs: http://host:port
     api_key_env: str | None = None  # the engine's key, for fixed or public engines
-    flavor: str | None = None  # Hyperstack / local cloud flavor name
+    flavor: str | None = None  # Hyperstack / local cloud flavor name (default: from accelerators)
+    # Hyperstack / local cloud: the account's environment, SSH key pair and OS image by name
+    # (checked before anything is created), and the size of the tier's weights volume.
+    environment: str = "default"
+    keypair: str = "spotctl"
+    image: str = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
+    volume_gb: Annotated[int, Field(ge=1, le=1_048_576)] = 200
     engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
     ssh_user: str = "ubuntu"
@@ -130,6 +138,9 @@ class TierConfig(_Section):
 class BudgetConfig(_Section):
     daily_usd: Annotated[Decimal, Field(ge=0)] | None = None
     timezone: str = "UTC"
+    # close the gate while a provider bills a rate off its launch quote (a `rate_mismatch`
+    # anomaly since the last good poll), as for stale billing
+    close_on_rate_mismatch: bool = False
 
     @field_validator("timezone")
     @classmethod

@@ -1,16 +1,14 @@
-"""RunPod, Vast.ai and Lambda adapters against a small server replaying the providers' shapes
-(the fixtures in tests/fixtures/providers), over real HTTP on loopback."""
+"""RunPod, Vast.ai and Lambda adapters through the real poller and ledger, with the providers'
+recorded shapes (tests/fixtures/providers) replayed by httpx.MockTransport: no server."""
 
 from __future__ import annotations
 
 import json
-import threading
 from copy import deepcopy
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+import httpx
 
 from spotctl.accounting.spend import spend_between
 from spotctl.billing.poller import poll_once
@@ -22,93 +20,75 @@ FIX = Path(__file__).parent / "fixtures" / "providers"
 KEY = "replay-key-1c9d"
 
 
-def load(rel: str) -> dict:
+def load(rel: str):
     return json.loads((FIX / rel).read_text())
 
 
 class Replay:
-    """Serves queued responses per route; records the auth header it saw."""
+    """A MockTransport answering by route; records every request it saw."""
 
-    def __init__(self) -> None:
-        self.routes: dict[str, list[dict]] = {}
-        self.auth: list[str] = []
-        replay = self
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.seen: list[httpx.Request] = []
+        self.transport = httpx.MockTransport(self._handle)
 
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                replay.auth.append(self.headers.get("Authorization", ""))
-                path = self.path.split("?")[0]
-                queue = replay.routes.get(path)
-                if not queue:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body = json.dumps(queue[0] if len(queue) == 1 else queue.pop(0)).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = _serve
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                self._serve()
-
-            def log_message(self, *args) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
+    def _handle(self, req: httpx.Request) -> httpx.Response:
+        self.seen.append(req)
+        assert req.headers["Authorization"] == f"Bearer {KEY}"
+        assert req.headers["User-Agent"].startswith("spotctl/")  # Cloudflare refuses urllib's
+        got = self.answer(req)
+        return got if isinstance(got, httpx.Response) else httpx.Response(200, json=got)
 
 
-@pytest.fixture
-def replay(monkeypatch):
+def _cfg(tmp_path, monkeypatch, kind: str):
     monkeypatch.setenv("P_KEY", KEY)
-    r = Replay()
-    yield r
-    r.close()
-
-
-def _cfg(tmp_path, kind: str, url: str):
     return parse_config(f'[[providers]]\nname = "p"\nkind = "{kind}"\napi_key_env = "P_KEY"\n'
-                        f'base_url = "{url}"\n[[tiers]]\nname = "4090-spot"\nmodel = "m"\n',
-                        tmp_path / "spotctl.toml")
+                        'base_url = "https://replay.test"\n[[tiers]]\nname = "4090-spot"\n'
+                        'model = "m"\n', tmp_path / "spotctl.toml")
 
 
-def _three_polls(cfg, clock, led):
+def _polls(cfg, clock, led, replay, n=3, step=60.0):
     out = []
-    for _ in range(3):
-        out += poll_once(cfg, led, clock)
-        clock.advance(60)
+    for _ in range(n):
+        out += poll_once(cfg, led, clock, {"p": replay.transport})
+        clock.advance(step)
     return out
 
 
-def _myself(rel: str, pods: dict | None, lifetime: bool = True) -> dict:
-    doc = load(rel)
-    me = doc["data"]["myself"]
-    if not lifetime:
-        me.pop("clientLifetimeSpend")
-    if pods:
-        me["pods"] = pods["data"]["myself"]["pods"]
-    return doc
-
-
-def test_runpod_lifetime_spend_is_the_account_running_total(replay, tmp_path):
+def _runpod(lifetime: bool):
+    """RunPod by GraphQL document: account, pods, and the unverified extras (rejected as a
+    whole, as GraphQL does, when the field does not exist)."""
+    state = {"t": 0}
+    docs = [load(f"runpod/graphql_myself_{t}.json") for t in ("t0", "t1_plus60s",
+                                                              "t2_after_topup")]
     pods = load("runpod/graphql_pods.json")
-    replay.routes["/graphql"] = [_myself(f"runpod/graphql_myself_{t}.json", pods)
-                                 for t in ("t0", "t1_plus60s", "t2_after_topup")]
-    cfg = _cfg(tmp_path, "runpod", replay.url)
+
+    def answer(req):
+        query = json.loads(req.content)["query"]
+        if "clientBalance" in query:  # the account query opens each poll
+            state["t"] += 1
+        me = docs[min(state["t"] - 1, 2)]["data"]["myself"]
+        if "clientLifetimeSpend" in query:
+            if not lifetime:
+                return {"errors": [{"message": 'Cannot query field "clientLifetimeSpend"'}]}
+            return {"data": {"myself": {"clientLifetimeSpend": me["clientLifetimeSpend"],
+                                        "pods": pods["data"]["myself"]["pods"]}}}
+        if "pods" in query:
+            assert "adjustedCostPerHr" not in query  # unverified: only in the extras query
+            return pods
+        assert "clientLifetimeSpend" not in query
+        return {"data": {"myself": {k: me[k] for k in ("id", "clientBalance",
+                                                       "currentSpendPerHr", "spendLimit")}}}
+    return answer
+
+
+def test_runpod_lifetime_spend_is_the_account_running_total(tmp_path, monkeypatch):
+    replay = Replay(_runpod(lifetime=True))
+    cfg = _cfg(tmp_path, monkeypatch, "runpod")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
     start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        outcomes = _three_polls(cfg, clock, led)
-        assert all(o.ok for o in outcomes)
+        assert all(o.ok for o in _polls(cfg, clock, led, replay))
         spend = spend_between(led, start, to_ms(clock.now()), cfg)
         tiers = {t for (t,) in led.conn.execute("SELECT DISTINCT tier FROM billing_samples")}
         spot = led.conn.execute("SELECT spot FROM billing_samples WHERE resource_id = "
@@ -116,18 +96,17 @@ def test_runpod_lifetime_spend_is_the_account_running_total(replay, tmp_path):
     # 3187.5529 -> 3187.6441: the top-up between t1 and t2 does not disturb the total
     assert spend.micros == 91_200 and spend.complete
     assert "4090-spot" in tiers and spot == 1
-    assert all(a == f"Bearer {KEY}" for a in replay.auth)
 
 
-def test_runpod_without_lifetime_spend_derives_it_from_the_balance(replay, tmp_path):
-    replay.routes["/graphql"] = [_myself(f"runpod/graphql_myself_{t}.json", None,
-                                         lifetime=False)
-                                 for t in ("t0", "t1_plus60s", "t2_after_topup")]
-    cfg = _cfg(tmp_path, "runpod", replay.url)
+def test_runpod_without_lifetime_spend_still_polls_from_the_balance(tmp_path, monkeypatch):
+    """Defect D5: the unverified field sat in the one query, so a RunPod without it failed
+    every poll (GraphQL rejects the whole document). Now only the extras query is lost."""
+    replay = Replay(_runpod(lifetime=False))
+    cfg = _cfg(tmp_path, monkeypatch, "runpod")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
     start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        _three_polls(cfg, clock, led)
+        assert all(o.ok for o in _polls(cfg, clock, led, replay))
         spend = spend_between(led, start, to_ms(clock.now()), cfg)
         credits = led.conn.execute("SELECT amount_micros, confirmed FROM credit_events"
                                    ).fetchall()
@@ -137,48 +116,139 @@ def test_runpod_without_lifetime_spend_derives_it_from_the_balance(replay, tmp_p
     assert credits and credits[0][1] == 0 and spend.uncertain_micros == credits[0][0]
 
 
-def test_vast_balance_deltas_with_the_invoice_feed(replay, tmp_path):
+def test_runpod_reconcile_uses_the_daily_billing_endpoint(tmp_path, monkeypatch):
+    from datetime import date
+
+    from spotctl.billing import reconcile
+    from spotctl.clients import bearer
+
+    seen = []
+
+    def answer(req):
+        seen.append((req.url.path, dict(req.url.params)))
+        if req.url.path == "/v1/billing/pods":
+            return [{"time": "2026-10-05T00:00:00Z", "amount": 1.25, "podId": "a"}]
+        return load("runpod/rest_v1_billing_networkvolumes_daily.json")[1:]
+
+    real = bearer.RunPodClient.__init__
+
+    def with_transport(self, *a, **kw):
+        kw["transport"] = httpx.MockTransport(lambda r: httpx.Response(200, json=answer(r)))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(bearer.RunPodClient, "__init__", with_transport)
+    cfg = _cfg(tmp_path, monkeypatch, "runpod")
+    total = reconcile.provider_day_total(cfg, "p", date(2026, 10, 5), date(2026, 10, 6))
+    assert total == 1_250_000 + 97_200
+    assert seen[0] == ("/v1/billing/pods", {"bucketSize": "day", "startTime":
+                                           "2026-10-05T00:00:00Z", "endTime":
+                                           "2026-10-06T00:00:00Z"})
+
+
+def _vast(users, invoices_pages):
+    pages = {"": load("vast/instances_v1_page1.json"),
+             load("vast/instances_v1_page1.json")["next_token"]:
+                 load("vast/instances_v1_page2.json")}
+    state = {"u": 0, "i": 0}
+
+    def answer(req):
+        path, q = req.url.path, req.url.params
+        if path == "/api/v0/users/current":
+            doc = users[min(state["u"], len(users) - 1)]
+            state["u"] += 1
+            return doc
+        if path == "/api/v1/instances/":
+            return pages[q.get("after_token", "")]
+        if path == "/api/v1/invoices/":
+            assert json.loads(q["select_filters"])["when"]["gte"] >= 0 and q["limit"] == "100"
+            poll = state["u"] - 1
+            book = invoices_pages[min(poll, len(invoices_pages) - 1)]
+            return book[q.get("after_token", "")]
+        return httpx.Response(404)
+    return answer
+
+
+def test_vast_pages_instances_and_invoices_and_uses_the_credit_feed(tmp_path, monkeypatch):
+    """D6/D7: the invoices feed is read to its last page (a credit on page 2 is confirmed, not
+    inferred) and instances come from the paged v1 listing, not the deprecated v0 list."""
     user0 = load("vast/users_current.json")
     user1 = deepcopy(user0)
     user1["credit"] = 187.34 + 100 - 0.25  # a $100 credit arrived and $0.25 was spent
-    invoices = load("vast/invoices_v1.json")
-    replay.routes["/api/v0/users/current"] = [user0, user1]
-    replay.routes["/api/v0/instances/"] = [load("vast/instances_v0.json")]
-    no_invoices = {"success": True, "count": 0, "results": []}
-    replay.routes["/api/v1/invoices/"] = [no_invoices, invoices]
-    cfg = _cfg(tmp_path, "vast", replay.url)
+    credit = load("vast/invoices_v1.json")["results"][0]
+    empty = {"": {"success": True, "results": [], "next_token": None}}
+    two_pages = {"": {"results": [{"type": "transfer", "amount": 1, "start": 1791219500}],
+                      "next_token": "p2"},
+                 "p2": {"results": [credit], "next_token": None}}
+    replay = Replay(_vast([user0, user1], [empty, two_pages]))
+    cfg = _cfg(tmp_path, monkeypatch, "vast")
     clock = ManualClock(datetime.fromtimestamp(1791219000, UTC))
     start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        poll_once(cfg, led, clock)
+        assert poll_once(cfg, led, clock, {"p": replay.transport})[0].ok
         clock.set(datetime.fromtimestamp(1791220100, UTC))
-        [o] = poll_once(cfg, led, clock)
-        assert o.ok
+        [o] = poll_once(cfg, led, clock, {"p": replay.transport})
+        assert o.ok, o.message
         spend = spend_between(led, start, to_ms(clock.now()), cfg)
         credits = led.conn.execute("SELECT amount_micros, confirmed FROM credit_events"
                                    ).fetchall()
+        instances = {r for (r,) in led.conn.execute(
+            "SELECT DISTINCT resource_id FROM billing_samples WHERE resource_id != 'account'")}
     assert credits == [(100_000_000, 1)]
     assert spend.micros == 250_000 and spend.uncertain_micros == 0
+    assert instances == {"instance:14455621", "instance:14455900"}  # both pages
+    assert not any(r.url.path == "/api/v0/instances/" for r in replay.seen)
 
 
-def test_lambda_is_estimate_only_and_never_invoice_true(replay, tmp_path):
-    replay.routes["/instances"] = [load("lambda/instances.json")]
-    cfg = _cfg(tmp_path, "lambda", replay.url)
+def test_vast_account_not_credit_only_is_unknown_not_zero(tmp_path, monkeypatch):
+    """D8: a card-billed account's spend does not move `credit`: not $0 but unknown."""
+    user = load("vast/users_current.json")
+    user["billing_creditonly"] = False
+    replay = Replay(_vast([user], [{"": {"results": [], "next_token": None}}]))
+    cfg = _cfg(tmp_path, monkeypatch, "vast")
+    clock = ManualClock(datetime.fromtimestamp(1791219000, UTC))
+    start = to_ms(clock.now()) - 1
+    with Ledger(cfg.ledger_path) as led:
+        outcomes = _polls(cfg, clock, led, replay, n=3)
+        spend = spend_between(led, start, to_ms(clock.now()), cfg)
+    assert {(o.ok, o.kind) for o in outcomes} == {(False, "unsupported")}
+    assert not spend.complete and spend.status != "ok"
+
+
+def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_path,
+                                                                          monkeypatch):
+    """D11: unhealthy and terminating bill (from launch until terminate), booting does not,
+    and an instance gone between two polls accrues up to the poll that finds it gone."""
+    doc = load("lambda/instances.json")
+    inst = doc["data"][0]
+    rate = inst["instance_type"]["price_cents_per_hour"] * 10_000  # micro-$/h
+    statuses = ["booting", "active", "unhealthy", "terminating", None, None]
+    state = {"i": 0}
+
+    def answer(req):
+        status = statuses[min(state["i"], len(statuses) - 1)]
+        state["i"] += 1
+        return {"data": [] if status is None else [{**inst, "status": status}]}
+
+    replay = Replay(answer)
+    cfg = _cfg(tmp_path, monkeypatch, "lambda")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
     start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        for _ in range(61):
-            poll_once(cfg, led, clock)
-            clock.advance(60)
+        _polls(cfg, clock, led, replay, n=6, step=600)
         spend = spend_between(led, start, to_ms(clock.now()), cfg)
+        rows = led.conn.execute("SELECT state, cumulative_micros FROM billing_samples "
+                                "ORDER BY observed_ms").fetchall()
     assert spend.micros == 0  # nothing invoice-true is known
-    assert spend.estimate_micros > 0  # shown apart, as an estimate
+    # booting→active: not billed; active, unhealthy, terminating: 3 × 10 min billed; then gone
+    assert rows[-1] == ("deleted", 3 * (rate * 10 // 60))
+    assert spend.estimate_micros == 3 * (rate * 10 // 60)
+    assert len(rows) == 5  # the closed series gets no further samples
 
 
-def test_malformed_payload_is_a_classified_poll_failure(replay, tmp_path):
-    replay.routes["/graphql"] = [{"data": {"myself": {"clientBalance": "lots"}}}]
-    cfg = _cfg(tmp_path, "runpod", replay.url)
+def test_malformed_payload_is_a_classified_poll_failure(tmp_path, monkeypatch):
+    replay = Replay(lambda req: {"data": {"myself": {"clientBalance": "lots"}}})
+    cfg = _cfg(tmp_path, monkeypatch, "runpod")
     with Ledger(cfg.ledger_path) as led:
-        [o] = poll_once(cfg, led, ManualClock())
+        [o] = poll_once(cfg, led, ManualClock(), {"p": replay.transport})
         assert (o.ok, o.kind) == (False, "malformed")
         assert KEY not in (o.message or "")

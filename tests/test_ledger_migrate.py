@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spotctl.cli.example import EXAMPLE_TOML, _scenario_path
+from spotctl.cli.example import EXAMPLE_TOML
 from spotctl.errors import LedgerError
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
@@ -33,7 +33,7 @@ def example_dir(tmp_path) -> Path:
     d.mkdir()
     (d / "spotctl.toml").write_text(EXAMPLE_TOML)
     with Ledger(d / "spotctl.db") as led:
-        build_example(_scenario_path(), led, END)
+        build_example(led, END)
     return d
 
 

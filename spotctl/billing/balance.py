@@ -1,34 +1,18 @@
-"""Account-level running totals for providers that only expose a balance.
+"""Account-level running totals for providers that only expose a balance (pure arithmetic).
 
 spend over an interval = earlier balance − later balance + credits added in between. A rise
 that no credit explains is an *unconfirmed credit*: it is recorded (``credit_events``,
 confirmed = 0), the running total does not move for that interval, and reports show the spend
-as uncertain by that amount instead of as a point.
+as uncertain by that amount instead of as a point. The previous account row comes from the
+ledger through :class:`~spotctl.ledger.billing_reads.PriorState`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from spotctl.ledger.db import Ledger
+from spotctl.ledger.billing_reads import PreviousAccount
 from spotctl.ledger.records import CreditEvent
 
-
-@dataclass(frozen=True)
-class PreviousAccount:
-    observed_ms: int
-    cumulative_micros: int
-    balance_micros: int
-
-
-def previous_account(ledger: Ledger | None, provider: str) -> PreviousAccount | None:
-    if ledger is None:
-        return None
-    row = ledger.conn.execute(
-        "SELECT observed_ms, cumulative_micros, balance_micros FROM billing_samples WHERE "
-        "provider=? AND resource_id='account' AND cumulative_micros IS NOT NULL AND "
-        "balance_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1", (provider,)).fetchone()
-    return PreviousAccount(*row) if row else None
+__all__ = ["PreviousAccount", "advance"]
 
 
 def advance(prev: PreviousAccount | None, balance: int, confirmed_credits: int, provider: str,

@@ -1,7 +1,10 @@
 """The billing-adapter interface, its classified errors, and tier attribution.
 
-An adapter turns one poll of a provider's API into ledger samples. It declares what the provider
-can give (``Capability``); spotctl never fills a gap with rate × time, except in adapters whose
+An adapter is a pure translator: ``poll(now_ms, prior) -> PollResult`` turns one poll of a
+provider's API (through that provider's client in :mod:`spotctl.clients`) and what the ledger
+remembers (:class:`PriorState`, read by :mod:`spotctl.ledger.billing_reads`) into samples,
+credits and anomalies. It runs no SQL. It declares what the provider can give
+(``Capability``); spotctl never fills a gap with rate × time, except in adapters whose
 capability is ``ESTIMATE_ONLY`` and whose samples are marked as estimates.
 """
 
@@ -14,7 +17,12 @@ from typing import Protocol
 
 from spotctl.config import Config, ProviderConfig
 from spotctl.errors import ProviderError
+from spotctl.ledger.billing_reads import LastSample, PreviousAccount, PriorState
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
+
+__all__ = ["BillingAdapter", "BillingError", "Capability", "LastSample", "PollResult",
+           "PreviousAccount", "PriorState", "api_key_for", "rate_check", "resource_name_for",
+           "tier_for_resource"]
 
 
 class Capability(StrEnum):
@@ -28,7 +36,7 @@ class BillingError(ProviderError):
     """A classified poll failure. ``kind`` is stored as the poll's outcome."""
 
     KINDS = ("timeout", "unreachable", "http_5xx", "http_429", "auth", "malformed", "http_4xx",
-             "config")
+             "config", "ledger", "unsupported")
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -47,9 +55,25 @@ class BillingAdapter(Protocol):
     capability: Capability
     provider: ProviderConfig
 
-    def poll(self, now_ms: int) -> PollResult: ...
+    def poll(self, now_ms: int, prior: PriorState) -> PollResult: ...
 
     def close(self) -> None: ...
+
+
+def rate_check(provider: str, account: str, resource_id: str, observed_ms: int,
+               billed_micros_per_h: int | None, prior: PriorState) -> Anomaly | None:
+    """Price truth: a ``rate_mismatch`` anomaly when the billed rate of a running resource is
+    more than ``prior.rate_tolerance_pct`` away from the rate quoted at its launch."""
+    quote = prior.quotes.get(resource_id)
+    if quote is None or billed_micros_per_h is None or quote <= 0:
+        return None
+    off = abs(billed_micros_per_h - quote) * 100.0 / quote
+    if off <= prior.rate_tolerance_pct:
+        return None
+    return Anomaly(provider, account, resource_id, observed_ms, "rate_mismatch", quote,
+                   billed_micros_per_h,
+                   f"billed {billed_micros_per_h / 1e6:.4f} $/h vs quoted {quote / 1e6:.4f} $/h "
+                   f"({(billed_micros_per_h - quote) * 100.0 / quote:+.1f} %)")
 
 
 def api_key_for(provider: ProviderConfig) -> str:

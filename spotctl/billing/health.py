@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spotctl.config import Config
+from spotctl.ledger.billing_reads import RateMismatch, health_facts
 from spotctl.ledger.db import Ledger
 
 FRESH, STALE, FAILING, REGRESSED, NEVER = "fresh", "stale", "failing", "regressed", "never"
@@ -28,6 +29,8 @@ class ProviderHealth:
     last_good_ms: int | None
     last_attempt_ms: int | None
     last_error: str | None
+    # price truth: the newest `rate_mismatch` since the last good poll (spend is still known)
+    rate_mismatch: RateMismatch | None = None
 
     def to_json(self) -> dict:
         from spotctl.clock import from_ms, iso
@@ -35,40 +38,37 @@ class ProviderHealth:
         def t(ms: int | None) -> str | None:
             return None if ms is None else iso(from_ms(ms))
 
+        mm = self.rate_mismatch
         return {"provider": self.provider, "status": self.status,
                 "last_good_sample_at": t(self.last_good_ms),
-                "last_attempt_at": t(self.last_attempt_ms), "last_error": self.last_error}
+                "last_attempt_at": t(self.last_attempt_ms), "last_error": self.last_error,
+                "rate_mismatch": None if mm is None else {
+                    "resource_id": mm.resource_id, "at": t(mm.observed_ms),
+                    "quoted_usd_per_hour": f"{mm.quoted_micros_per_h / 1e6:.6f}",
+                    "billed_usd_per_hour": f"{mm.billed_micros_per_h / 1e6:.6f}",
+                    "off_pct": round(mm.off_pct, 2)}}
 
 
 def provider_health(ledger: Ledger, cfg: Config, now_ms: int) -> list[ProviderHealth]:
     out = []
-    conn = ledger.conn
     for prov in cfg.providers:
         name = prov.name
-        last = conn.execute(
-            "SELECT finished_ms, outcome, error_message FROM billing_polls WHERE provider=? "
-            "ORDER BY started_ms DESC LIMIT 1", (name,)).fetchone()
-        if last is None:
+        f = health_facts(ledger, name)
+        if f.last_finished_ms is None:
             out.append(ProviderHealth(name, NEVER, None, None, None))
             continue
-        good_row = conn.execute(
-            "SELECT finished_ms, started_ms FROM billing_polls WHERE provider=? AND outcome='ok' "
-            "ORDER BY finished_ms DESC LIMIT 1", (name,)).fetchone()
-        good, good_started = good_row if good_row else (None, None)
-        err = conn.execute(
-            "SELECT outcome, error_message, finished_ms FROM billing_polls WHERE provider=? AND "
-            "outcome != 'ok' ORDER BY started_ms DESC LIMIT 1", (name,)).fetchone()
+        good = f.good_finished_ms
+        err = f.error
         last_error = f"{err[0]}: {err[1]}" if err and (good is None or err[2] > good) else None
         age = None if good is None else now_ms - good
-        failed_last = last[1] != "ok"
-        if good is None or (failed_last and age > cfg.billing.gap_after_s * 1000):
+        failed_last = f.last_outcome != "ok"
+        if good is None or (failed_last and age is not None and
+                            age > cfg.billing.gap_after_s * 1000):
             status = FAILING
-        elif age > cfg.billing.stale_after_s * 1000:
+        elif age is not None and age > cfg.billing.stale_after_s * 1000:
             status = STALE
         else:
-            regressed = conn.execute(
-                "SELECT 1 FROM billing_anomalies WHERE provider=? AND kind='cumulative_decreased' "
-                "AND observed_ms >= ? LIMIT 1", (name, good_started)).fetchone()
-            status = REGRESSED if regressed else FRESH
-        out.append(ProviderHealth(name, status, good, last[0], last_error))
+            status = REGRESSED if f.regressed_since_good else FRESH
+        out.append(ProviderHealth(name, status, good, f.last_finished_ms, last_error,
+                                  f.rate_mismatch_since_good))
     return out

@@ -17,11 +17,12 @@ _ADAPTERS = {
 }
 
 
-def adapter_for(provider: ProviderConfig, cfg: Config, clock: Clock):
+def adapter_for(provider: ProviderConfig, cfg: Config, clock: Clock, transport=None):
+    """The provider's adapter; ``transport``: an httpx transport for its client (tests)."""
     module, name = _ADAPTERS[provider.kind]
     try:
         cls = getattr(import_module(module), name)
     except (ImportError, AttributeError):
         raise BillingError("config", f"{provider.name}: no adapter for {provider.kind!r} "
                                      "in this build") from None
-    return cls(provider, cfg, clock)
+    return cls(provider, cfg, clock, transport=transport)

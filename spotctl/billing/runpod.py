@@ -1,66 +1,87 @@
-"""RunPod: account-level running total from GraphQL ``myself``.
+"""RunPod: account-level running total from GraphQL ``myself``, through the RunPod client.
 
-``clientLifetimeSpend`` (undocumented, seen in many third-party clients: verify live) is the
-account's running total; when absent, the total is derived from ``clientBalance`` deltas (see
-``balance.py``; RunPod has no credit feed here, so a rise is an unconfirmed credit). Pods give
-current rates (``adjustedCostPerHr``) for attribution and display only. Bearer auth and an
-explicit User-Agent (Cloudflare refuses Python's default).
+Only fields RunPod's own SDK/CLI query are required (``clientBalance``, ``currentSpendPerHr``;
+pods' ``costPerHr``, ``podType``, ``desiredStatus``). The unverified ``clientLifetimeSpend``
+(the account's running total, seen only in third-party clients) and ``adjustedCostPerHr`` are in
+a separate query: if RunPod does not define them, that query alone is rejected and the total is
+derived from ``clientBalance`` deltas (``balance.py``; RunPod has no credit feed, so a rise is an
+unconfirmed credit). Pods give current rates for attribution and display only.
 """
 
 from __future__ import annotations
 
-from spotctl.billing.balance import advance, previous_account
-from spotctl.billing.base import Capability, PollResult, tier_for_resource
-from spotctl.billing.http import BearerAdapter, money, need
-from spotctl.clock import to_ms
-from spotctl.ledger.db import Ledger
+from spotctl.billing.balance import advance
+from spotctl.billing.base import Capability, PollResult, PriorState, api_key_for, tier_for_resource
+from spotctl.billing.http import money, need
+from spotctl.clients.bearer import (
+    RUNPOD_ACCOUNT,
+    RUNPOD_PODS,
+    RUNPOD_UNVERIFIED,
+    GraphQLRejected,
+    RunPodClient,
+)
+from spotctl.clock import Clock, to_ms
+from spotctl.config import Config, ProviderConfig
+from spotctl.errors import ProviderUnavailable
 from spotctl.ledger.records import BillingSample, CumulativeKind
 
 DEFAULT_BASE = "https://api.runpod.io"
-QUERY = ("query { myself { id clientBalance currentSpendPerHr spendLimit clientLifetimeSpend "
-         "pods { id name desiredStatus podType costPerHr adjustedCostPerHr } } }")
 
 
-class RunPodAdapter(BearerAdapter):
+class RunPodAdapter:
     capability = Capability.ACCOUNT_CUMULATIVE
-    default_base = DEFAULT_BASE
 
-    def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
-        got = self.http.read("POST", "/graphql", json_body={"query": QUERY})
-        if isinstance(got.data, dict) and got.data.get("errors"):
-            from spotctl.billing.base import BillingError
+    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
+                 transport=None) -> None:
+        self.provider, self.cfg, self.clock = provider, cfg, clock
+        self.client = RunPodClient(provider.base_url, api_key_for(provider), clock,
+                                   timeout_s=cfg.billing.timeout_s, transport=transport)
 
-            raise BillingError("auth" if "auth" in str(got.data["errors"]).lower() else
-                               "malformed", "GraphQL error from RunPod")
-        me = need(need(got.data, "data", dict, "graphql"), "myself", dict, "graphql.data")
+    def close(self) -> None:
+        self.client.close()
+
+    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
+        prior = prior or PriorState()
+        me, got = self.client.query(RUNPOD_ACCOUNT)
+        pods_me, pods_got = self.client.query(RUNPOD_PODS)
+        try:
+            extra, _ = self.client.query(RUNPOD_UNVERIFIED)
+        except (GraphQLRejected, ProviderUnavailable):
+            extra = {}  # the unverified fields are optional: their absence never fails a poll
         account = self.provider.account or str(me.get("id") or "default")
         observed = to_ms(self.clock.now())
         balance = money(need(me, "clientBalance", object, "myself"), "myself.clientBalance")
         rate = me.get("currentSpendPerHr")
         result = PollResult()
-        if me.get("clientLifetimeSpend") is not None:
-            cum = money(me["clientLifetimeSpend"], "myself.clientLifetimeSpend")
+        if extra.get("clientLifetimeSpend") is not None:
+            cum = money(extra["clientLifetimeSpend"], "myself.clientLifetimeSpend")
             kind = CumulativeKind.ACCOUNT_TOTAL
         else:
-            cum, credits = advance(previous_account(ledger, self.provider.name), balance, 0,
-                                   self.provider.name, account, observed)
+            cum, credits = advance(prior.account, balance, 0, self.provider.name, account,
+                                   observed)
             result.credits.extend(credits)
             kind = CumulativeKind.BALANCE_DERIVED
         result.samples.append(BillingSample(
             self.provider.name, account, "account", "account", observed, cum, kind, got.sha256,
             rate_micros_per_h=None if rate is None else money(rate, "currentSpendPerHr"),
             balance_micros=balance))
-        pods = me.get("pods") or []
+        adjusted = {p.get("id"): p.get("adjustedCostPerHr") for p in extra.get("pods") or []
+                    if isinstance(p, dict)}
+        pods = pods_me.get("pods") or []
         for pod in pods if isinstance(pods, list) else []:
             if not isinstance(pod, dict) or "id" not in pod:
                 continue
-            rate = pod.get("adjustedCostPerHr", pod.get("costPerHr"))
+            rate = adjusted.get(pod["id"])
+            if rate is None:
+                rate = pod.get("costPerHr")
             result.samples.append(BillingSample(
                 self.provider.name, account, f"pod:{pod['id']}", "vm", observed, None,
-                CumulativeKind.RESOURCE_TOTAL, got.sha256,
+                CumulativeKind.RESOURCE_TOTAL, pods_got.sha256,
                 rate_micros_per_h=None if rate is None else money(rate, "pod.costPerHr"),
                 tier=tier_for_resource(pod.get("name"), [], self.cfg),
                 state=str(pod.get("desiredStatus") or ""),
+                # INTERRUPTABLE = spot: the value is unverified (official code reads podType
+                # but never lists its values)
                 spot=pod.get("podType") == "INTERRUPTABLE"))
         result.resources_seen = len(result.samples) - 1
         return result

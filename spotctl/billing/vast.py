@@ -1,41 +1,65 @@
 """Vast.ai: account-level running total from ``credit`` deltas plus the invoices feed.
 
-``/api/v0/users/current`` gives the prepaid ``credit``; ``/api/v1/invoices/`` lists credits added
-(``type == "credit"``; the sign convention, negative = credit, is unverified: the absolute value
-is used). Instances give current rates (``dph_total``) for display and attribution only.
+``/api/v0/users/current`` gives the prepaid ``credit``; ``/api/v1/invoices/`` (every page, as
+the vastai SDK pages it) lists credits added (``type == "credit"``; the sign convention,
+negative = credit, is read with ``abs``). Instances (``/api/v1/instances/``, paged: the v0 list
+is deprecated) give current rates (``dph_total``) for display and attribution only.
+
+An account that is not credit-only (``billing_creditonly: false``: a card-billed or postpaid
+account) may pay without ``credit`` moving: its spend cannot be derived, so the poll fails with
+kind ``unsupported`` and its spend reads "unknown since T", never $0 (semantics of the flag
+unverified: see docs/providers.md).
 """
 
 from __future__ import annotations
 
-import json
-
-from spotctl.billing.balance import advance, previous_account
-from spotctl.billing.base import Capability, PollResult, tier_for_resource
-from spotctl.billing.http import BearerAdapter, money, need
-from spotctl.clock import to_ms
-from spotctl.ledger.db import Ledger
+from spotctl.billing.balance import advance
+from spotctl.billing.base import (
+    BillingError,
+    Capability,
+    PollResult,
+    PriorState,
+    api_key_for,
+    tier_for_resource,
+)
+from spotctl.billing.http import money, need
+from spotctl.clients.bearer import VastClient
+from spotctl.clock import Clock, to_ms
+from spotctl.config import Config, ProviderConfig
 from spotctl.ledger.records import BillingSample, CreditEvent, CumulativeKind
 
 DEFAULT_BASE = "https://console.vast.ai"
 
 
-class VastAdapter(BearerAdapter):
+class VastAdapter:
     capability = Capability.BALANCE_ONLY
-    default_base = DEFAULT_BASE
 
-    def poll(self, now_ms: int, ledger: Ledger | None = None) -> PollResult:
-        user = self.http.read("GET", "/api/v0/users/current")
-        inst = self.http.read("GET", "/api/v0/instances/", params={"owner": "me"})
-        prev = previous_account(ledger, self.provider.name)
+    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
+                 transport=None) -> None:
+        self.provider, self.cfg, self.clock = provider, cfg, clock
+        self.client = VastClient(provider.base_url, api_key_for(provider), clock,
+                                 timeout_s=cfg.billing.timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
+        prior = prior or PriorState()
+        user = self.client.user()
+        if isinstance(user.data, dict) and user.data.get("billing_creditonly") is False:
+            raise BillingError("unsupported", f"{self.provider.name}: this Vast account is not "
+                               "credit-only (billing_creditonly=false): its spend does not move "
+                               "`credit` and cannot be derived; spend is unknown, not $0")
+        instances, inst_hashes = self.client.instances()
+        prev = prior.account
         since = (prev.observed_ms // 1000) if prev else 0
-        inv = self.http.read("GET", "/api/v1/invoices/", params={
-            "select_filters": json.dumps({"when": {"gte": since}})})
+        invoices, _ = self.client.invoices(since)
         observed = to_ms(self.clock.now())
         account = self.provider.account or str(need(user.data, "id", (int, str), "user"))
         balance = money(need(user.data, "credit", object, "user"), "user.credit")
         result = PollResult()
         confirmed = 0
-        for row in need(inv.data, "results", list, "invoices"):
+        for row in invoices:
             if not isinstance(row, dict) or row.get("type") != "credit":
                 continue
             start_s = row.get("start")
@@ -49,19 +73,21 @@ class VastAdapter(BearerAdapter):
                                               int(start_s * 1000), amount, "payment", True))
         cum, inferred = advance(prev, balance, confirmed, self.provider.name, account, observed)
         result.credits.extend(inferred)
-        sha = user.sha256
         result.samples.append(BillingSample(
             self.provider.name, account, "account", "account", observed, cum,
-            CumulativeKind.BALANCE_DERIVED, sha, balance_micros=balance))
-        for i in need(inst.data, "instances", list, "instances"):
+            CumulativeKind.BALANCE_DERIVED, user.sha256, balance_micros=balance))
+        sha = inst_hashes[0] if inst_hashes else user.sha256
+        for i in instances:
             if not isinstance(i, dict) or "id" not in i:
                 continue
             rate = i.get("dph_total")
             result.samples.append(BillingSample(
                 self.provider.name, account, f"instance:{i['id']}", "vm", observed, None,
-                CumulativeKind.RESOURCE_TOTAL, inst.sha256,
+                CumulativeKind.RESOURCE_TOTAL, sha,
                 rate_micros_per_h=None if rate is None else money(rate, "instance.dph_total"),
                 tier=tier_for_resource(i.get("label"), [], self.cfg),
-                state=str(i.get("actual_status") or ""), spot=bool(i.get("is_bid"))))
+                state=str(i.get("actual_status") or ""),
+                # is_bid (interruptible) is in the SDK's Offer model, not Instance: unverified
+                spot=bool(i.get("is_bid")) if "is_bid" in i else None))
         result.resources_seen = len(result.samples) - 1
         return result

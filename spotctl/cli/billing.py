@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when every provider answered, 4 when any failed (the failure is recorded).
         """
-        from spotctl.billing.poller import poll_lock, poll_once
+        from spotctl.billing.poller import poll_lock, poll_once, poll_shared
         from spotctl.clock import get_clock
 
         cfg = get_config(ctx)
@@ -32,10 +32,16 @@ def register(app: typer.Typer) -> None:
             if daemon:
                 _daemon(cfg, ledger, clock)
                 return
-            with poll_lock(ledger.path):
-                outcomes = poll_once(cfg, ledger, clock)
+            skipped: list[str] = []
+            if ledger.backend == "postgresql":  # several hosts: one poll per provider/interval
+                outcomes, skipped = poll_shared(cfg, ledger, clock)
+            else:
+                with poll_lock(ledger.path):
+                    outcomes = poll_once(cfg, ledger, clock)
         if json_out:
-            emit_json({"providers": [o.__dict__ for o in outcomes]})
+            emit_json({"providers": [o.__dict__ for o in outcomes], "skipped": skipped})
+        for reason in skipped:
+            err_console().print(reason)
         for o in outcomes:
             if not o.ok:
                 err_console().print(f"{o.provider}: {o.kind}: {o.message}")
@@ -51,8 +57,9 @@ def register(app: typer.Typer) -> None:
     @billing.command("status")
     @json_option
     def status(ctx: typer.Context, json_out: bool = False) -> None:
-        """Per provider: fresh / stale / failing / regressed, last good sample, last error.
-        Exit 4 when any provider is not fresh."""
+        """Per provider: fresh / stale / failing / regressed, last good sample, last error, and
+        a billed rate off its launch quote (rate_mismatch). Exit 4 when any provider is not
+        fresh."""
         from spotctl.billing.health import FRESH, provider_health
         from spotctl.clock import from_ms, get_clock, iso, to_ms
 
@@ -65,14 +72,19 @@ def register(app: typer.Typer) -> None:
             from rich.table import Table
 
             table = Table(title="Billing health", title_justify="left")
-            for col in ("provider", "health", "last good sample", "last error"):
+            for col in ("provider", "health", "last good sample", "last error", "price"):
                 table.add_column(col)
             colours = {"fresh": "green", "regressed": "yellow"}
             for r in rows:
                 c = colours.get(r.status, "red")
+                mm = r.rate_mismatch
+                price = "" if mm is None else (
+                    f"[yellow]rate {mm.off_pct:+.1f}% vs quote[/yellow] ({mm.resource_id}: "
+                    f"${mm.billed_micros_per_h / 1e6:.4f}/h billed, "
+                    f"${mm.quoted_micros_per_h / 1e6:.4f}/h quoted)")
                 table.add_row(r.provider, f"[{c}]{r.status}[/{c}]",
                               iso(from_ms(r.last_good_ms)) if r.last_good_ms else "never",
-                              r.last_error or "")
+                              r.last_error or "", price)
             console().print(table)
         if any(r.status != FRESH for r in rows):
             raise typer.Exit(int(ExitCode.OBSERVABILITY))

@@ -22,8 +22,10 @@ def register(app: typer.Typer) -> None:
         start: str = typer.Option(None, help="Simulated start time, ISO 8601 (default: now)."),
         clock_file: Path = typer.Option(None, help="Publish the simulated timeline here, for "
                                                    "processes run with SPOTCTL_CLOCK=file:PATH."),
-        engine: str = typer.Option("builtin", help="Engine in each VM: builtin | none."),
-        engine_model: str = typer.Option("tiny", help="Model name the VM engines serve."),
+        engine: str = typer.Option("builtin", help="builtin: VMs boot from their user_data "
+                                                   "(`vllm` runs the built-in engine); none: "
+                                                   "nothing runs on the VMs (billing only)."),
+        vllm_version: str = typer.Option("0.11.0", help="The vLLM version the VM image has."),
         dark_hang_s: float = typer.Option(30.0, help="How long billing_dark requests hang."),
     ) -> None:
         """Serve the local cloud until SIGTERM/SIGINT (engine processes are stopped too)."""
@@ -32,8 +34,8 @@ def register(app: typer.Typer) -> None:
         from spotctl.cli.common import err_console
         from spotctl.clock import parse_iso, real_epoch
         from spotctl.errors import UsageError
-        from spotctl.localcloud.engines import NullLauncher, ProcessLauncher
         from spotctl.localcloud.simclock import SteerableClock
+        from spotctl.localcloud.vm import NoBoot, VmRunner
 
         key = os.environ.get(api_key_env)
         if not key:
@@ -50,8 +52,8 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             raise UsageError(f"bad --start {start!r}: expected ISO 8601") from None
         clock = SteerableClock(sim_start, speed, clock_file)
-        launcher = (ProcessLauncher(model=engine_model) if engine == "builtin"
-                    else NullLauncher())
+        launcher = (VmRunner(vllm_version=vllm_version) if engine == "builtin"
+                    else NoBoot())
         import threading
 
         import uvicorn

@@ -139,7 +139,7 @@ class Demo:
         self.start("localcloud", "localcloud", "serve", "--listen",
                    f"127.0.0.1:{self.cloud_port}", "--speed", f"{self.speed:.4f}", "--start",
                    iso(self.day_start), "--clock-file", str(self.clock_file), "--engine",
-                   "builtin", "--engine-model", MODEL, "--dark-hang-s", "1")
+                   "builtin", "--dark-hang-s", "1")
         self._wait_http(f"{self.control}/health")
         self.clock = FileClock(self.clock_file)
 
@@ -216,8 +216,8 @@ class Demo:
             if ev.kind == "preempt":
                 vms = httpx.get(f"{self.base_url}/core/virtual-machines", timeout=10,
                                 headers={"api_key": self.env["SPOTCTL_LOCALCLOUD_KEY"]}).json()
-                spot = [vm for vm in vms.get("instances", [])
-                        if (vm.get("localcloud") or {}).get("spot")]
+                spot = [vm for vm in vms.get("instances", [])  # spot = a "-spot" flavor
+                        if str((vm.get("flavor") or {}).get("name", "")).endswith("-spot")]
                 httpx.post(f"{self.control}/spot", json={"available": False}, timeout=10)
                 for vm in spot:
                     httpx.post(f"{self.control}/vms/{vm['id']}/preempt", timeout=10)

@@ -12,6 +12,9 @@ from spotctl.config import TierConfig
 
 QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8")
 WEIGHTS_MOUNT = "/weights"
+# How long `vllm serve` drains in-flight requests after SIGTERM before it stops (a hibernate or
+# a down waits for this; systemd's TimeoutStopSec is set above it).
+SHUTDOWN_TIMEOUT_S = 60
 
 
 def vllm_command(tier: TierConfig, *, port: int | None = None, python: str = "python",
@@ -32,11 +35,22 @@ def vllm_command(tier: TierConfig, *, port: int | None = None, python: str = "py
     argv += ["--download-dir", f"{cache_root}/hf/hub"]
     argv += list(tier.vllm_args) + list(extra or [])
     env = {"HF_HOME": f"{cache_root}/hf", "VLLM_CACHE_ROOT": f"{cache_root}/vllm-cache",
+           # torch.compile / inductor and triton kernels: compiled once, kept on the volume
+           "TORCHINDUCTOR_CACHE_DIR": f"{cache_root}/torch-compile",
+           "TRITON_CACHE_DIR": f"{cache_root}/triton-cache",
            "HF_HUB_ENABLE_HF_TRANSFER": "1"}
     if tier.api_key_env:
         # the value is provided at launch time from the named variable, never written here
         env["VLLM_API_KEY"] = f"${{{tier.api_key_env}}}"
     return argv, env
+
+
+def serve_argv(tier: TierConfig, *, vllm: str = "vllm", cache_root: str = WEIGHTS_MOUNT,
+               port: int | None = None) -> list[str]:
+    """``vllm serve ...`` with the same arguments, draining for ``SHUTDOWN_TIMEOUT_S`` on stop:
+    the command a systemd unit runs on a VM (Hyperstack, the local cloud)."""
+    argv, _env = vllm_command(tier, port=port, cache_root=cache_root)
+    return [vllm, "serve", *argv[3:], "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S)]
 
 
 def shell_command(tier: TierConfig, **kw) -> str:

@@ -159,8 +159,10 @@ class FleetManager:
         if not isinstance(backends, Backends):
             backends = Backends(cfg, clock, backends)
         self.backends = backends
-        self.ledger_path = Path(ledger_path or cfg.ledger_path)
-        self.journal_ = Journal(self.ledger_path, clock)
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)  # lock files beside it
+        # what Ledger() opens: the given path, else [ledger] (a SQLite path or PostgreSQL url)
+        self.ledger_target = ledger_path if ledger_path is not None else cfg.ledger_target
+        self.journal_ = Journal(self.ledger_target, clock)
         self.open_requests = open_requests or self._ledger_open_requests
         self.reach = EngineReach()
 
@@ -171,7 +173,7 @@ class FleetManager:
         from spotctl.ledger.usage import open_requests
 
         stale_ms = int(max(10.0, 5 * self.cfg.gateway.gate_cache_s) * 1000)
-        with Ledger(self.ledger_path) as led:
+        with Ledger(self.ledger_target) as led:
             return open_requests(led, tier.name, to_ms(self.clock.now()), stale_ms,
                                  drain_cap_ms=int(self.cfg.fleet.drain_timeout_s * 1000))
 
@@ -179,7 +181,7 @@ class FleetManager:
         """The later of the tier's last request start and completion, over every gateway."""
         from spotctl.ledger.usage import last_request_ms
 
-        with Ledger(self.ledger_path) as led:
+        with Ledger(self.ledger_target) as led:
             return last_request_ms(led, tier.name)
 
     def _drain(self, tier: TierConfig, cap_s: float | None = None) -> str | None:

@@ -69,7 +69,9 @@ class Gateway:
         self.cfg = cfg
         self.clock = clock
         self.runtime = runtime
-        self.ledger_path = Path(ledger_path or cfg.ledger_path)
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)  # side files (spool, locks)
+        # what Ledger() opens: the given path, else [ledger] (a SQLite path or PostgreSQL url)
+        self.ledger_target = ledger_path if ledger_path is not None else cfg.ledger_target
         self.log = log or (lambda msg: None)
         self.refresh_s = g.gate_cache_s if refresh_s is None else refresh_s
         self.gateway_id = gateway_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -84,7 +86,7 @@ class Gateway:
         self.models = self.board.models
         self.metrics = GatewayMetrics(list(self.models), [t.name for t in cfg.tiers])
         self.recorder = UsageRecorder(
-            self.ledger_path, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
+            self.ledger_target, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
                                     g.spool_max_bytes), self.log)
         self.client = UpstreamClient(connect_timeout_s=g.connect_timeout_s,
                                      read_timeout_s=g.first_token_timeout_s)
@@ -95,6 +97,8 @@ class Gateway:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._gate_ledger: Ledger | None = None
+        self._last_good: GateState | None = None  # the last gate computed from the ledger
+        self._publish_error: str | None = None
 
     def _state_dir(self, what: str) -> Path:
         return self.ledger_path.with_name(f"{self.ledger_path.name}.{what}")
@@ -105,7 +109,11 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start_background(self) -> None:
-        Ledger(self.ledger_path).close()  # create and migrate before readers start
+        try:
+            Ledger(self.ledger_target).close()  # create and migrate before readers start
+        except Exception as exc:  # serve anyway: the gate stays closed until it can read
+            self.log(f"cannot open the ledger yet ({type(exc).__name__}: "
+                     f"{scrub(str(exc), self.secrets)})")
         self.recorder.start()
         self.refresh()
         self._refresher = threading.Thread(target=self._refresh_loop, name="gate", daemon=True)
@@ -124,7 +132,11 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.client.start()
-        await asyncio.to_thread(self.start_background)
+        try:
+            await asyncio.to_thread(self.start_background)
+        except BaseException:
+            await self.client.close()
+            raise
         await self.board.start(self.client)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
@@ -144,11 +156,12 @@ class Gateway:
     def refresh_gate(self) -> None:
         try:
             if self._gate_ledger is None:
-                self._gate_ledger = Ledger(self.ledger_path)
+                self._gate_ledger = Ledger(self.ledger_target)
             led = self._gate_ledger
             keys = list_keys(led)
             self.keys.load(keys)
             self.gate = evaluate_gate(led, self.cfg, self.clock, watch=self.watch, keys=keys)
+            self._last_good = self.gate
             events = latest_tier_events(led, list(self.board.tiers))
             self.board.draining = frozenset(t for t, ev in events.items() if ev == "draining")
         except Exception as exc:
@@ -157,9 +170,15 @@ class Gateway:
                     self._gate_ledger.close()
                 self._gate_ledger = None
             now = to_ms(self.clock.now())
-            self.gate = GateState(LEDGER_UNREACHABLE, "cannot read the ledger: "
-                                  f"{type(exc).__name__}: {scrub(str(exc), self.secrets)}",
-                                  None, None, now, 60, now)
+            last = self._last_good
+            if last is not None and now - last.checked_ms <= self.cfg.billing.stale_after_s * 1000:
+                # a shared ledger restarting: serve from the last gate state for at most
+                # [billing] stale_after_s (the same staleness billing itself is allowed)
+                self.gate = last
+            else:
+                self.gate = GateState(LEDGER_UNREACHABLE, "cannot read the ledger: "
+                                      f"{type(exc).__name__}: {scrub(str(exc), self.secrets)}",
+                                      None, None, now, 60, now)
         self._publish()
         self._gauges()
 
@@ -170,12 +189,17 @@ class Gateway:
                  for t in board.tiers}
         try:
             if self._gate_ledger is None or final:
-                with Ledger(self.ledger_path) as led:
+                with Ledger(self.ledger_target) as led:
                     publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
             else:
                 publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)
+            self._publish_error = None
         except Exception as exc:
-            self.log(f"cannot publish open requests ({type(exc).__name__})")
+            err = type(exc).__name__
+            if err != self._publish_error:  # say it once, not every refresh
+                self.log(f"cannot publish open requests ({err}: "
+                         f"{scrub(str(exc), self.secrets)})")
+            self._publish_error = err
 
     def _refresh_loop(self) -> None:
         n = 0

@@ -79,10 +79,16 @@ _SQLITE_TYPES: list[tuple[str, str]] = [
 ]
 
 _PG_TYPES: list[tuple[str, str]] = [
-    ("money and time columns are 64-bit integers",
+    # A *_ms / *_micros column of a table may be BIGINT or a float (latency percentiles), never
+    # a 32-bit INTEGER, which truncates epoch milliseconds and micro-dollars. Views are skipped:
+    # PostgreSQL's sum(bigint) is NUMERIC, exact.
+    ("money and time columns are never 32-bit integers",
      "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+     "AND table_name IN (SELECT table_name FROM information_schema.tables WHERE "
+     "table_schema = current_schema() AND table_type = 'BASE TABLE') "
      "AND (column_name LIKE '%\\_ms' ESCAPE '\\' OR column_name LIKE '%\\_micros' ESCAPE '\\' "
-     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') AND data_type != 'bigint'"),
+     "OR column_name LIKE '%\\_micros\\_per\\_h' ESCAPE '\\') "
+     "AND data_type IN ('integer', 'smallint')"),
     ("constraints are validated",
      "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
      "WHERE n.nspname = current_schema() AND NOT c.convalidated"),

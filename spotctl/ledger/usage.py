@@ -60,7 +60,7 @@ def open_writer(path: str | os.PathLike[str], busy_timeout_ms: int) -> Ledger:
     """A ledger connection for the usage writer: it waits ``busy_timeout_ms`` for a write lock
     (short: a batch that cannot be written promptly goes to the spool instead)."""
     ledger = Ledger(path)
-    ledger.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    ledger.set_busy_timeout(busy_timeout_ms)
     return ledger
 
 

@@ -6,15 +6,16 @@ import threading
 from dataclasses import dataclass
 
 from spotctl.clock import Clock
-from spotctl.localcloud.engines import EngineLauncher, NullLauncher, free_port
+from spotctl.localcloud.engines import free_port
 from spotctl.localcloud.model import LocalCloud
 from spotctl.localcloud.server import ServerState, build_app
+from spotctl.localcloud.vm import NoBoot, VmRunner
 
 
 @dataclass
 class LocalCloudHandle:
     state: ServerState
-    launcher: EngineLauncher
+    launcher: VmRunner | NoBoot
     host: str
     port: int
     _server: object = None
@@ -41,15 +42,19 @@ class LocalCloudHandle:
         self.launcher.stop_all()
 
 
-def make_state(clock: Clock, api_key: str, launcher: EngineLauncher | None = None,
-               control: object = None, dark_hang_s: float = 30.0) -> tuple[ServerState,
-                                                                          EngineLauncher]:
-    launcher = launcher or NullLauncher()
-    cloud = LocalCloud(clock, on_vm_active=launcher.start, on_vm_inactive=launcher.stop)
+def make_state(clock: Clock, api_key: str, launcher: VmRunner | NoBoot | None = None,
+               control: object = None, dark_hang_s: float = 30.0
+               ) -> tuple[ServerState, VmRunner | NoBoot]:
+    """The local cloud's state. ``launcher``: a :class:`VmRunner` (VMs boot from their
+    user_data) or :class:`NoBoot` (billing only: nothing runs on the VMs)."""
+    launcher = launcher or NoBoot()
+    cloud = LocalCloud(clock, on_vm_active=launcher.on_active,
+                       on_vm_inactive=launcher.on_inactive, on_attach=launcher.on_attach,
+                       on_detach=launcher.on_detach)
     return ServerState(cloud, api_key, dark_hang_s=dark_hang_s, control=control), launcher
 
 
-def serve_in_thread(clock: Clock, api_key: str, *, launcher: EngineLauncher | None = None,
+def serve_in_thread(clock: Clock, api_key: str, *, launcher: VmRunner | NoBoot | None = None,
                     control: object = None, host: str = "127.0.0.1", port: int = 0,
                     dark_hang_s: float = 30.0) -> LocalCloudHandle:
     import time
