@@ -19,9 +19,9 @@ from tests.engines import EngineHandle
 ENGINE_KEY = "engine-secret-5d1e"
 
 
-def start_builtin(model: str = "tiny", *extra: str, api_key: str | None = ENGINE_KEY
-                  ) -> tuple[subprocess.Popen, EngineHandle]:
-    port = free_port()
+def start_builtin(model: str = "tiny", *extra: str, api_key: str | None = ENGINE_KEY,
+                  port: int | None = None) -> tuple[subprocess.Popen, EngineHandle]:
+    port = port or free_port()
     argv = [sys.executable, "-m", "spotctl.engine.builtin", "--port", str(port), "--model",
             model, "--ttft-ms", "5", "--tokens-per-s", "2000", *extra]
     env = None

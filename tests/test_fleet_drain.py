@@ -14,10 +14,10 @@ import threading
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
-from spotctl.fleet.daemon import FleetDaemon
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.usage import publish_tiers
+from spotctl.services.daemon import FleetDaemon
 from tests.fleet_helpers import live_vms
 
 

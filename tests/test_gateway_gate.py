@@ -186,3 +186,82 @@ def test_gate_with_budget_but_no_provider_fails_closed(tmp_path):
         state = evaluate_gate(led, cfg, ManualClock())
     assert state.status == "billing_stale"
     assert to_ms(ManualClock().now()) >= 0
+
+
+class SteppedClock:
+    """The machine's clock as NTP may leave it: wall time stepped by ``offset_s`` (back when
+    negative), while the monotonic clock goes on."""
+
+    def __init__(self, base: ManualClock) -> None:
+        self.base = base
+        self.offset_s = 0.0
+
+    def now(self):
+        from datetime import timedelta
+
+        return self.base.now() + timedelta(seconds=self.offset_s)
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await self.base.asleep(seconds)
+
+
+def test_a_clock_stepped_back_does_not_make_old_billing_fresh(localcloud, builtin_engine,
+                                                              tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
+    lc = localcloud
+    cfg = _cfg(tmp_path, lc, builtin_engine)
+    lc.clock.advance(11 * 3600)  # 11:00: the step back stays within the budget day
+    lc.handle.cloud.create_vm("spotctl-fixed", "n3-H100x1")
+    led = Ledger(cfg.ledger_path)
+    for _ in range(64):  # polled every minute until 12:04
+        lc.clock.advance(60)
+        poll_once(cfg, led, lc.clock)
+    gw_clock = SteppedClock(lc.clock)
+    handle = start_gateway(cfg, gw_clock)
+    try:
+        _wait_gate(handle, "open")
+        # the clock steps back one hour; the poller is dead from now on
+        gw_clock.offset_s = -3600
+        handle.app.refresh()
+        assert handle.app.gate.status == "billing_stale"
+        assert "future" in handle.app.gate.reason
+        # back on time, 150 s after the last poll: fresh
+        gw_clock.offset_s = 0
+        lc.clock.advance(cfg.billing.stale_after_s - 30)
+        handle.app.refresh()
+        assert handle.app.gate.status == "open"
+        # 210 s of monotonic time without a new poll, while a clock stepped back 100 s says
+        # 110 s: the wall clock alone would call it fresh; the gate does not
+        lc.clock.advance(60)
+        gw_clock.offset_s = -100
+        handle.app.refresh()
+        assert handle.app.gate.status == "billing_stale"
+        assert "no new successful poll for 210 s" in handle.app.gate.reason
+    finally:
+        handle.stop()
+        led.close()
+
+
+def test_poll_watch_follows_insertion_order_not_timestamps(tmp_path):
+    from spotctl.gateway.gate import PollWatch
+    from spotctl.ledger.records import PollRecord
+    from spotctl.ledger.writes import record_poll
+
+    with Ledger(tmp_path / "l.db") as led:
+        record_poll(led, PollRecord("p", 9_000_000, 9_000_000, "ok"))
+        w = PollWatch()
+        w.update(led, now_ms=9_060_000, mono=100.0)
+        assert w.age_s("p", 100.0) == 60.0  # first sight: as old as its stamp says
+        record_poll(led, PollRecord("p", 5_000_000, 5_000_000, "ok"))  # stamped "earlier"
+        w.update(led, now_ms=5_000_500, mono=130.0)
+        assert w.age_s("p", 131.0) == 1.0  # a new poll arrived: fresh, whatever its stamp
+        record_poll(led, PollRecord("p", 5_010_000, 5_010_000, "http_500", "x"))
+        w.update(led, now_ms=5_010_000, mono=140.0)
+        assert w.age_s("p", 300.0) == 170.0  # failures do not refresh it
+        assert w.latest_stamp_ms() == 9_000_000

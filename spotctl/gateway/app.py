@@ -98,6 +98,7 @@ class Gateway:
         self._refresher: threading.Thread | None = None
         self._gate_ledger: Ledger | None = None
         self._last_good: GateState | None = None  # the last gate computed from the ledger
+        self._publish_error: str | None = None
 
     def _state_dir(self, what: str) -> Path:
         return self.ledger_path.with_name(f"{self.ledger_path.name}.{what}")
@@ -108,7 +109,11 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start_background(self) -> None:
-        Ledger(self.ledger_target).close()  # create and migrate before readers start
+        try:
+            Ledger(self.ledger_target).close()  # create and migrate before readers start
+        except Exception as exc:  # serve anyway: the gate stays closed until it can read
+            self.log(f"cannot open the ledger yet ({type(exc).__name__}: "
+                     f"{scrub(str(exc), self.secrets)})")
         self.recorder.start()
         self.refresh()
         self._refresher = threading.Thread(target=self._refresh_loop, name="gate", daemon=True)
@@ -127,7 +132,11 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.client.start()
-        await asyncio.to_thread(self.start_background)
+        try:
+            await asyncio.to_thread(self.start_background)
+        except BaseException:
+            await self.client.close()
+            raise
         await self.board.start(self.client)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
@@ -184,8 +193,13 @@ class Gateway:
                     publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
             else:
                 publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)
+            self._publish_error = None
         except Exception as exc:
-            self.log(f"cannot publish open requests ({type(exc).__name__})")
+            err = type(exc).__name__
+            if err != self._publish_error:  # say it once, not every refresh
+                self.log(f"cannot publish open requests ({err}: "
+                         f"{scrub(str(exc), self.secrets)})")
+            self._publish_error = err
 
     def _refresh_loop(self) -> None:
         n = 0

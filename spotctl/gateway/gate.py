@@ -86,10 +86,12 @@ class PollWatch:
     def __init__(self) -> None:
         self.after_id = 0  # newest poll id already seen
         self._newest: dict[str, tuple[int, int, float]] = {}  # provider: (id, finished, mono)
+        self._max_stamp: int | None = None
 
     def update(self, ledger: Ledger, now_ms: int, mono: float) -> None:
         for pid, provider, finished_ms in newest_ok_polls(ledger, self.after_id):
             self.after_id = max(self.after_id, pid)
+            self._max_stamp = max(self._max_stamp or finished_ms, finished_ms)
             seen = self._newest.get(provider)
             if seen is None or pid > seen[0]:
                 # first sight: as old as its stamp says (never younger than 0 s)
@@ -104,6 +106,10 @@ class PollWatch:
         seen = self._newest.get(provider)
         return None if seen is None else seen[1]
 
+    def latest_stamp_ms(self) -> int | None:
+        """The latest stamp of any successful poll seen (samples may be stamped after our
+        "now" when the clock stepped back: spend is read up to here, so they still count)."""
+        return self._max_stamp
 
 def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch | None = None,
                   keys: list[KeyInfo] | None = None) -> GateState:
@@ -153,7 +159,8 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
             return GateState(OPEN, "no billing provider configured: no budget can be enforced",
                              None, budget, start_ms, retry, now_ms)
         return closed(BILLING_STALE, "a budget is set but no billing provider is configured")
-    spend = spend_between(ledger, start_ms, max(now_ms, start_ms + 1), cfg)
+    end_ms = max(now_ms, start_ms + 1, min(watch.latest_stamp_ms() or 0, end_of_day_ms(end)))
+    spend = spend_between(ledger, start_ms, end_ms, cfg)
     if not spend.complete:
         return closed(BILLING_STALE, "today's spend is incomplete: " +
                       "; ".join(spend.reasons[:2]), spend.micros, billing_age)
@@ -163,6 +170,10 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
                                            list_keys(ledger) if keys is None else keys)
     return GateState(OPEN, "billing fresh and under budget", spend.micros, budget, start_ms,
                      retry, now_ms, frozenset(closed_keys), key_spend, billing_age)
+
+
+def end_of_day_ms(end: datetime) -> int:
+    return to_ms(end) - 1
 
 
 def per_key_spend(ledger: Ledger, start_ms: int, spend_micros: int, keys: list[KeyInfo]

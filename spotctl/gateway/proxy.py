@@ -60,7 +60,8 @@ class Proxy:
                 raw = orjson.dumps({**req, "stream_options": {
                     **(opts if isinstance(opts, dict) else {}), "include_usage": True}})
                 added_usage = True
-        deadline = self.clock.monotonic() + g.wake_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + g.wake_timeout_s  # real time, like the network timeouts
         attempts = 0
         while True:
             tier, up = await self.board.pick(tiers, deadline=deadline)
@@ -84,7 +85,7 @@ class Proxy:
                 if err.kind == "timeout":
                     raise GatewayError(504, "upstream_timeout",
                                        "the engine did not answer in time") from None
-                if attempts > g.retry_attempts or self.clock.monotonic() >= deadline:
+                if attempts > g.retry_attempts or loop.time() >= deadline:
                     raise GatewayError(502, "upstream_unreachable",
                                        f"the engine for tier {tier.name!r} could not be "
                                        f"reached ({err.kind})") from None

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -165,12 +166,14 @@ def uvicorn_config(app, gw) -> object:
         server_header=False, date_header=False)
 
 
-def serve_one(app, gw, host: str, port: int, *, reuse_port: bool) -> None:
-    """Serve ``app`` in this process until SIGTERM/SIGINT."""
+def serve_one(app, gw, host: str, port: int, *, reuse_port: bool) -> int:
+    """Serve ``app`` in this process until SIGTERM/SIGINT; 1 when it could not start."""
     import uvicorn
 
     sock = listen_socket(host, port, reuse_port=reuse_port)
-    uvicorn.Server(uvicorn_config(app, gw)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn_config(app, gw))
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
 
 
 def _die_with_parent() -> None:
@@ -182,15 +185,14 @@ def _die_with_parent() -> None:
 
 def _worker(build: Callable[[], object], gw, host: str, port: int) -> None:
     _die_with_parent()
-    serve_one(build(), gw, host, port, reuse_port=True)
+    sys.exit(serve_one(build(), gw, host, port, reuse_port=True))
 
 
 def serve_workers(build: Callable[[], object], gw, host: str, port: int, workers: int,
                   log: Callable[[str], None]) -> int:
     """Run ``workers`` processes on one port (SO_REUSEPORT). Returns the exit status."""
     if workers <= 1:
-        serve_one(build(), gw, host, port, reuse_port=False)
-        return 0
+        return serve_one(build(), gw, host, port, reuse_port=False)
     # check the address before forking: a clear error instead of N failing workers
     listen_socket(host, port, reuse_port=True).close()
     metrics_dir = Path(tempfile.mkdtemp(prefix="spotctl-gateway-metrics-"))

@@ -171,7 +171,7 @@ class TierBoard:
                   if up.state == SERVING and up.endpoint}
         results = await asyncio.gather(*(self._probe(client, up) for up in probes.values()))
         for name, ok in zip(probes, results, strict=True):
-            if probes[name] is not self.state.get(name):
+            if probes[name] != self.state.get(name):
                 continue  # the engine changed meanwhile
             before = self.effective(name)
             self.down[name] = 0 if ok else self.down[name] + 1
@@ -201,8 +201,9 @@ class TierBoard:
     # -- picking a tier ---------------------------------------------------------------------
     async def pick(self, tiers: list[TierConfig], *, deadline: float) -> tuple[TierConfig,
                                                                                  Upstream]:
-        """A serving tier of the model; else wake one; else wait (until ``deadline``, on the
-        clock's monotonic time) for one that is down to recover."""
+        """A serving tier of the model; else wake one; else wait (until ``deadline``, the event
+        loop's time: real seconds, like every network timeout) for one that is down to
+        recover."""
         while True:
             waiting = False
             for tier in tiers:
@@ -223,7 +224,7 @@ class TierBoard:
                 raise GatewayError(503, "no_upstream", "the tier serving this model is draining "
                                    "(being hibernated or stopped); retry shortly",
                                    DRAIN_RETRY_AFTER)
-            left = deadline - self.clock.monotonic()
+            left = deadline - asyncio.get_running_loop().time()
             if not waiting or left <= 0 or self._changed is None:
                 raise GatewayError(503, "no_upstream",
                                    "no tier for this model is serving or wakeable",
