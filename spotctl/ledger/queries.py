@@ -578,22 +578,26 @@ class BenchRecord:
     steps: list
 
 
+def _us(ms: float | None) -> int | None:
+    return None if ms is None else round(ms * 1000)
+
+
 def record_bench_run(ledger, rec: BenchRecord) -> int:
     """Append one ``spotctl bench`` result; returns its id."""
     with ledger.transaction() as conn:
         row = conn.execute(
             "INSERT INTO bench_runs (tier, started_ms, finished_ms, model, engine_version, "
             "accelerator, output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, "
-            "ttft_p50_ms, ttft_p90_ms, ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, "
+            "ttft_p50_us, ttft_p90_us, ttft_p99_us, itl_p50_us, itl_p90_us, itl_p99_us, "
             "requests, errors, prompt_tokens, output_tokens, mix_json, steps_json) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "RETURNING id",
             (rec.tier, rec.started_ms, rec.finished_ms, rec.model, rec.engine_version,
              rec.accelerator, rec.output_tokens_per_s, rec.concurrency, rec.slo_ttft_ms,
-             int(rec.slo_broken), rec.ttft_ms.get("p50"), rec.ttft_ms.get("p90"),
-             rec.ttft_ms.get("p99"), rec.itl_ms.get("p50"), rec.itl_ms.get("p90"),
-             rec.itl_ms.get("p99"), rec.requests, rec.errors, rec.prompt_tokens,
-             rec.output_tokens, json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
+             int(rec.slo_broken), *(_us(d.get(q)) for d in (rec.ttft_ms, rec.itl_ms)
+                                     for q in ("p50", "p90", "p99")),
+             rec.requests, rec.errors, rec.prompt_tokens, rec.output_tokens,
+             json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
         return int(row[0])
 
 
@@ -601,8 +605,8 @@ def bench_runs(conn: sqlite3.Connection, tier: str | None = None) -> list[dict]:
     """Every bench result (newest first), for ``spotctl bench --history`` and the report."""
     cur = conn.execute(
         "SELECT id, tier, started_ms, finished_ms, model, engine_version, accelerator, "
-        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_ms, ttft_p90_ms, "
-        "ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, requests, errors, prompt_tokens, "
+        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_us, ttft_p90_us, "
+        "ttft_p99_us, itl_p50_us, itl_p90_us, itl_p99_us, requests, errors, prompt_tokens, "
         "output_tokens, mix_json, steps_json FROM bench_runs WHERE (? IS NULL OR tier = ?) "
         "ORDER BY finished_ms DESC, id DESC", (tier, tier))
     cols = [d[0] for d in cur.description]
