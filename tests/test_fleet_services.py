@@ -57,3 +57,28 @@ def test_fleet_commands_refuse_a_fixed_engine(localcloud, tmp_path):
         result = _cli(cfg, *cmd)
         assert result.exit_code == ExitCode.USAGE, (cmd, result.output)
         assert "fixed engine" in result.output
+
+
+def test_hibernating_a_tier_that_is_not_up(localcloud_engines, tmp_path):
+    """Never launched: exit 2, nothing journaled. Gone from the provider (preempted): nothing
+    bills, so the tier is journaled down (not relaunched by the daemon to be hibernated)."""
+    from spotctl.fleet.manager import FleetManager
+    from spotctl.ledger.db import Ledger
+    from spotctl.services.daemon import FleetDaemon
+
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    result = _cli(cfg, "hibernate", "big")
+    assert result.exit_code == ExitCode.USAGE and "not up" in result.output
+    with Ledger(cfg.ledger_path) as led:
+        assert led.conn.execute("SELECT count(*) FROM fleet_events").fetchone()[0] == 0
+    manager = FleetManager(cfg, lc.clock)
+    vm = manager.up(cfg.tiers[0])
+    manager.backend(cfg.tiers[0]).delete_machine(cfg.tiers[0], vm.resource_id)  # it vanishes
+    assert _cli(cfg, "hibernate", "big").exit_code == 0
+    lc.clock.advance(60)
+    assert FleetDaemon(cfg, lc.clock, lambda line: None).check_tier(cfg.tiers[0]) == \
+        "not launched"
+    with Ledger(cfg.ledger_path) as led:
+        tail = [e for (e,) in led.conn.execute("SELECT event FROM fleet_events ORDER BY id")]
+    assert tail[-2:] == ["preempted", "down"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.engine.readiness import Probe, probe_engine
-from spotctl.errors import NoSpotCapacity, SpotctlError
+from spotctl.errors import FleetError, NoSpotCapacity, SpotctlError, UsageError
 from spotctl.fleet.base import (
     CapacityKind,
     EnumeratesMachines,
@@ -419,7 +419,15 @@ class FleetManager:
                     self.journal(tier.name, "hibernated", last.operation_id, current,
                                  detail="finished (found hibernated)")
                 return current
+            if current.state == TierState.ABSENT:
+                raise UsageError(f"tier {tier.name!r} is not up: nothing to hibernate")
             op = op or new_op()
+            if current.state == TierState.PREEMPTED:  # gone already: nothing bills, stay down
+                self.journal(tier.name, "preempted", op, current, detail=current.detail,
+                             operation=OP_HIBERNATE)
+                self.journal(tier.name, "down", op, detail="nothing left to hibernate; the "
+                                                           "next request relaunches it")
+                return TierStatus(tier.name, TierState.ABSENT)
             self.journal(tier.name, "draining", op, current, operation=OP_HIBERNATE)
             return self._stop_hibernate(tier, op, current, self._drain(tier))
 
@@ -503,8 +511,8 @@ class FleetManager:
         status = backend.down(tier, delete_storage=delete_storage)
         left = self.machines(tier)
         if left:
-            raise SpotctlError(f"tier {tier.name!r}: {len(left)} machine(s) still listed after "
-                               "deleting them; `spotctl down` again finishes it")
+            raise FleetError(f"tier {tier.name!r}: {len(left)} machine(s) still listed after "
+                             "deleting them; `spotctl down` again finishes it")
         what = ("storage deleted" if delete_storage else "weights storage kept") + (
             f"; deleted {', '.join(deleted)}" if deleted else "")
         self.journal(tier.name, "down", op, detail=f"{detail}; {what}" if detail else what)

@@ -13,7 +13,7 @@ import os
 
 from spotctl.clock import Clock, get_clock, parse_iso, to_ms
 from spotctl.config import Config, TierConfig
-from spotctl.errors import SpotctlError, UsageError
+from spotctl.errors import FleetError, SpotctlError, UsageError
 from spotctl.fleet.base import Progress, TierState, TierStatus, no_progress
 from spotctl.fleet.manager import FleetManager, OrphanReport
 from spotctl.fleet.registry import Backends
@@ -74,8 +74,8 @@ def delete_orphans(cfg: Config, name: str) -> OrphanReport:
     """``down TIER --orphans``: delete the tier's machines that bill in no journal state."""
     report = fleet_manager(cfg).delete_orphans(fleet_tier(cfg, name))
     if not report.settled:
-        raise SpotctlError(f"tier {name}: an operation is under way; its machines cannot be told "
-                           "from orphans yet (try again once it has ended)")
+        raise FleetError(f"tier {name}: an operation is under way; its machines cannot be told "
+                         "from orphans yet (try again once it has ended)")
     return report
 
 
