@@ -189,6 +189,9 @@ class GatewayConfig(_Section):
     retry_attempts: Annotated[int, Field(ge=0, le=10)] = 3
     # gateway (issue 11 §11): /readyz and /metrics answer only with a gateway key.
     protect_status: bool = False
+    # gateway (issue 15): the upstream HTTP client, chosen by measurement (bench/gateway_overhead.py):
+    # "h1" (asyncio + httptools, http:// engines only) or "aiohttp" (also https://).
+    upstream_client: Literal["h1", "aiohttp"] = "h1"
     # gateway (issue 15): worker processes sharing the port (SO_REUSEPORT); 0 = one per core.
     workers: Annotated[int, Field(ge=0, le=256)] = 1
 

@@ -150,3 +150,28 @@ def test_non_streaming_body_is_relayed_byte_for_byte(scripted, tmp_path, clock):
     body = orjson.loads(r.content)
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
     assert r.headers["content-length"] == str(len(r.content))
+
+
+def test_metrics_parse_and_pass_promtool_when_it_is_installed(scripted, tmp_path, clock):
+    import shutil
+    import subprocess
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _engine, url = scripted
+    cfg = _cfg(tmp_path, url)
+    key = gateway_key(cfg.ledger_path)
+
+    async def go():
+        async with asgi_gateway(cfg, clock) as (_app, c):
+            await c.post("/v1/chat/completions", json=_chat(True),
+                         headers={"Authorization": f"Bearer {key}"})
+            return (await c.get("/metrics")).text
+
+    text = asyncio.run(go())
+    families = list(text_string_to_metric_families(text))
+    assert len(families) >= 14 and all(f.documentation and f.type for f in families)
+    if shutil.which("promtool"):  # Debian's prometheus package; the parser above runs always
+        out = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr

@@ -178,3 +178,19 @@ def test_the_fleet_journal_on_both(ledger_target, clock):
         events = read_events(led, "t")
     assert [(e.event, e.quoted_rate_micros_per_h) for e in events] == [
         ("launching", 2_400_000), ("ready", 2_400_000)]
+
+
+def test_an_unreachable_postgres_ledger_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from spotctl.localcloud.engines import free_port
+
+    cfg = tmp_path / "spotctl.toml"
+    cfg.write_text(f'[ledger]\nurl = "postgresql://u@127.0.0.1:{free_port()}/db"\n'
+                   "pool_timeout_s = 1\n")
+    out = subprocess.run([sys.executable, "-m", "spotctl", "--config", str(cfg), "cost"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "ledger unreachable" in out.stderr and "Connection refused" in out.stderr

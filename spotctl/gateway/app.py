@@ -44,6 +44,7 @@ from spotctl.gateway.gate import (
     PollWatch,
     evaluate_gate,
 )
+from spotctl.gateway.h1client import H1Client
 from spotctl.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from spotctl.gateway.proxy import Proxy
 from spotctl.gateway.record import RequestRecord
@@ -59,6 +60,7 @@ COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 JSON = [(b"content-type", b"application/json")]
 CLOSE = (b"connection", b"close")
 DAY_MS = 86_400_000
+BUSY_PUBLISH_S = 0.25
 
 
 class Gateway:
@@ -88,8 +90,11 @@ class Gateway:
         self.recorder = UsageRecorder(
             self.ledger_target, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
                                     g.spool_max_bytes), self.log)
-        self.client = UpstreamClient(connect_timeout_s=g.connect_timeout_s,
-                                     read_timeout_s=g.first_token_timeout_s)
+        client_class = H1Client if g.upstream_client == "h1" else UpstreamClient
+        if any((t.endpoint or "").startswith("https:") for t in cfg.tiers):
+            client_class = UpstreamClient  # the h1 client speaks plain http:// only
+        self.client = client_class(connect_timeout_s=g.connect_timeout_s,
+                                   read_timeout_s=g.first_token_timeout_s)
         self.proxy = Proxy(cfg, clock, self.board, self.client, self.log)
         self.active = 0
         self._rid = f"gw-{secrets.token_hex(6)}-"
@@ -202,12 +207,22 @@ class Gateway:
             self._publish_error = err
 
     def _refresh_loop(self) -> None:
+        """The gate every ``refresh_s``; in between, when a tier goes from 0 to 1 request in
+        flight, only its open requests are published (at most every ``BUSY_PUBLISH_S``), so
+        the fleet learns of it before its next idle check."""
         n = 0
+        due = time.monotonic() + self.refresh_s  # clock-ok: real pacing of background work
         while not self._stop.is_set():
-            self.board.became_busy.wait(self.refresh_s)
-            self.board.became_busy.clear()
+            left = due - time.monotonic()  # clock-ok
+            busy = self.board.became_busy.wait(max(0.0, left))
             if self._stop.is_set():
                 return
+            if busy and time.monotonic() < due:  # clock-ok
+                self.board.became_busy.clear()
+                self._publish()
+                self._stop.wait(BUSY_PUBLISH_S)
+                continue
+            due = time.monotonic() + self.refresh_s  # clock-ok
             self.refresh_gate()
             n += 1
             if n % 1000 == 0 and self._gate_ledger is not None:
@@ -308,7 +323,16 @@ class Gateway:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise GatewayError(413, "request_too_large", f"the body exceeds {limit} bytes",
                                    [CLOSE])
-        chunks, size = [], 0
+        msg = await receive()  # the common case: the whole body is already here
+        if msg["type"] == "http.request" and not msg.get("more_body"):
+            body = msg.get("body", b"")
+            if len(body) > limit:
+                raise GatewayError(413, "request_too_large", f"the body exceeds {limit} bytes",
+                                   [CLOSE])
+            return body
+        if msg["type"] == "http.disconnect":
+            raise GatewayError(400, "invalid_request", "the client went away")
+        chunks, size = [msg.get("body", b"")], len(msg.get("body", b""))
         try:
             async with asyncio.timeout(g.body_timeout_s):
                 while True:

@@ -68,6 +68,18 @@ class UsageTap:
     def feed(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
         if b"\r" not in buf:
+            cut = buf.rfind(b"\n\n")
+            if cut < 0:  # no complete event yet
+                self._buf = buf
+                return b"" if self.strip else data
+            complete = buf[:cut + 2]
+            if (b'"usage"' not in complete and b"[DONE]" not in complete
+                    and b"\n\n\n" not in complete and not complete.startswith((b":", b"\n"))
+                    and b"\n:" not in complete):
+                # the common read: data events only, nothing to parse or drop
+                self.events += complete.count(b"\n\n")
+                self._buf = buf[cut + 2:]
+                return complete if self.strip else data
             parts = buf.split(b"\n\n")
             self._buf = parts.pop()
             if not self.strip:

@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import heapq
 import itertools
+import logging
 import os
 import re
 import socket
@@ -459,8 +460,10 @@ class PgConnection:
                     f"{where}: all {self.settings.pool_size} ledger connections of this process "
                     f"are in use ({self.settings.pool_timeout_s:g} s wait): pool exhausted",
                     reason="pool_exhausted") from None
+            last = _LastPoolError.last
             raise LedgerUnavailable(f"{where}: ledger unreachable: no connection within "
-                                    f"{self.settings.pool_timeout_s:g} s") from None
+                                    f"{self.settings.pool_timeout_s:g} s"
+                                    + (f" ({last})" if last else "")) from None
         except Exception as exc:
             raise map_error(exc, redact_url(self.settings.url)) from None
         for sql in self._session:
@@ -639,8 +642,29 @@ def get_pool(settings: PgSettings) -> Any:
     return pool
 
 
+class _LastPoolError(logging.Handler):
+    """psycopg-pool logs each failed connection attempt as a multi-line warning on stderr; keep
+    the last one's first line instead, for the one-line error a command prints."""
+
+    last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip().splitlines()
+        if text and record.levelno >= logging.WARNING:
+            type(self).last = text[0].split("failed: ")[-1][:200]
+
+
+def _quiet_pool_logs() -> None:
+    log = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, _LastPoolError) for h in log.handlers):
+        log.addHandler(_LastPoolError())
+        log.propagate = False
+
+
 def _new_pool(settings: PgSettings) -> Any:
     from psycopg_pool import ConnectionPool
+
+    _quiet_pool_logs()
 
     lock_ms = int(settings.lock_timeout_s * 1000)
     stmt_ms = int((settings.query_timeout_s or 0) * 1000)

@@ -1,0 +1,326 @@
+"""A protocol-level HTTP/1.1 client for the gateway's upstream: asyncio + httptools, keep-alive.
+
+Why not a library: measured in bench/gateway_overhead.py, aiohttp's request path (request and
+response objects, header multidicts, payload registry, tracing hooks) was the largest share of
+the gateway's CPU per request; the gateway needs a small subset of HTTP/1.1 towards engines it
+knows (POST with a body, GET for probes; content-length or chunked answers; keep-alive). This
+client does only that, in one small protocol class, and has its own tests
+(tests/test_gateway_h1client.py: keep-alive, chunked, timeouts, half-closed sockets).
+
+It has the same surface and the same error kinds as :mod:`spotctl.gateway.client` (the
+aiohttp client, kept as ``[gateway] upstream_client = "aiohttp"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+from spotctl.gateway.client import UpstreamError
+
+HIGH_WATER = 1 << 20  # pause reading from the engine past 1 MiB not yet relayed
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("_activity", "_head", "_paused", "_timer", "_wake", "body", "buffered",
+                 "closed", "complete", "content_type", "error", "got_bytes", "keep_alive",
+                 "loop", "parser", "pool", "read_timeout", "status", "transport")
+
+    def __init__(self, pool: _Pool, read_timeout: float) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.read_timeout = read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._head: asyncio.Future | None = None
+        self._wake: asyncio.Future | None = None
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self._paused = False
+        self.complete = False
+        self.got_bytes = False
+        self.error: UpstreamError | None = None
+        self.status = 0
+        self.content_type = b"application/json"
+        self.keep_alive = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._activity = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        self._activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", type(exc).__name__,
+                                     before_response=self.status == 0))
+            self._close()
+
+    def eof_received(self) -> bool:
+        return False  # the engine closed its side: close ours (connection_lost judges)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        if not self.complete:
+            self._fail(UpstreamError("reset" if self.status == 0 else "broken",
+                                     type(exc).__name__ if exc else "closed by the engine",
+                                     before_response=self.status == 0))
+        self._cancel_timer()
+
+    def pause_writing(self) -> None:  # a request body larger than the socket buffer: rare
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks ------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 12 and name.lower() == b"content-type":
+            self.content_type = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._notify()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._cancel_timer()
+        self._notify()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _notify(self) -> None:
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, err: UpstreamError) -> None:
+        if self.error is None:
+            self.error = err
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(err)
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_timer(self) -> None:
+        self._activity = self.loop.time()
+        self._timer = self.loop.call_at(self._activity + self.read_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.complete or self.closed:
+            return
+        due = self._activity + self.read_timeout
+        if self.loop.time() >= due:
+            self._fail(UpstreamError("timeout", f"no byte for {self.read_timeout:g} s",
+                                     before_response=self.status == 0))
+            self._close()
+        else:
+            self._timer = self.loop.call_at(due, self._check_idle)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- one exchange -------------------------------------------------------------------------
+    async def request(self, data: bytes) -> None:
+        self._reset()
+        self.parser = httptools.HttpResponseParser(self)
+        self._head = self.loop.create_future()
+        assert self.transport is not None
+        self.transport.write(data)
+        self._arm_timer()
+        await self._head
+
+    async def next_piece(self) -> bytes:
+        """The next piece of the body; b"" at its end."""
+        while True:
+            if self.body:
+                piece = self.body.popleft()
+                self.buffered -= len(piece)
+                if self._paused and self.buffered < HIGH_WATER // 2 and self.transport:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return piece
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return b""
+            self._wake = self.loop.create_future()
+            await self._wake
+            self._wake = None
+
+
+class _Pool:
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float
+                 ) -> None:
+        self.host, self.port = host, port
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: list[_Conn] = []
+        self.all: set[_Conn] = set()
+
+    async def acquire(self) -> tuple[_Conn, bool]:
+        """A connection: an idle one (reused=True) or a new one."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and conn.transport is not None and \
+                    not conn.transport.is_closing():
+                return conn, True
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self, self.read_timeout), self.host, self.port)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError("connect", type(exc).__name__, before_response=True) from None
+        self.all.add(conn)
+        return conn, False
+
+    def release(self, conn: _Conn) -> None:
+        if conn.complete and conn.keep_alive and not conn.closed and conn.error is None:
+            self.idle.append(conn)
+        else:
+            conn._close()
+
+    def discard(self, conn: _Conn) -> None:
+        self.all.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self.all):
+            conn._close()
+        self.idle.clear()
+
+
+class UpstreamResponse:
+    __slots__ = ("_conn", "_pool", "content_type", "status")
+
+    def __init__(self, conn: _Conn, pool: _Pool) -> None:
+        self._conn, self._pool = conn, pool
+        self.status = conn.status
+        self.content_type = conn.content_type
+
+    async def read(self) -> bytes:
+        parts = []
+        while piece := await self._conn.next_piece():
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while piece := await self._conn.next_piece():
+            yield piece
+
+    def release(self) -> None:
+        self._pool.release(self._conn)
+
+    def close(self) -> None:
+        self._conn._close()
+
+
+class H1Client:
+    """The gateway's upstream client (same surface as ``client.UpstreamClient``)."""
+
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float,
+                 max_connections: int = 0) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._pools: dict[str, tuple[_Pool, bytes, bytes]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for pool, _, _ in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, url: str) -> tuple[_Pool, bytes]:
+        """The pool for the URL's origin and the request target (path + query) as bytes."""
+        scheme_end = url.find("://")
+        slash = url.find("/", scheme_end + 3)
+        origin = url[:slash] if slash >= 0 else url
+        target = url[slash:] if slash >= 0 else "/"
+        entry = self._pools.get(origin)
+        if entry is None:
+            parts = urlsplit(origin)
+            if parts.scheme != "http":
+                raise UpstreamError("connect", f"{parts.scheme} is not supported by the h1 "
+                                    "client (use upstream_client = \"aiohttp\")",
+                                    before_response=True)
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or 80
+            entry = (_Pool(host, port, self.connect_timeout_s, self.read_timeout_s),
+                     parts.netloc.encode("ascii"), b"")
+            self._pools[origin] = entry
+        return entry[0], entry[1] + b"\x00" + target.encode("ascii")
+
+    async def _exchange(self, url: str, head: bytes, body: bytes, headers: dict[str, str]
+                        ) -> UpstreamResponse:
+        pool, key = self._pool(url)
+        host, _, target = key.partition(b"\x00")
+        lines = [head, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for k, v in headers.items():
+            lines += [k.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n"]
+        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+        data = b"".join(lines)
+        for attempt in (0, 1):
+            conn, reused = await pool.acquire()
+            try:
+                await conn.request(data)
+            except UpstreamError as err:
+                conn._close()
+                # a kept-alive connection the engine closed meanwhile: one fresh try at once
+                if reused and attempt == 0 and err.before_response and not conn.got_bytes:
+                    continue
+                raise
+            return UpstreamResponse(conn, pool)
+        raise AssertionError("unreachable")
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        return await self._exchange(url, b"POST", body, headers)
+
+    async def probe(self, url: str, headers: dict[str, str], timeout_s: float) -> int:
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._exchange(url, b"GET", b"", headers)
+                try:
+                    await resp.read()
+                finally:
+                    resp.release()
+                return resp.status
+        except TimeoutError:
+            raise UpstreamError("timeout", f"no answer within {timeout_s:g} s",
+                                before_response=True) from None
