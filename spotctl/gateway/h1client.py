@@ -164,11 +164,15 @@ class _Conn(asyncio.Protocol):
         await self._head
 
     async def next_piece(self) -> bytes:
-        """The next piece of the body; b"" at its end."""
+        """Everything of the body that arrived since the last call (one piece per read, not
+        per chunk of the chunked encoding: a burst of events is relayed in one send); b"" at
+        its end."""
         while True:
             if self.body:
-                piece = self.body.popleft()
-                self.buffered -= len(piece)
+                body = self.body
+                piece = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.buffered = 0
                 if self._paused and self.buffered < HIGH_WATER // 2 and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
