@@ -20,6 +20,7 @@ class LocalCloudFixture:
     handle: LocalCloudHandle
     clock: ManualClock
     api_key: str
+    ledger_section: str | None = None  # [ledger] of the test's backend (tests/fixtures_pg.py)
 
     @property
     def base_url(self) -> str:
@@ -31,8 +32,10 @@ class LocalCloudFixture:
         r.raise_for_status()
         return r.json()
 
-    def config_toml(self, ledger: str = "spotctl.db", extra: str = "") -> str:
-        return (f'[ledger]\npath = "{ledger}"\n[billing]\ntimeout_s = 2\n'
+    def config_toml(self, ledger: str | None = None, extra: str = "") -> str:
+        section = (f'[ledger]\npath = "{ledger}"\n' if ledger is not None else
+                   self.ledger_section or '[ledger]\npath = "spotctl.db"\n')
+        return (f'{section}[billing]\ntimeout_s = 2\n'
                 f'[[providers]]\nname = "lc"\nkind = "localcloud"\n'
                 f'api_key_env = "LC_KEY"\nbase_url = "{self.base_url}"\n{extra}')
 
@@ -47,9 +50,12 @@ def _serve(monkeypatch, launcher=None):
 
 
 @pytest.fixture
-def localcloud(monkeypatch):
-    """Billing-only: VMs run no engine."""
+def localcloud(monkeypatch, request):
+    """Billing-only: VMs run no engine. A test that also uses ``ledger_backend`` runs on SQLite
+    and on PostgreSQL: ``config_toml()`` then names that backend's ledger."""
     lc = _serve(monkeypatch)
+    if "ledger_backend" in request.fixturenames:
+        lc.ledger_section = request.getfixturevalue("ledger_toml")
     yield lc
     lc.handle.stop()
     set_clock(None)

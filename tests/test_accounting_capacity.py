@@ -117,3 +117,17 @@ def test_spend_by_capacity_sums_exactly_to_spend(tmp_path_factory, steps, vol, c
         assert Decimal(parts["storage"]) * 1_000_000 == vol_growth
     finally:
         led.close()
+
+
+def test_idle_share_falls_back_to_minutes_on_heavy_traffic(ledger, monkeypatch):
+    """Past a bound on the window's requests, busy time comes from the per-minute rollup (a
+    minute with a completion is busy): bounded cost, and the resolution is said."""
+    from spotctl.ledger import queries
+
+    _day(ledger)
+    exact = cost_report(ledger, cfg(), H0, H0 + 180 * MIN, min_tokens=1).to_json()
+    assert exact["idle_share_resolution"] == "request" and exact["idle_share"] == "0.500000"
+    monkeypatch.setattr(queries, "BUSY_EXACT_MAX_REQUESTS", 100)
+    coarse = cost_report(ledger, cfg(), H0, H0 + 180 * MIN, min_tokens=1).to_json()
+    # every one of the 120 serving minutes saw completions: no idle minute
+    assert coarse["idle_share_resolution"] == "minute" and coarse["idle_share"] == "0.000000"

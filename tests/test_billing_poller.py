@@ -21,6 +21,7 @@ def _cfg(lc, tmp_path, extra=""):
     return parse_config(lc.config_toml(extra=extra), tmp_path / "spotctl.toml")
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_exclude_billing_rows_are_not_spend(localcloud, tmp_path):
     """D10: a resource Hyperstack flags exclude_billing is not counted (it is not billed)."""
     lc = localcloud
@@ -30,7 +31,7 @@ def test_exclude_billing_rows_are_not_spend(localcloud, tmp_path):
     vm = cloud.create_vm("spotctl-a", "n3-L40x1")
     free = cloud.create_volume("promo", 500)
     lc.control("POST", "/exclude", resource=f"volume:{free.id}")
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         for _ in range(30):
             lc.clock.advance(60)
             assert all(o.ok for o in poll_once(cfg, led, lc.clock))
@@ -41,13 +42,14 @@ def test_exclude_billing_rows_are_not_spend(localcloud, tmp_path):
     assert spend.micros == lc.control("GET", "/invoice")["total_micros"] > 0
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_a_rate_off_its_launch_quote_is_a_rate_mismatch(localcloud, tmp_path):
     lc = localcloud
     cloud = lc.handle.cloud
     cfg = _cfg(lc, tmp_path)  # [billing] rate_tolerance_pct: 5 by default
     vm = cloud.create_vm("spotctl-a", "n3-L40x1")
     lc.clock.advance(120)
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         # the fleet journals the launch quote with its `ready` event
         led.conn.execute("INSERT INTO fleet_events (ts_ms, tier, event, resource_id, "
                          "quoted_rate_micros_per_h) VALUES (?, 'a', 'ready', ?, ?)",
@@ -80,7 +82,7 @@ def test_billing_status_shows_the_rate_mismatch(localcloud, tmp_path, monkeypatc
     cfg_path = tmp_path / "spotctl.toml"
     cfg_path.write_text(lc.config_toml())
     cfg = parse_config(cfg_path.read_text(), cfg_path)
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         led.conn.execute("INSERT INTO fleet_events (ts_ms, tier, event, resource_id, "
                          "quoted_rate_micros_per_h) VALUES (0, 'a', 'ready', ?, 500000)",
                          (f"vm:{vm.id}",))
@@ -122,7 +124,7 @@ def test_a_locked_ledger_is_a_recorded_failed_poll_and_the_daemon_goes_on(localc
         if sum("ok," in ln for ln in lines) >= 2:
             stop.set()
 
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         run_daemon(cfg, led, lc.clock, stop, log=log)
         outcomes = [o for (o,) in led.conn.execute(
             "SELECT outcome FROM billing_polls ORDER BY id")]
@@ -152,6 +154,6 @@ def test_the_daemon_survives_an_unexpected_error(localcloud, tmp_path, monkeypat
         if "ok," in line:
             stop.set()
 
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         run_daemon(cfg, led, localcloud.clock, stop, log=log)
     assert "RuntimeError" in lines[0] and any("ok," in ln for ln in lines)

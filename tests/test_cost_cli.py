@@ -105,5 +105,6 @@ def test_missing_ledger_and_bad_config_are_exit_2(tmp_path):
 def test_cost_plot_draws_the_buckets_without_colour_codes(example):
     out = spotctl("--config", str(example), "cost", "--window", "24h", "--plot")
     assert out.returncode == 0, out.stderr
-    assert "spend per bucket" in out.stdout and "with the P10/P50/P90 band" in out.stdout
+    assert "spend per bucket" in out.stdout and "P10/P50/P90 lines" in out.stdout
+    assert "bucket start (UTC)" in out.stdout
     assert "\x1b[" not in out.stdout  # not a terminal: plain text

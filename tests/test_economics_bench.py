@@ -138,11 +138,12 @@ def test_bench_finds_the_engines_capacity_and_records_it(bench_gateway):
     with Ledger(cfg.ledger_path) as led:
         bench_id = record_bench(led, out)
         row = led.conn.execute("SELECT tier, model, accelerator, concurrency, slo_broken, "
-                               "output_tokens_per_s, ttft_p90_ms, steps_json FROM bench_runs "
+                               "output_tokens_per_s, ttft_p90_us, steps_json FROM bench_runs "
                                "WHERE id = ?", (bench_id,)).fetchone()
     assert row[:5] == ("sat", "sat", "H100:1", SLOTS, 1)
     assert row[5] == pytest.approx(out.output_tokens_per_s)
-    assert row[6] is not None and row[6] < SLO_MS
+    assert row[6] is not None and row[6] < SLO_MS * 1000  # microseconds
+    assert row[6] == round(out.best.ttft_ms["p90"] * 1000)
     assert len(json.loads(row[7])) == len(out.steps)
 
 

@@ -14,10 +14,10 @@ import threading
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
-from spotctl.fleet.daemon import FleetDaemon
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.usage import publish_tiers
+from spotctl.services.daemon import FleetDaemon
 from tests.fleet_helpers import live_vms
 
 
@@ -141,3 +141,25 @@ def test_a_down_whose_process_died_is_finished_by_the_daemon(localcloud_engines,
     daemon.check_tier(tier)
     assert live_vms(lc) == []
     assert _events(cfg)[-1][0] == "down"
+
+
+def test_an_idle_drain_waits_for_the_gateways_to_see_it(localcloud_engines, tmp_path):
+    """A gateway that has not refreshed yet admits one more request just after `draining` is
+    journaled: an empty count is trusted only after the gateways' refresh period."""
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    tier = cfg.tiers[0]
+    first: list[float] = []
+
+    def open_requests(t) -> int:  # the gateway admits one a second after the drain began
+        first.append(lc.clock.monotonic())
+        return int(first[-1] - first[0] >= 1.0)
+
+    manager = FleetManager(cfg, lc.clock, open_requests=open_requests)
+    manager.up(tier)
+    daemon = FleetDaemon(cfg, lc.clock, lambda line: None, manager=manager)
+    lc.clock.advance(11 * 60)
+    first.clear()
+    assert "serving on" in daemon.check_tier(tier)
+    assert manager.status(tier).state == TierState.READY
+    assert _events(cfg)[-1] == ("drain_aborted", "1 request(s) in flight")

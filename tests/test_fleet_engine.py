@@ -13,10 +13,10 @@ import httpx
 
 from spotctl.config import parse_config
 from spotctl.fleet.base import TierState, TierStatus
-from spotctl.fleet.daemon import FleetDaemon
 from spotctl.fleet.localcloud import LocalCloudBackend
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
+from spotctl.services.daemon import FleetDaemon
 from tests.fleet_helpers import CrashingBackend, live_vms, signal_engine
 
 

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
-from spotctl.fleet.daemon import DaemonAlreadyRunning, FleetDaemon, daemon_lock
 from spotctl.fleet.localcloud import LocalCloudBackend
 from spotctl.fleet.manager import FleetManager
-from spotctl.fleet.status import tier_rows
 from spotctl.ledger.db import Ledger
+from spotctl.services.daemon import DaemonAlreadyRunning, FleetDaemon, daemon_lock
+from spotctl.services.fleet import status_rows
 from tests.fleet_helpers import CrashingBackend, Killed, live_vms
 
 
@@ -135,7 +135,7 @@ def test_down_deletes_every_machine_of_the_tier(localcloud_engines, tmp_path):
     lc.control("POST", "/vms", name="spotctl-big", flavor="n3-A100x1", spot=True)
     lc.control("POST", "/vms", name="other-name", flavor="n3-A100x1",
                labels=["spotctl-tier=big"])
-    rows = {r["tier"]: r for r in tier_rows(cfg, manager)}
+    rows = {r["tier"]: r for r in status_rows(cfg, manager)}
     assert rows["big"]["machines"] == 3 and len(rows["big"]["orphans"]) == 2
     manager.down(tier)
     assert live_vms(lc) == []
@@ -195,7 +195,7 @@ def test_a_dead_billing_thread_takes_the_daemon_down(localcloud, tmp_path, monke
     import threading
 
     import spotctl.billing.poller as poller
-    from spotctl.fleet.daemon import DaemonDied
+    from spotctl.services.daemon import DaemonDied
 
     def locked(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")

@@ -38,17 +38,18 @@ def _wait_gate(handle, status, timeout=5.0):
     assert handle.app.gate.status == status, handle.app.gate
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_gate_closes_when_billing_goes_stale_and_reopens(localcloud, builtin_engine, tmp_path,
                                                          monkeypatch):
     monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
     lc = localcloud
     cfg = _cfg(tmp_path, lc, builtin_engine)
     lc.handle.cloud.create_vm("spotctl-fixed", "n3-H100x1")
-    led = Ledger(cfg.ledger_path)
+    led = Ledger(cfg.ledger_target)
     for _ in range(3):
         lc.clock.advance(60)
         poll_once(cfg, led, lc.clock)
-    key = gateway_key(cfg.ledger_path)
+    key = gateway_key(cfg.ledger_target)
     handle = start_gateway(cfg, lc.clock)
     client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
     msg = [{"role": "user", "content": "hello"}]
@@ -73,6 +74,7 @@ def test_gate_closes_when_billing_goes_stale_and_reopens(localcloud, builtin_eng
     led.close()
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_budget_exhausted_with_retry_after_until_day_rolls_over(localcloud, builtin_engine,
                                                                 tmp_path, monkeypatch):
     monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
@@ -81,11 +83,11 @@ def test_budget_exhausted_with_retry_after_until_day_rolls_over(localcloud, buil
     cfg = _cfg(tmp_path, lc, builtin_engine, budget="1.00", tz="America/Los_Angeles")
     lc.clock.set(datetime(2026, 11, 2, 6, 0, tzinfo=UTC))  # 22:00 the day before, local
     lc.handle.cloud.create_vm("spotctl-fixed", "n3-H100x1")
-    led = Ledger(cfg.ledger_path)
+    led = Ledger(cfg.ledger_target)
     for _ in range(60):  # an hour of H100 at $2.40/h: over the $1 budget
         lc.clock.advance(60)
         poll_once(cfg, led, lc.clock)
-    key = gateway_key(cfg.ledger_path)
+    key = gateway_key(cfg.ledger_target)
     handle = start_gateway(cfg, lc.clock)
     _wait_gate(handle, "budget_exhausted")
     client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
@@ -140,7 +142,7 @@ def test_concurrent_requests_share_one_wake(tmp_path):
     cfg = parse_config('[[tiers]]\nname = "sleepy"\nmodel = "sleepy"\nbackend = "localcloud"\n'
                        '[gateway]\nwake_timeout_s = 30\n', tmp_path / "spotctl.toml")
     runtime = EngineOnWakeRuntime()
-    key = gateway_key(cfg.ledger_path)
+    key = gateway_key(cfg.ledger_target)
     clock = ManualClock(datetime(2026, 11, 1, tzinfo=UTC))
     handle = start_gateway(cfg, clock, runtime)
     client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
@@ -164,7 +166,7 @@ def test_wake_past_the_cap_is_504(tmp_path):
     cfg = parse_config('[[tiers]]\nname = "sleepy"\nmodel = "sleepy"\nbackend = "localcloud"\n'
                        '[gateway]\nwake_timeout_s = 0.3\n', tmp_path / "spotctl.toml")
     runtime = EngineOnWakeRuntime(delay_s=2.0)
-    key = gateway_key(cfg.ledger_path)
+    key = gateway_key(cfg.ledger_target)
     handle = start_gateway(cfg, ManualClock(), runtime)
     client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
     with pytest.raises(openai.APIStatusError) as err:
@@ -180,7 +182,7 @@ def test_wake_past_the_cap_is_504(tmp_path):
 
 def test_gate_with_budget_but_no_provider_fails_closed(tmp_path):
     cfg = parse_config("[budget]\ndaily_usd = 5\n", tmp_path / "spotctl.toml")
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         state = evaluate_gate(led, cfg, ManualClock())
     assert state.status == "billing_stale"
     assert to_ms(ManualClock().now()) >= 0

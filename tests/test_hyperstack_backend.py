@@ -190,3 +190,27 @@ def test_an_ambiguous_create_is_read_back_never_retried(localcloud, tmp_path, mo
         vm = backend._create_vm(client, tier, launch, None, "on-demand")
     assert creates == ["spotctl-big"]
     assert [v.id for v in localcloud.handle.cloud.list_vms()] == [vm.id]
+
+
+def test_preemption_then_fallback_keeps_the_same_volume_through_hibernate_and_wake(
+        localcloud_engines, tmp_path, monkeypatch):
+    lc = localcloud_engines
+    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
+    cfg = _cfg(lc, tmp_path)
+    tier = cfg.tiers[0]
+    backend = LocalCloudBackend(cfg, lc.clock)
+    st, _ = backend.up(tier, "spot")
+    cloud = lc.handle.cloud
+    [vol] = cloud.list_volumes()
+    data = lc.handle.launcher.volumes / str(vol.id) / "data"
+    (data / "marker").write_text("spot VM")
+    backend.hibernate(tier)
+    backend.wake(tier)
+    assert cloud.get_vm(int(st.resource_id.split(":")[1])).volume_ids == [vol.id]
+    lc.control("POST", f"/vms/{st.resource_id.split(':')[1]}/preempt")
+    lc.control("POST", "/spot", available=False)
+    st2, _ = backend.up(tier, "on-demand")  # the fallback
+    assert st2.state == TierState.READY and st2.capacity == "on-demand"
+    assert [v.id for v in cloud.list_volumes()] == [vol.id]
+    assert cloud.get_vm(int(st2.resource_id.split(":")[1])).volume_ids == [vol.id]
+    assert (data / "marker").read_text() == "spot VM"

@@ -140,3 +140,57 @@ def test_check_is_clean_on_both(ledger):
     ledger.conn.execute("UPDATE usage_minutes SET completion_tokens = completion_tokens + 1")
     bad = [r.name for r in check_ledger(ledger) if not r.ok]
     assert bad == ["usage rollup agrees with usage rows"]
+
+
+def test_first_opens_racing_migrate_once(pg_url):
+    """Eight processes open a new PostgreSQL ledger at once: one creates the schema, the others
+    wait and find it (before the fix: 'relation "meta" already exists')."""
+    import subprocess
+    import sys
+
+    code = "import sys; from spotctl.ledger.db import Ledger; Ledger(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE,
+                              text=True) for _ in range(8)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errs
+    with Ledger(pg_url) as led:
+        assert led.schema_version() == SCHEMA_VERSION
+
+
+def test_the_fleet_journal_on_both(ledger_target, clock):
+    """The fleet's journal (spotctl.fleet.journal over ledger/journal.py) on either backend."""
+    from spotctl.config import parse_config
+    from spotctl.fleet.base import TierState, TierStatus
+    from spotctl.fleet.journal import Journal, read_events
+
+    key = "url" if isinstance(ledger_target, str) else "path"
+    cfg = parse_config(f'[ledger]\n{key} = "{ledger_target}"\n')
+    journal = Journal(cfg.ledger_target, clock)
+    status = TierStatus("t", TierState.READY, capacity="spot", resource_id="vm:7",
+                        quoted_rate_micros_per_h=2_400_000)
+    first = journal.record("t", "launching", "op1", status, operation="up")
+    clock.advance(30)
+    second = journal.record("t", "ready", "op1", status, phases={"boot": 29.5})
+    assert second.id == first.id + 1 and second.operation == "up"
+    assert journal.last("t").event == "ready"
+    assert journal.current_resource("t") == "vm:7"
+    with Ledger(cfg.ledger_target) as led:
+        events = read_events(led, "t")
+    assert [(e.event, e.quoted_rate_micros_per_h) for e in events] == [
+        ("launching", 2_400_000), ("ready", 2_400_000)]
+
+
+def test_an_unreachable_postgres_ledger_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from spotctl.localcloud.engines import free_port
+
+    cfg = tmp_path / "spotctl.toml"
+    cfg.write_text(f'[ledger]\nurl = "postgresql://u@127.0.0.1:{free_port()}/db"\n'
+                   "pool_timeout_s = 1\n")
+    out = subprocess.run([sys.executable, "-m", "spotctl", "--config", str(cfg), "cost"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "ledger unreachable" in out.stderr and "Connection refused" in out.stderr

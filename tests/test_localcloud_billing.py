@@ -72,10 +72,11 @@ def test_accrual_is_exact_across_states_and_ids_collide(localcloud):
     ("http_500", "http_5xx"), ("http_429", "http_429"), ("malformed_json", "malformed"),
     ("http_401", "auth"), ("billing_dark", "timeout"),
 ])
+@pytest.mark.usefixtures("ledger_backend")
 def test_each_fault_is_classified_and_recorded(localcloud, tmp_path, kind, outcome):
     cfg = parse_config(localcloud.config_toml(), tmp_path / "spotctl.toml")
     localcloud.control("POST", "/faults", kind=kind, minutes=5)
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         [o] = poll_once(cfg, led, localcloud.clock)
         assert (o.ok, o.kind) == (False, outcome)
         assert led.conn.execute("SELECT outcome FROM billing_polls").fetchall() == [(outcome,)]
@@ -89,6 +90,7 @@ def _minute(lc, led, cfg, n=1):
         poll_once(cfg, led, lc.clock)
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_simulated_days_ledger_equals_invoice_with_every_fault(localcloud, tmp_path):
     """Two simulated days polled every minute by the real poller and adapter, with spot
     preemption, hibernation, deletion, a top-up and every fault kind: the ledger's spend equals
@@ -99,7 +101,7 @@ def test_simulated_days_ledger_equals_invoice_with_every_fault(localcloud, tmp_p
     cfg = parse_config(lc.config_toml(extra='[[tiers]]\nname = "big"\nmodel = "m"\n'
                                       'backend = "localcloud"\nprovider = "lc"\n'),
                        tmp_path / "spotctl.toml")
-    led = Ledger(cfg.ledger_path)
+    led = Ledger(cfg.ledger_target)
     start = to_ms(lc.clock.now())
     _minute(lc, led, cfg)
     spot = cloud.create_vm("spotctl-big", "n3-H100x1-spot")

@@ -72,7 +72,8 @@ def test_fleet_runtime_reaches_a_remote_engine_through_the_tunnel(sshd, builtin_
     from spotctl.clock import ManualClock
     from spotctl.config import parse_config
     from spotctl.fleet.base import TierState, TierStatus
-    from spotctl.fleet.runtime import FleetRuntime
+    from spotctl.fleet.manager import FleetManager
+    from spotctl.services.fleet import FleetRuntime
 
     known = _known(tmp_path, sshd)
     port = int(builtin_engine.base_url.rsplit(":", 1)[1])
@@ -81,11 +82,19 @@ def test_fleet_runtime_reaches_a_remote_engine_through_the_tunnel(sshd, builtin_
         f'ssh_user = "{getpass.getuser()}"\nssh_port = {sshd.port}\n'
         f'ssh_key_path = "{sshd.client_key}"\nssh_known_hosts = "{known}"\n',
         tmp_path / "spotctl.toml")
-    runtime = FleetRuntime(cfg, ManualClock())
-    runtime.manager.status = lambda tier: TierStatus(  # the VM as the backend reports it
-        tier.name, TierState.READY, "spot", endpoint=f"http://127.0.0.1:{port}")
-    up = runtime.current(cfg.tiers[0])
-    assert up.state == "serving" and up.endpoint != f"http://127.0.0.1:{port}"
-    r = httpx.get(f"{up.endpoint}/health", timeout=10)
-    assert r.status_code == 200
-    runtime._tunnels.close()
+    class RemoteVM:  # the VM as the backend reports it
+        name = "hyperstack"
+
+        def status(self, tier):
+            return TierStatus(tier.name, TierState.READY, "spot",
+                              endpoint=f"http://127.0.0.1:{port}")
+
+    clock = ManualClock()
+    runtime = FleetRuntime(cfg, clock, FleetManager(cfg, clock, {"hyperstack": RemoteVM()}))
+    try:
+        up = runtime.current(cfg.tiers[0])
+        assert up.state == "serving" and up.endpoint != f"http://127.0.0.1:{port}"
+        r = httpx.get(f"{up.endpoint}/health", timeout=10)
+        assert r.status_code == 200
+    finally:
+        runtime.manager.reach.close()

@@ -8,8 +8,8 @@ in the JSON, and never added to spend.
 * Interruption tax: for each ``preempted`` journal event, the time until the tier serves again
   (the next ``ready``, ``woke`` or ``returned_to_spot``), the tier's spend in that time and the
   requests refused or failed meanwhile.
-* Net spot savings (estimate): the tier's spot-billed machine time priced at the provider's
-  on-demand rate for the same flavor, minus what the spot time was billed, minus the
+* Net spot savings (estimate): the tier's spot machine time in a running state priced at the
+  provider's on-demand rate for the same flavor, minus everything billed as spot, minus the
   interruption tax. Negative: spot lost money in this window.
 """
 
@@ -64,18 +64,18 @@ class Interruption:
 
 
 def interruptions(data, spend: SpendResult, tiers: set[str] | None = None) -> list[Interruption]:
+    from spotctl.ledger.queries import preemption_intervals
+
     out = []
-    events = data.events
-    for i, ev in enumerate(events):
-        if ev.event != "preempted" or (tiers is not None and ev.tier not in tiers):
+    for tier, lo, until in preemption_intervals(data.events, data.end_ms):
+        if tiers is not None and tier not in tiers:
             continue
-        back = next((e.ts_ms for e in events[i + 1:]
-                     if e.tier == ev.tier and e.event in SERVING_EVENTS), None)
-        until = back if back is not None else data.end_ms
-        refused = sum(1 for ms, tier, _status in data.refusals
-                      if ev.ts_ms <= ms <= until and tier in (ev.tier, ""))
-        out.append(Interruption(ev.tier, ev.ts_ms, back, until,
-                                tier_spend(spend, ev.tier, ev.ts_ms, until), refused))
+        back = until if any(e.ts_ms == until and e.tier == tier and e.event in SERVING_EVENTS
+                            for e in data.events) else None
+        refused = sum(1 for ms, t, _status in data.refusals
+                      if lo <= ms <= until and t in (tier, ""))
+        out.append(Interruption(tier, lo, back, until, tier_spend(spend, tier, lo, until),
+                                refused))
     return out
 
 
@@ -160,8 +160,9 @@ def spot_savings(spend: SpendResult, tier: str, rate: OnDemandRate,
     for r in spend.series:
         if r.data.tier != tier:
             continue
+        # machine time billed as spot in a running state (booting or restoring may not bill)
         out.spot_ms += sum(ms for lab, ms in r.spend.ms_by_label().items()
-                           if lab.category == SPOT)
+                           if lab.category == SPOT and lab.serving)
         out.spot_micros += sum(m for lab, m in r.spend.by_label().items()
                                if lab.category == SPOT)
     out.tax_micros = sum(i.spend_micros for i in tax if i.tier == tier)

@@ -241,6 +241,7 @@ class CostReport:
     estimated_requests: int
     extras: dict = field(default_factory=dict)  # economics sections added by services
     data: object = None  # the WindowData snapshot the report was built from
+    compare: dict | None = None  # the hosted-API comparison, when computed (not in to_json)
 
     @property
     def spend_complete(self) -> bool:
@@ -292,6 +293,8 @@ class CostReport:
                     for i in s.coverage.intervals
                 ],
             },
+            "idle_share_resolution": (self.data.busy_resolution if self.data is not None
+                                      else "request"),
             "tiers": [t.to_json() for t in self.tiers],
             "providers": [p.to_json() for p in self.providers],
             "buckets": [b.to_json() for b in self.buckets],

@@ -189,7 +189,7 @@ def spend_between(
 
     polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
     watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
-    data = queries.read_window(ledger.conn, start_ms, end_ms, bucket_ms, providers=providers,
+    data = queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
                                watched=watched, tokens=False, fleet=False)
     return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
                          stale_after_ms=cfg.billing.stale_after_s * 1000,

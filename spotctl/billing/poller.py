@@ -113,6 +113,25 @@ def poll_once(cfg: Config, ledger: Ledger, clock: Clock, transports: dict | None
             for p in cfg.providers]
 
 
+def poll_shared(cfg: Config, ledger: Ledger, clock: Clock
+                ) -> tuple[list[PollOutcome], list[str]]:
+    """Poll every provider whose poll slot this run gets (a shared PostgreSQL ledger: one poll
+    per provider per ``poll_interval_s`` across every host); returns the outcomes and, for the
+    providers skipped, why (another run is polling it, or already did this interval)."""
+    from spotctl.ledger.coordination import poll_slot
+
+    outcomes: list[PollOutcome] = []
+    skipped: list[str] = []
+    interval_ms = cfg.billing.poll_interval_s * 1000
+    for prov in cfg.providers:
+        with poll_slot(ledger, prov.name, to_ms(clock.now()), interval_ms) as slot:
+            if not slot.acquired:
+                skipped.append(slot.reason or f"{prov.name}: skipped")
+                continue
+            outcomes.append(poll_provider(prov, cfg, ledger, clock))
+    return outcomes, skipped
+
+
 def run_daemon(cfg: Config, ledger: Ledger, clock: Clock, stop: threading.Event,
                log=print) -> None:
     """Poll every ``poll_interval_s`` aligned to the interval on the clock, until ``stop``.
@@ -130,7 +149,12 @@ def run_daemon(cfg: Config, ledger: Ledger, clock: Clock, stop: threading.Event,
         if _wait(clock, stop, wait_s):
             break
         try:
-            outcomes = poll_once(cfg, ledger, clock)
+            if ledger.backend == "postgresql":  # daemons on several hosts: one poll/interval
+                outcomes, skipped = poll_shared(cfg, ledger, clock)
+                for reason in skipped:
+                    log(reason)
+            else:
+                outcomes = poll_once(cfg, ledger, clock)
         except Exception as exc:  # the daemon outlives any one poll's failure
             failures += 1
             log(f"poll failed ({type(exc).__name__}: {str(exc)[:200]}); retrying in a moment")

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when every provider answered, 4 when any failed (the failure is recorded).
         """
-        from spotctl.billing.poller import poll_lock, poll_once
+        from spotctl.billing.poller import poll_lock, poll_once, poll_shared
         from spotctl.clock import get_clock
 
         cfg = get_config(ctx)
@@ -32,10 +32,16 @@ def register(app: typer.Typer) -> None:
             if daemon:
                 _daemon(cfg, ledger, clock)
                 return
-            with poll_lock(ledger.path):
-                outcomes = poll_once(cfg, ledger, clock)
+            skipped: list[str] = []
+            if ledger.backend == "postgresql":  # several hosts: one poll per provider/interval
+                outcomes, skipped = poll_shared(cfg, ledger, clock)
+            else:
+                with poll_lock(ledger.path):
+                    outcomes = poll_once(cfg, ledger, clock)
         if json_out:
-            emit_json({"providers": [o.__dict__ for o in outcomes]})
+            emit_json({"providers": [o.__dict__ for o in outcomes], "skipped": skipped})
+        for reason in skipped:
+            err_console().print(reason)
         for o in outcomes:
             if not o.ok:
                 err_console().print(f"{o.provider}: {o.kind}: {o.message}")

@@ -35,30 +35,6 @@ def register(app: typer.Typer) -> None:
         _print(out)
 
 
-def compare_sentence(out: dict) -> str | None:
-    """One plain sentence: what the cheapest applicable API would have cost."""
-    from decimal import Decimal
-
-    from spotctl.money import fmt_usd, to_micros
-
-    offers = [o for o in out["offers"] if o["output_tokens"] > 0]
-    if not offers:
-        return None
-    cheapest = min(offers, key=lambda o: Decimal(o["usd"]))
-    api = to_micros(Decimal(cheapest["usd"]))
-    own = to_micros(Decimal(cheapest["self_hosted_usd"]))
-    verdict = ("self-hosting saved" if own < api else "self-hosting cost")
-    diff = fmt_usd(abs(api - own))
-    be = cheapest["break_even_utilisation"]
-    tail = ""
-    if be is not None:
-        b = Decimal(be)
-        tail = (f"; it breaks even at {b * 100:.1f} % utilisation" if b <= 1 else
-                "; even saturated, these machines cost more per token than it")
-    return (f"The cheapest API offer, {cheapest['name']} (list price as of {cheapest['as_of']}), "
-            f"would have charged {fmt_usd(api)} for the same tokens: {verdict} {diff}{tail}.")
-
-
 def _print(out: dict) -> None:
     from decimal import Decimal
 
@@ -97,6 +73,8 @@ def _print(out: dict) -> None:
     c.print(f"This window: {out['output_tokens']:,} output tokens, utilisation "
             f"{fmt_pct(None if util is None else Decimal(util))}. Prices from "
             f"{out['prices']['path']} ({out['prices']['origin']}). {out['note']}.")
-    sentence = compare_sentence(out)
+    from spotctl.accounting.sentences import api_sentence
+
+    sentence = api_sentence(out)
     if sentence:
         c.print(sentence)

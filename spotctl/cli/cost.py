@@ -30,7 +30,8 @@ def _window_bounds(window: str | None, since: str | None, until: str | None) -> 
     return to_ms(start_dt), to_ms(end)
 
 
-def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens):
+def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens,
+            closures: bool = False):
     from spotctl.accounting.window import parse_window
     from spotctl.services.cost import cost_report
 
@@ -41,9 +42,13 @@ def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, mi
     cfg = get_config(ctx)
     with open_ledger_for(ctx, readonly=True) as ledger:
         tiers, providers = name_filters(cfg, ledger, tier, provider)
-        return cost_report(
+        report = cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=tiers, providers=providers)
+            tiers=tiers, providers=providers, closures=closures)
+    from spotctl.services.cost import add_summary
+
+    report.compare = add_summary(report, cfg)
+    return report
 
 
 def _fmt_mtok(value: Decimal | None) -> str:
@@ -138,11 +143,12 @@ def _print_cost(report, plot: bool) -> None:
     if report.estimated_requests:
         c.print(f"{report.estimated_requests} request(s) had token counts estimated, "
                 "not reported by the engine")
-    c.print(report.sentence())
     if plot:
         from spotctl.accounting.plot import plot_report
 
         plot_report(report)
+    for sentence in report.extras.get("summary") or [report.sentence()]:
+        c.print(sentence)
 
 
 def register(app: typer.Typer) -> None:
@@ -248,9 +254,13 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from spotctl.accounting.html_report import render_html
+        from spotctl.services.economics import advise as run_advise
 
-        rep = _report(ctx, window, None, None, None, None, bucket, 1000)
-        page = render_html(rep)
+        rep = _report(ctx, window, None, None, None, None, bucket, 1000, closures=True)
+        with open_ledger_for(ctx, readonly=True) as ledger:
+            advised = run_advise(ledger, get_config(ctx), rep.start_ms, rep.end_ms)
+        page = render_html(rep, compare=rep.compare, advise=advised,
+                           summary=rep.extras.get("summary"))
         path = Path(out)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(page, encoding="utf-8")

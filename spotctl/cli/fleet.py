@@ -10,10 +10,9 @@ from spotctl.cli.common import (
     err_console,
     get_config,
     json_option,
-    open_ledger_for,
     require_ledger,
 )
-from spotctl.errors import SpotctlError, UsageError
+from spotctl.errors import UsageError
 
 
 def _progress():
@@ -27,21 +26,6 @@ def _progress():
             last["phase"] = phase
 
     return report
-
-
-def _manager(ctx: typer.Context):
-    from spotctl.clock import get_clock
-    from spotctl.fleet.manager import FleetManager
-
-    return FleetManager(get_config(ctx), get_clock())
-
-
-def _fleet_tier(ctx: typer.Context, name: str):
-    tier = get_config(ctx).tier(name)
-    if not tier.fleet_managed:
-        raise UsageError(f"tier {name!r} is a fixed engine ({tier.endpoint}); spotctl does not "
-                         "manage its machine")
-    return tier
 
 
 def _print_phases(status, verb: str) -> None:
@@ -60,28 +44,31 @@ def register(app: typer.Typer) -> None:
                                              "JSON); launch nothing."),
            json_out: bool = False) -> None:
         """Launch a tier (spot first, bounded on-demand fallback) and wait until it serves."""
-        t = _fleet_tier(ctx, tier)
-        if dry_run:
-            from spotctl.fleet.dryrun import dry_run_json, render_dry_run
+        from spotctl.services import fleet
 
+        if dry_run:
             if json_out:
-                emit_json(dry_run_json(t, get_config(ctx)))
+                emit_json(fleet.dry_run_json(get_config(ctx), tier))
             else:
-                console().print(render_dry_run(t, get_config(ctx)), markup=False,
+                console().print(fleet.dry_run(get_config(ctx), tier), markup=False,
                                 highlight=False)
             return
-        status = _manager(ctx).up(t, _progress())
-        _print_phases(status, "up")
+        _print_phases(fleet.up(get_config(ctx), tier, _progress()), "up")
 
     @app.command()
     def hibernate(ctx: typer.Context, tier: str) -> None:
-        """Stop paying for the GPU, keep the weights (native hibernate, stop, or down)."""
-        _print_phases(_manager(ctx).hibernate(_fleet_tier(ctx, tier)), "hibernated")
+        """Stop paying for the GPU, keep the weights (native hibernate, stop, or down). Drains
+        first: waits for the gateways' open requests, up to [fleet] drain_timeout_s."""
+        from spotctl.services import fleet
+
+        _print_phases(fleet.hibernate(get_config(ctx), tier), "hibernated")
 
     @app.command()
     def wake(ctx: typer.Context, tier: str) -> None:
         """Restore or relaunch a tier and wait until it serves."""
-        _print_phases(_manager(ctx).wake(_fleet_tier(ctx, tier), _progress()), "awake")
+        from spotctl.services import fleet
+
+        _print_phases(fleet.wake(get_config(ctx), tier, _progress()), "awake")
 
     @app.command()
     def down(ctx: typer.Context, tier: str,
@@ -92,36 +79,37 @@ def register(app: typer.Typer) -> None:
                                                "journal state (see `spotctl daemon`); the tier "
                                                "itself is left as it is."),
              yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
-        """Tear a tier down: every machine of the tier is deleted. Its weights storage stays
-        unless --delete-storage."""
-        t = _fleet_tier(ctx, tier)
+        """Tear a tier down: every machine of the tier is deleted (after draining its open
+        requests, up to [fleet] drain_timeout_s). Its weights storage stays unless
+        --delete-storage."""
+        from spotctl.services import fleet
+
+        cfg = get_config(ctx)
         if orphans:
             if delete_storage:
                 raise UsageError("--orphans and --delete-storage do not go together")
-            report = _manager(ctx).delete_orphans(t)
-            if not report.settled:
-                raise SpotctlError(f"tier {tier}: an operation is under way; its machines "
-                                   "cannot be told from orphans yet (try again after it ends)")
+            report = fleet.delete_orphans(cfg, tier)
             console().print(f"tier {tier}: " + (
                 f"deleted {len(report.deleted)} orphan machine(s): {', '.join(report.deleted)}"
                 if report.deleted else "no orphan machine"))
             return
+        fleet.fleet_tier(cfg, tier)
         if delete_storage and not yes and not typer.confirm(
                 f"Delete the weights storage of {tier!r} too? The next up re-downloads them."):
             raise typer.Exit(1)
-        _manager(ctx).down(t, delete_storage)
+        fleet.down(cfg, tier, delete_storage)
         console().print(f"tier {tier}: down" + (" (storage deleted)" if delete_storage else
                                                 " (weights storage kept)"))
 
     @app.command()
     @json_option
     def status(ctx: typer.Context, json_out: bool = False) -> None:
-        """Per tier: state, capacity, cloud/region, endpoint, $/h, idle, last wake, billing age."""
-        from spotctl.fleet.status import tier_rows
+        """Per tier: state, capacity, cloud/region, endpoint, $/h (the provider's current rate),
+        idle, time since the last wake, billing age, machines (orphans named)."""
+        from spotctl.services import fleet
 
-        cfg = get_config(ctx)
         require_ledger(ctx)  # a read command: never creates one
-        rows = tier_rows(cfg)
+        rows = fleet.status_rows(get_config(ctx))
         if json_out:
             emit_json({"tiers": rows})
             return
@@ -153,20 +141,11 @@ def register(app: typer.Typer) -> None:
                tier: str = typer.Option(None, "--tier"),
                since: str = typer.Option(None, help="ISO time or a window such as 24h."),
                json_out: bool = False) -> None:
-        """The fleet journal: every launch, wake, hibernation, preemption and fallback."""
-        from spotctl.accounting.window import parse_window
-        from spotctl.clock import get_clock, parse_iso, to_ms
+        """The fleet journal: every launch, wake, hibernation, drain, preemption, fallback,
+        recovery and orphan deleted."""
+        from spotctl.services import fleet
 
-        since_ms = 0
-        if since:
-            try:
-                since_ms = to_ms(parse_iso(since))
-            except ValueError:
-                since_ms = to_ms(get_clock().now() - parse_window(since, what="--since"))
-        from spotctl.fleet.journal import read_events
-
-        with open_ledger_for(ctx, readonly=True) as ledger:
-            data = [e.to_json() for e in read_events(ledger, tier, since_ms)]
+        data = [e.to_json() for e in fleet.events(get_config(ctx), tier, since)]
         if json_out:
             emit_json({"events": data})
             return
@@ -185,38 +164,28 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def daemon(ctx: typer.Context,
                once: bool = typer.Option(False, help="One pass, then exit.")) -> None:
-        """Every minute: poll billing, detect preemption, recover, hibernate idle tiers, report
-        orphan machines. One daemon per ledger: a second one exits 2. Exits 1 if its billing
-        thread dies (so that systemd restarts it). --once exits 1 when a fleet step failed, 4
-        when a billing poll failed."""
+        """Every minute: poll billing, detect preemption, recover, probe engines, hibernate
+        idle tiers, report orphan machines. One daemon per ledger: a second one exits 2. Exits 1
+        if its billing thread dies (so that systemd restarts it). --once exits 1 when a fleet
+        step failed, 4 when a billing poll failed."""
         import signal
         import threading
 
         from spotctl.clock import get_clock, iso
-        from spotctl.errors import ExitCode
-        from spotctl.fleet.daemon import FleetDaemon, daemon_lock
+        from spotctl.services.daemon import run_daemon
 
-        cfg = get_config(ctx)
         clock = get_clock()
 
         def log(line: str) -> None:
             print(f"{iso(clock.now())} {line}", flush=True)
 
-        with daemon_lock(cfg.ledger_path):
-            d = FleetDaemon(cfg, clock, log)
-            if once:
-                result = d.run_once()
-                if result.fleet_errors:
-                    raise typer.Exit(int(ExitCode.ERROR))
-                if result.billing_errors:
-                    raise typer.Exit(int(ExitCode.OBSERVABILITY))
-                return
-            stop = threading.Event()
+        stop = threading.Event()
+        if not once:
             signal.signal(signal.SIGTERM, lambda *a: stop.set())
             signal.signal(signal.SIGINT, lambda *a: stop.set())
-            log(f"daemon: {len(cfg.tiers)} tier(s), {len(cfg.providers)} provider(s)")
-            d.run(stop)
-            log("daemon: stopped")
+        code = run_daemon(get_config(ctx), clock, log, once=once, stop=stop)
+        if code:
+            raise typer.Exit(code)
 
 
 def _ago(seconds: int | None) -> str:

@@ -10,6 +10,7 @@ undoes, never a machine nobody knows about. The SQL is in :mod:`spotctl.ledger.j
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from spotctl.clock import Clock, to_ms
 from spotctl.fleet.base import TierState, TierStatus
@@ -56,8 +57,8 @@ class Journal:
     """Reads and writes one ledger's fleet journal; opens the ledger per call (short
     transactions, safe across the CLI, the daemon and the gateway)."""
 
-    def __init__(self, ledger_path: Path, clock: Clock) -> None:
-        self.ledger_path = Path(ledger_path)
+    def __init__(self, ledger_path: Path | Any, clock: Clock) -> None:
+        self.ledger_path = ledger_path  # a SQLite path or [ledger] (PostgreSQL)
         self.clock = clock
 
     def record(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,

@@ -159,8 +159,10 @@ class FleetManager:
         if not isinstance(backends, Backends):
             backends = Backends(cfg, clock, backends)
         self.backends = backends
-        self.ledger_path = Path(ledger_path or cfg.ledger_path)
-        self.journal_ = Journal(self.ledger_path, clock)
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)  # lock files beside it
+        # what Ledger() opens: the given path, else [ledger] (a SQLite path or PostgreSQL url)
+        self.ledger_target = ledger_path if ledger_path is not None else cfg.ledger_target
+        self.journal_ = Journal(self.ledger_target, clock)
         self.open_requests = open_requests or self._ledger_open_requests
         self.reach = EngineReach()
 
@@ -171,7 +173,7 @@ class FleetManager:
         from spotctl.ledger.usage import open_requests
 
         stale_ms = int(max(10.0, 5 * self.cfg.gateway.gate_cache_s) * 1000)
-        with Ledger(self.ledger_path) as led:
+        with Ledger(self.ledger_target) as led:
             return open_requests(led, tier.name, to_ms(self.clock.now()), stale_ms,
                                  drain_cap_ms=int(self.cfg.fleet.drain_timeout_s * 1000))
 
@@ -179,16 +181,19 @@ class FleetManager:
         """The later of the tier's last request start and completion, over every gateway."""
         from spotctl.ledger.usage import last_request_ms
 
-        with Ledger(self.ledger_path) as led:
+        with Ledger(self.ledger_target) as led:
             return last_request_ms(led, tier.name)
 
-    def _drain(self, tier: TierConfig, cap_s: float | None = None) -> str | None:
+    def _drain(self, tier: TierConfig, *, grace_only: bool = False) -> str | None:
         """Wait until the gateways have no request in flight to the tier, up to the drain cap
         (``[fleet] drain_timeout_s``). The gateways stop admitting to a ``draining`` tier within
-        their refresh period, so an empty count is trusted only after that grace. Returns why
-        the wait ended early (the cap), ``None`` when drained."""
-        cap = self.cfg.fleet.drain_timeout_s if cap_s is None else cap_s
+        their refresh period, so an empty count is trusted only after that grace (with
+        ``grace_only``, wait the grace and return). Returns why the wait ended early (the cap),
+        ``None`` when drained."""
+        cap = self.cfg.fleet.drain_timeout_s
         grace = min(cap, 2 * self.cfg.gateway.gate_cache_s + 1.0)
+        if grace_only:
+            cap = grace
         t0 = self.clock.monotonic()
         while True:
             waited = self.clock.monotonic() - t0
@@ -434,7 +439,7 @@ class FleetManager:
             op = new_op()
             began = self.journal(tier.name, "draining", op, current, detail=why,
                                  operation=OP_IDLE)
-            self._drain(tier, cap_s=0.0)  # the grace only: an idle tier has nothing open
+            self._drain(tier, grace_only=True)  # the gateways see `draining`, then we look
             n = self.open_requests(tier)
             last = self.last_request_ms(tier)
             if n > 0 or (last is not None and last > began.ts_ms):

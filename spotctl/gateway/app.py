@@ -71,7 +71,9 @@ class Gateway:
         self.cfg = cfg
         self.clock = clock
         self.runtime = runtime
-        self.ledger_path = Path(ledger_path or cfg.ledger_path)
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)  # side files (spool, locks)
+        # what Ledger() opens: the given path, else [ledger] (a SQLite path or PostgreSQL url)
+        self.ledger_target = ledger_path if ledger_path is not None else cfg.ledger_target
         self.log = log or (lambda msg: None)
         self.refresh_s = g.gate_cache_s if refresh_s is None else refresh_s
         self.gateway_id = gateway_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -86,7 +88,7 @@ class Gateway:
         self.models = self.board.models
         self.metrics = GatewayMetrics(list(self.models), [t.name for t in cfg.tiers])
         self.recorder = UsageRecorder(
-            self.ledger_path, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
+            self.ledger_target, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
                                     g.spool_max_bytes), self.log)
         client_class = H1Client if g.upstream_client == "h1" else UpstreamClient
         if any((t.endpoint or "").startswith("https:") for t in cfg.tiers):
@@ -100,6 +102,7 @@ class Gateway:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._gate_ledger: Ledger | None = None
+        self._last_good: GateState | None = None  # the last gate computed from the ledger
         self._publish_error: str | None = None
 
     def _state_dir(self, what: str) -> Path:
@@ -112,7 +115,7 @@ class Gateway:
     # -- lifecycle --------------------------------------------------------------------------
     def start_background(self) -> None:
         try:
-            Ledger(self.ledger_path).close()  # create and migrate before readers start
+            Ledger(self.ledger_target).close()  # create and migrate before readers start
         except Exception as exc:  # serve anyway: the gate stays closed until it can read
             self.log(f"cannot open the ledger yet ({type(exc).__name__}: "
                      f"{scrub(str(exc), self.secrets)})")
@@ -158,11 +161,12 @@ class Gateway:
     def refresh_gate(self) -> None:
         try:
             if self._gate_ledger is None:
-                self._gate_ledger = Ledger(self.ledger_path)
+                self._gate_ledger = Ledger(self.ledger_target)
             led = self._gate_ledger
             keys = list_keys(led)
             self.keys.load(keys)
             self.gate = evaluate_gate(led, self.cfg, self.clock, watch=self.watch, keys=keys)
+            self._last_good = self.gate
             events = latest_tier_events(led, list(self.board.tiers))
             self.board.draining = frozenset(t for t, ev in events.items() if ev == "draining")
         except Exception as exc:
@@ -171,9 +175,15 @@ class Gateway:
                     self._gate_ledger.close()
                 self._gate_ledger = None
             now = to_ms(self.clock.now())
-            self.gate = GateState(LEDGER_UNREACHABLE, "cannot read the ledger: "
-                                  f"{type(exc).__name__}: {scrub(str(exc), self.secrets)}",
-                                  None, None, now, 60, now)
+            last = self._last_good
+            if last is not None and now - last.checked_ms <= self.cfg.billing.stale_after_s * 1000:
+                # a shared ledger restarting: serve from the last gate state for at most
+                # [billing] stale_after_s (the same staleness billing itself is allowed)
+                self.gate = last
+            else:
+                self.gate = GateState(LEDGER_UNREACHABLE, "cannot read the ledger: "
+                                      f"{type(exc).__name__}: {scrub(str(exc), self.secrets)}",
+                                      None, None, now, 60, now)
         self._publish()
         self._gauges()
 
@@ -184,7 +194,7 @@ class Gateway:
                  for t in board.tiers}
         try:
             if self._gate_ledger is None or final:
-                with Ledger(self.ledger_path) as led:
+                with Ledger(self.ledger_target) as led:
                     publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
             else:
                 publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from spotctl.gateway.errors import scrub
 from spotctl.gateway.spool import Spool
@@ -31,9 +32,9 @@ ADOPT_EVERY_S = 10.0
 
 
 class UsageRecorder:
-    def __init__(self, ledger_path: Path, spool: Spool, log: Callable[[str], None] | None = None
-                 ) -> None:
-        self.ledger_path = Path(ledger_path)
+    def __init__(self, ledger_path: Path | Any, spool: Spool,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.ledger_path = ledger_path  # a SQLite path or [ledger] (PostgreSQL)
         self.spool = spool
         self._q: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)

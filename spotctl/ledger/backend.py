@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import heapq
 import itertools
+import logging
 import os
 import re
 import socket
@@ -436,12 +437,57 @@ class PgConnection:
         self.settings = settings
         self.total_changes = 0
         self.readonly = readonly
-        try:
-            self._conn = pool.getconn(timeout=settings.pool_timeout_s)
-        except Exception as exc:
-            raise map_error(exc, redact_url(settings.url)) from None
+        self._session: list[str] = []  # SET statements to replay on a fresh connection
+        self._txn_open = False  # a BEGIN was sent and no COMMIT/ROLLBACK yet
+        self._conn = None
+        self._connect()
         if readonly:
-            self._raw("SET default_transaction_read_only = on")
+            self.set_session("SET default_transaction_read_only = on")
+
+    def _connect(self) -> None:
+        import psycopg_pool
+
+        try:
+            self._conn = self._pool.getconn(timeout=self.settings.pool_timeout_s)
+        except psycopg_pool.PoolTimeout:
+            # every connection the pool may open is lent out: exhausted; otherwise it could not
+            # open one in time: the server is down or unreachable
+            stats = self._pool.get_stats()
+            where = redact_url(self.settings.url)
+            if stats.get("pool_size", 0) >= self.settings.pool_size and \
+                    stats.get("pool_available", 0) == 0:
+                raise LedgerUnavailable(
+                    f"{where}: all {self.settings.pool_size} ledger connections of this process "
+                    f"are in use ({self.settings.pool_timeout_s:g} s wait): pool exhausted",
+                    reason="pool_exhausted") from None
+            last = _LastPoolError.last
+            raise LedgerUnavailable(f"{where}: ledger unreachable: no connection within "
+                                    f"{self.settings.pool_timeout_s:g} s"
+                                    + (f" ({last})" if last else "")) from None
+        except Exception as exc:
+            raise map_error(exc, redact_url(self.settings.url)) from None
+        for sql in self._session:
+            self._raw(sql)
+
+    def _revive(self) -> None:
+        """A connection that broke (server restart, network cut) is replaced by a fresh one from
+        the pool before the next statement, so a long-lived Ledger (a daemon, the gateway's
+        writer) recovers when the server is back. Never inside a transaction: that one is lost
+        and its caller was told."""
+        if self._conn is not None and not self._conn.closed:
+            return
+        if self._txn_open:
+            return  # the transaction's statements fail until its COMMIT/ROLLBACK says so
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._pool.putconn(self._conn)  # the pool discards a closed connection
+            self._conn = None
+        self._connect()
+
+    def set_session(self, sql: str) -> None:
+        """Run a session ``SET`` now and again on any replacement connection."""
+        self._session.append(sql)
+        self._raw(sql)
 
     @property
     def raw(self) -> Any:
@@ -453,7 +499,7 @@ class PgConnection:
         from psycopg.pq import TransactionStatus
 
         if self._conn is None or self._conn.closed:
-            return False
+            return self._txn_open
         return self._conn.info.transaction_status != TransactionStatus.IDLE
 
     def _guard(self):
@@ -467,9 +513,34 @@ class PgConnection:
                 raise map_error(exc, "ledger", self._conn) from None
 
     def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> PgCursor:
+        self._revive()
         head = sql.strip().rstrip(";").strip().upper()
+        fresh = not self.in_transaction
+        try:
+            return self._execute(sql, params, head)
+        except LedgerUnavailable:
+            # A connection that died idle (a server restart) is only found out by using it.
+            # Outside a transaction, a BEGIN or a read had no effect: run it once more on a
+            # fresh connection. A write in flight is never retried here (it may have landed).
+            if not (fresh and self._conn is not None and self._conn.closed
+                    and (head.startswith(("BEGIN", "SELECT")))):
+                raise
+            self._revive()
+            return self._execute(sql, params, head)
+
+    def _execute(self, sql: str, params: Sequence[Any] | dict, head: str) -> PgCursor:
         if head in _TXN:
-            self._raw(_TXN[head])
+            if head in ("COMMIT", "END", "ROLLBACK") and self._txn_open and (
+                    self._conn is None or self._conn.closed):
+                self._txn_open = False
+                if head == "ROLLBACK":
+                    return PgCursor(None)  # the server rolled it back when the link died
+                raise LedgerUnavailable("ledger unreachable: the connection was lost inside a "
+                                        "transaction; the server rolled it back")
+            try:
+                self._raw(_TXN[head])
+            finally:  # a failed COMMIT also ends the transaction (the server rolled it back)
+                self._txn_open = head.startswith("BEGIN") and not self._conn.closed
             if head == "BEGIN IMMEDIATE":
                 self._raw("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             return PgCursor(None)
@@ -497,6 +568,7 @@ class PgConnection:
         rows = [tuple(p) for p in seq]
         if not rows:
             return PgCursor(None, [], None, 0)
+        self._revive()
         with self._guard():
             try:
                 cur = self._conn.cursor()
@@ -507,12 +579,12 @@ class PgConnection:
         return PgCursor(None, [], None, cur.rowcount)
 
     def commit(self) -> None:  # sqlite3 API; autocommit unless a BEGIN is open
-        if self.in_transaction:
-            self._raw("COMMIT")
+        if self._txn_open:
+            self.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.in_transaction and not self._conn.closed:
-            self._raw("ROLLBACK")
+        if self._txn_open:
+            self.execute("ROLLBACK")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -570,8 +642,29 @@ def get_pool(settings: PgSettings) -> Any:
     return pool
 
 
+class _LastPoolError(logging.Handler):
+    """psycopg-pool logs each failed connection attempt as a multi-line warning on stderr; keep
+    the last one's first line instead, for the one-line error a command prints."""
+
+    last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip().splitlines()
+        if text and record.levelno >= logging.WARNING:
+            type(self).last = text[0].split("failed: ")[-1][:200]
+
+
+def _quiet_pool_logs() -> None:
+    log = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, _LastPoolError) for h in log.handlers):
+        log.addHandler(_LastPoolError())
+        log.propagate = False
+
+
 def _new_pool(settings: PgSettings) -> Any:
     from psycopg_pool import ConnectionPool
+
+    _quiet_pool_logs()
 
     lock_ms = int(settings.lock_timeout_s * 1000)
     stmt_ms = int((settings.query_timeout_s or 0) * 1000)
@@ -613,4 +706,10 @@ def connect(settings: PgSettings, *, readonly: bool = False) -> PgConnection:
 
 
 def table_exists(conn: PgConnection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
+    """From the catalogue table with this statement's snapshot, not ``to_regclass``: a name
+    lookup can answer from a cache that a concurrent migration's commit has not reached yet
+    (an advisory lock does not refresh it), and two first opens would both create the schema."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = ?)",
+        (name,)).fetchone()[0]

@@ -153,6 +153,14 @@ class Ledger:
                     (str(step + 1),),
                 )
 
+    def set_busy_timeout(self, ms: int) -> None:
+        """How long a write waits for the write lock before failing (SQLite's busy timeout;
+        on PostgreSQL the lock timeout of this connection until it goes back to the pool)."""
+        if self.backend == POSTGRESQL:
+            self.conn.set_session(f"SET lock_timeout = {int(ms)}")
+        else:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
+
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -145,8 +145,11 @@ class WindowData:
     events: list[EventRow] = field(default_factory=list)  # in the window, oldest first
     events_before: dict[str, EventRow] = field(default_factory=dict)  # last per tier ≤ start
     resource_capacity: dict[str, str] = field(default_factory=dict)  # journal: rid -> capacity
-    refusals: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, tier, status)
+    # requests refused or failed during preemptions: (ms, tier, status)
+    refusals: list[tuple[int, str, str]] = field(default_factory=list)
+    gate_closures: dict[str, int] = field(default_factory=dict)  # only when asked (report)
     busy: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # tier -> islands
+    busy_resolution: str = "request"  # request | minute (see _busy_islands)
     bench: dict[str, list[BenchRow]] = field(default_factory=dict)  # newest first
     # request start times per tier inside each wake ((tier, waking ms) -> starts), and, when
     # asked for (advise), every request start per tier in the window
@@ -166,9 +169,9 @@ class WindowData:
 
 
 def read_window(
-    conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None, *,
+    ledger, start_ms: int, end_ms: int, bucket_ms: int | None, *,
     providers: Iterable[str] | None = None, watched: Iterable[str] = (),
-    tokens: bool = True, fleet: bool = True, arrivals: bool = False,
+    tokens: bool = True, fleet: bool = True, arrivals: bool = False, closures: bool = False,
 ) -> WindowData:
     """Everything for the window (start, end] in one consistent snapshot.
 
@@ -179,8 +182,7 @@ def read_window(
     if bucket_ms is not None and (bucket_ms <= 0 or bucket_ms % MINUTE_MS):
         raise ValueError("the bucket size must be a positive whole number of minutes")
     data = WindowData(start_ms, end_ms, bucket_ms)
-    conn.execute("BEGIN")  # one consistent snapshot for every read below
-    try:
+    with ledger.snapshot() as conn:  # one consistent snapshot for every read below
         if fleet:
             data.events, data.events_before = _events(conn, start_ms, end_ms)
             data.bench = latest_bench(conn, end_ms)
@@ -194,16 +196,17 @@ def read_window(
         data.unconfirmed_credits = _unconfirmed_credits(conn, start_ms, end_ms)
         if tokens:
             data.tokens = _tokens(conn, start_ms, end_ms, bucket_ms)
-            data.busy = _busy_islands(conn, start_ms, end_ms)
-            data.refusals = _refusals(conn, start_ms, end_ms)
+            data.busy, data.busy_resolution = _busy_islands(conn, start_ms, end_ms)
+            if closures:
+                data.gate_closures = _gate_closures(conn, start_ms, end_ms)
         if fleet or tokens:
             data.resource_capacity = _resource_capacity(conn, end_ms)
         if fleet and tokens:
             data.held = _held(conn, wake_intervals(data.events, end_ms))
+            data.refusals = _refusals(conn, [(lo, hi) for _t, lo, hi in
+                                             preemption_intervals(data.events, end_ms)])
         if arrivals:
             data.arrivals = _arrivals(conn, start_ms, end_ms)
-    finally:
-        conn.execute("COMMIT")
     return data
 
 
@@ -235,14 +238,16 @@ def _load_series(
             if absent is not None and absent >= start_ms:
                 data.absent_at_ms = absent
         series[(p, a, r)] = data
-    boundaries = [start_ms]
-    if bucket_ms is not None:
-        b = start_ms - start_ms % bucket_ms + bucket_ms
-        while b < end_ms:
-            boundaries.append(b)
-            b += bucket_ms
-    boundaries.append(end_ms)
-    boundaries.extend(t for t in extra if start_ms < t < end_ms)
+    # the window's ends and the fleet events are seeked one by one; the aligned bucket
+    # boundaries in one statement per series (a recursive CTE of boundary times)
+    boundaries = [start_ms, end_ms, *(t for t in extra if start_ms < t < end_ms)]
+    first_b = None if bucket_ms is None else start_ms - start_ms % bucket_ms + bucket_ms
+    aligned_sql = (
+        "WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT t + ? FROM b WHERE t + ? < ?) "
+        "SELECT s.observed_ms, s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
+        "FROM b JOIN billing_samples s ON s.id = (SELECT id FROM billing_samples WHERE "
+        "provider=? AND account=? AND resource_id=? AND observed_ms <= b.t AND "
+        "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1)")
     point_sql = (
         "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM billing_samples WHERE "
         "provider=? AND account=? AND resource_id=? AND observed_ms <= ? AND "
@@ -253,6 +258,9 @@ def _load_series(
             row = conn.execute(point_sql, (*key, t)).fetchone()
             if row:
                 rows[key].add(tuple(row))
+        if first_b is not None and first_b < end_ms:
+            rows[key].update(tuple(r) for r in conn.execute(
+                aligned_sql, (first_b, bucket_ms, bucket_ms, end_ms, *key)))
         first = conn.execute(
             "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
             "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
@@ -260,19 +268,24 @@ def _load_series(
             (*key, start_ms)).fetchone()
         if first:
             rows[key].add(tuple(first))
-        # both sides of every change of state or spot flag inside the window
-        rows[key].update(tuple(r) for r in conn.execute(
-            "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM ("
-            " SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h,"
-            "  LAG(state) OVER w AS ps, LAG(spot) OVER w AS pk,"
-            "  LEAD(state) OVER w AS ns, LEAD(spot) OVER w AS nk,"
-            "  LAG(observed_ms) OVER w AS pt, LEAD(observed_ms) OVER w AS nt"
-            " FROM billing_samples WHERE provider=? AND account=? AND resource_id=? AND"
-            " observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL"
-            " WINDOW w AS (ORDER BY observed_ms)) AS q "
-            "WHERE (pt IS NOT NULL AND (ps IS DISTINCT FROM state OR pk IS DISTINCT FROM spot))"
-            " OR (nt IS NOT NULL AND (ns IS DISTINCT FROM state OR nk IS DISTINCT FROM spot))",
-            (*key, start_ms, end_ms)))
+        # both sides of every change of state or spot flag inside the window: seek the next
+        # sample that differs from the current run, then the sample just before it
+        anchor = conn.execute(point_sql, (*key, start_ms)).fetchone() or first
+        t, cur = start_ms, (None if anchor is None else (anchor[2], anchor[3]))
+        while cur is not None:
+            nxt = conn.execute(
+                "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
+                "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
+                "observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL AND "
+                "(state IS DISTINCT FROM ? OR spot IS DISTINCT FROM ?) "
+                "ORDER BY observed_ms LIMIT 1", (*key, t, end_ms, *cur)).fetchone()
+            if nxt is None:
+                break
+            rows[key].add(tuple(nxt))
+            before = conn.execute(point_sql, (*key, nxt[0] - 1)).fetchone()
+            if before is not None:
+                rows[key].add(tuple(before))
+            t, cur = nxt[0], (nxt[2], nxt[3])
     if series:
         for prov_name, account, rid, ms in conn.execute(
             "SELECT provider, account, resource_id, observed_ms "
@@ -364,10 +377,12 @@ def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
     whole_hi = end_ms - end_ms % MINUTE_MS  # minutes starting before this end before `end`
     edges: list[tuple[int, int]]
     if whole_lo < whole_hi:
+        width = bucket_ms or 1 << 62  # one bucket: every minute maps to 0, then to start_ms
         for minute, tier, req, prompt, output, est in conn.execute(
-            "SELECT minute_ms, tier, requests, prompt_tokens, completion_tokens, "
-            "estimated_requests FROM usage_minutes WHERE minute_ms >= ? AND minute_ms < ?",
-            (whole_lo, whole_hi)):
+            "SELECT minute_ms - minute_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
+            "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
+            "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY b, tier",
+            (width, whole_lo, whole_hi)):
             add(minute, tier, req, prompt, output, est)
         edges = [(start_ms, whole_lo), (whole_hi, end_ms)]
     else:
@@ -382,10 +397,34 @@ def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
     return out
 
 
+BUSY_EXACT_MAX_REQUESTS = 50_000
+
+
 def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
-                  ) -> dict[str, list[tuple[int, int]]]:
-    """Per tier, the union of the requests' [started, completed] intervals that overlap the
-    window (gaps and islands, computed in SQL), clipped to it."""
+                  ) -> tuple[dict[str, list[tuple[int, int]]], str]:
+    """Per tier, when some request was in flight, clipped to the window, and the resolution.
+
+    Up to ``BUSY_EXACT_MAX_REQUESTS`` requests in the window: the union of the requests'
+    [started, completed] intervals (gaps and islands, in SQL) — resolution ``request``. Beyond
+    that (a month of heavy traffic), the per-minute rollup: a minute in which some request
+    completed counts as busy — resolution ``minute`` (bounded cost, said in the output).
+    """
+    n = conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_minutes WHERE "
+                     "minute_ms >= ? AND minute_ms < ?",
+                     (start_ms - start_ms % MINUTE_MS, end_ms)).fetchone()[0]
+    if n > BUSY_EXACT_MAX_REQUESTS:
+        minutes: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for tier, minute in conn.execute(
+            "SELECT tier, minute_ms FROM usage_minutes WHERE minute_ms >= ? AND minute_ms < ? "
+            "AND requests > 0 ORDER BY tier, minute_ms",
+            (start_ms - start_ms % MINUTE_MS, end_ms)):
+            lo, hi = max(minute, start_ms), min(minute + MINUTE_MS, end_ms)
+            spans = minutes[tier]
+            if spans and spans[-1][1] >= lo:
+                spans[-1] = (spans[-1][0], hi)
+            elif hi > lo:
+                spans.append((lo, hi))
+        return dict(minutes), "minute"
     out: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for tier, s, e in conn.execute(
         "SELECT tier, MIN(s), MAX(e) FROM ("
@@ -400,24 +439,39 @@ def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
         lo, hi = max(s, start_ms), min(e, end_ms)
         if hi > lo:
             out[tier].append((lo, hi))
-    return dict(out)
+    return dict(out), "request"
 
 
-def _refusals(conn: sqlite3.Connection, start_ms: int, end_ms: int
+def _refusals(conn: sqlite3.Connection, intervals: Iterable[tuple[int, int]]
               ) -> list[tuple[int, str, str]]:
-    """Requests completed in [start, end) that were refused or failed: (ms, tier, status)."""
-    return [(r[0], r[1] or "", r[2]) for r in conn.execute(
-        "SELECT completed_ms, tier, status FROM usage WHERE completed_ms >= ? AND "
-        "completed_ms < ? AND status != 'ok' AND status != 'client_cancelled' "
-        "ORDER BY completed_ms", (start_ms, end_ms))]
+    """Requests refused or failed, completed inside the given intervals: (ms, tier, status)."""
+    out: set[tuple[int, str, str]] = set()
+    for lo, hi in intervals:
+        out.update((r[0], r[1] or "", r[2]) for r in conn.execute(
+            "SELECT completed_ms, tier, status FROM usage WHERE completed_ms >= ? AND "
+            "completed_ms <= ? AND status != 'ok' AND status != 'client_cancelled'", (lo, hi)))
+    return sorted(out)
 
 
-def refusal_counts(refusals: Iterable[tuple[int, str, str]]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for _ms, _tier, status in refusals:
-        if status in GATE_REFUSALS:
-            counts[status] += 1
-    return dict(counts)
+def _gate_closures(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict[str, int]:
+    """Requests the gate refused in [start, end), by reason (scans the window's usage rows:
+    only the HTML report asks)."""
+    marks = ", ".join("?" * len(GATE_REFUSALS))
+    return dict(conn.execute(
+        f"SELECT status, count(*) FROM usage WHERE completed_ms >= ? AND completed_ms < ? "  # noqa: S608
+        f"AND status IN ({marks}) GROUP BY status", (start_ms, end_ms, *GATE_REFUSALS)))
+
+
+def preemption_intervals(events: list[EventRow], end_ms: int) -> list[tuple[str, int, int]]:
+    """(tier, preempted ms, serving again ms or the window's end) for every preemption."""
+    out = []
+    for i, ev in enumerate(events):
+        if ev.event != "preempted":
+            continue
+        back = next((e.ts_ms for e in events[i + 1:] if e.tier == ev.tier and e.event in
+                     ("ready", "woke", "returned_to_spot")), end_ms)
+        out.append((ev.tier, ev.ts_ms, back))
+    return out
 
 
 # -- fleet journal, capacity --------------------------------------------------------------------
@@ -524,22 +578,26 @@ class BenchRecord:
     steps: list
 
 
+def _us(ms: float | None) -> int | None:
+    return None if ms is None else round(ms * 1000)
+
+
 def record_bench_run(ledger, rec: BenchRecord) -> int:
     """Append one ``spotctl bench`` result; returns its id."""
     with ledger.transaction() as conn:
         row = conn.execute(
             "INSERT INTO bench_runs (tier, started_ms, finished_ms, model, engine_version, "
             "accelerator, output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, "
-            "ttft_p50_ms, ttft_p90_ms, ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, "
+            "ttft_p50_us, ttft_p90_us, ttft_p99_us, itl_p50_us, itl_p90_us, itl_p99_us, "
             "requests, errors, prompt_tokens, output_tokens, mix_json, steps_json) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "RETURNING id",
             (rec.tier, rec.started_ms, rec.finished_ms, rec.model, rec.engine_version,
              rec.accelerator, rec.output_tokens_per_s, rec.concurrency, rec.slo_ttft_ms,
-             int(rec.slo_broken), rec.ttft_ms.get("p50"), rec.ttft_ms.get("p90"),
-             rec.ttft_ms.get("p99"), rec.itl_ms.get("p50"), rec.itl_ms.get("p90"),
-             rec.itl_ms.get("p99"), rec.requests, rec.errors, rec.prompt_tokens,
-             rec.output_tokens, json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
+             int(rec.slo_broken), *(_us(d.get(q)) for d in (rec.ttft_ms, rec.itl_ms)
+                                     for q in ("p50", "p90", "p99")),
+             rec.requests, rec.errors, rec.prompt_tokens, rec.output_tokens,
+             json.dumps(rec.mix), json.dumps(rec.steps))).fetchone()
         return int(row[0])
 
 
@@ -547,8 +605,8 @@ def bench_runs(conn: sqlite3.Connection, tier: str | None = None) -> list[dict]:
     """Every bench result (newest first), for ``spotctl bench --history`` and the report."""
     cur = conn.execute(
         "SELECT id, tier, started_ms, finished_ms, model, engine_version, accelerator, "
-        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_ms, ttft_p90_ms, "
-        "ttft_p99_ms, itl_p50_ms, itl_p90_ms, itl_p99_ms, requests, errors, prompt_tokens, "
+        "output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_us, ttft_p90_us, "
+        "ttft_p99_us, itl_p50_us, itl_p90_us, itl_p99_us, requests, errors, prompt_tokens, "
         "output_tokens, mix_json, steps_json FROM bench_runs WHERE (? IS NULL OR tier = ?) "
         "ORDER BY finished_ms DESC, id DESC", (tier, tier))
     cols = [d[0] for d in cur.description]

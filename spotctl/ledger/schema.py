@@ -298,6 +298,44 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     );
     """,
+    # 6 -> 7 (econ): bench latencies as integer microseconds (``*_us``): every ``*_ms`` column
+    # is an integer epoch/duration in ms (ledger check), and 4->5 stored them as REAL.
+    """
+    CREATE TABLE bench_runs_v7 (
+        id INTEGER PRIMARY KEY,
+        tier TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL,
+        model TEXT,
+        engine_version TEXT,
+        accelerator TEXT,
+        output_tokens_per_s REAL NOT NULL,
+        concurrency INTEGER NOT NULL,
+        slo_ttft_ms INTEGER NOT NULL,
+        slo_broken INTEGER NOT NULL,
+        ttft_p50_us INTEGER, ttft_p90_us INTEGER, ttft_p99_us INTEGER,
+        itl_p50_us INTEGER, itl_p90_us INTEGER, itl_p99_us INTEGER,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        mix_json TEXT NOT NULL,
+        steps_json TEXT NOT NULL
+    );
+    INSERT INTO bench_runs_v7 (id, tier, started_ms, finished_ms, model, engine_version,
+        accelerator, output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken, ttft_p50_us,
+        ttft_p90_us, ttft_p99_us, itl_p50_us, itl_p90_us, itl_p99_us, requests, errors,
+        prompt_tokens, output_tokens, mix_json, steps_json)
+        SELECT id, tier, started_ms, finished_ms, model, engine_version, accelerator,
+        output_tokens_per_s, concurrency, slo_ttft_ms, slo_broken,
+        CAST(round(ttft_p50_ms * 1000) AS INTEGER), CAST(round(ttft_p90_ms * 1000) AS INTEGER),
+        CAST(round(ttft_p99_ms * 1000) AS INTEGER), CAST(round(itl_p50_ms * 1000) AS INTEGER),
+        CAST(round(itl_p90_ms * 1000) AS INTEGER), CAST(round(itl_p99_ms * 1000) AS INTEGER),
+        requests, errors, prompt_tokens, output_tokens, mix_json, steps_json FROM bench_runs;
+    DROP TABLE bench_runs;
+    ALTER TABLE bench_runs_v7 RENAME TO bench_runs;
+    CREATE INDEX ix_bench_runs_tier_time ON bench_runs (tier, finished_ms);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

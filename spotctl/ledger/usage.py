@@ -27,13 +27,9 @@ MINUTE_MS = 60_000
 DEFAULT_DRAIN_CAP_MS = 120_000
 _CHUNK = 400  # ids per IN (...) lookup: well under every backend's parameter limit
 
-_USAGE_SQL = """
-INSERT INTO usage (
-    id, started_ms, completed_ms, key_id, tier, model, prompt_tokens, completion_tokens,
-    status, http_status, latency_ms, ttft_ms, stream, tokens_estimated
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO NOTHING
-"""
+_USAGE_HEAD = (
+    "INSERT INTO usage (id, started_ms, completed_ms, key_id, tier, model, prompt_tokens, "
+    "completion_tokens, status, http_status, latency_ms, ttft_ms, stream, tokens_estimated)")
 
 _ROLLUP_SQL = """
 INSERT INTO usage_minutes (minute_ms, tier, requests, prompt_tokens, completion_tokens,
@@ -60,7 +56,7 @@ def open_writer(path: str | os.PathLike[str], busy_timeout_ms: int) -> Ledger:
     """A ledger connection for the usage writer: it waits ``busy_timeout_ms`` for a write lock
     (short: a batch that cannot be written promptly goes to the spool instead)."""
     ledger = Ledger(path)
-    ledger.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    ledger.set_busy_timeout(busy_timeout_ms)
     return ledger
 
 
@@ -86,10 +82,13 @@ def record_usage(ledger: Ledger, rows: Iterable[UsageRecord]) -> int:
         fresh = list(by_id.values())
         if not fresh:
             return 0
-        conn.executemany(_USAGE_SQL, [
+        from spotctl.ledger.writes import insert_many  # one multi-row INSERT per 500 rows
+
+        insert_many(conn, _USAGE_HEAD, [
             (r.id, r.started_ms, r.completed_ms, r.key_id, r.tier, r.model, r.prompt_tokens,
              r.completion_tokens, r.status, r.http_status, r.latency_ms, r.ttft_ms,
-             int(r.stream), int(r.tokens_estimated)) for r in fresh])
+             int(r.stream), int(r.tokens_estimated)) for r in fresh],
+            "ON CONFLICT (id) DO NOTHING")
         minutes: dict[tuple[int, str], list[int]] = {}
         keys: dict[tuple[int, str], list[int]] = {}
         for r in fresh:

@@ -134,3 +134,19 @@ def _detect_decreases(conn: sqlite3.Connection, samples: Sequence[BillingSample]
             found.append(Anomaly(s.provider, s.account, s.resource_id, nxt[0],
                                  "cumulative_decreased", s.cumulative_micros, nxt[1]))
     return found
+
+
+def insert_many(conn, head: str, rows: Sequence[tuple], tail: str = "", *,
+                chunk: int = 500) -> int:
+    """Multi-row ``INSERT``: one statement per ``chunk`` rows (``head`` is
+    ``INSERT INTO t (a, b)``, ``tail`` e.g. ``ON CONFLICT (id) DO NOTHING``); returns the rows
+    inserted. Portable: both engines take ``VALUES (...), (...)``; 500 rows × 14 columns stays
+    far under SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement."""
+    inserted = 0
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        marks = "(" + ", ".join("?" * len(part[0])) + ")"
+        cur = conn.execute(f"{head} VALUES {', '.join([marks] * len(part))} {tail}",
+                           [v for row in part for v in row])
+        inserted += max(cur.rowcount, 0)
+    return inserted

@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 
 def read_window(ledger: Ledger, cfg: Config, start_ms: int, end_ms: int,
                 bucket_ms: int | None, *, providers: set[str] | None = None,
-                tokens: bool = True, fleet: bool = True,
-                arrivals: bool = False) -> queries.WindowData:
+                tokens: bool = True, fleet: bool = True, arrivals: bool = False,
+                closures: bool = False) -> queries.WindowData:
     polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
     watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
-    return queries.read_window(ledger.conn, start_ms, end_ms, bucket_ms, providers=providers,
-                               watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals)
+    return queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
+                               watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals,
+                               closures=closures)
 
 
 def spend_of(data: queries.WindowData, cfg: Config, *, providers: set[str] | None = None,
@@ -60,12 +61,14 @@ def spend_between(
 def cost_report(
     ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
     bucket_s: int = 3600, min_tokens: int = 1000,
-    tiers: set[str] | None = None, providers: set[str] | None = None,
+    tiers: set[str] | None = None, providers: set[str] | None = None, closures: bool = False,
 ) -> CostReport:
-    """The cost report for (start, end]: buckets aligned to multiples of ``bucket_s``."""
+    """The cost report for (start, end]: buckets aligned to multiples of ``bucket_s``.
+    ``closures``: also count the gate's refusals by reason (a scan of the window's requests)."""
     if end_ms <= start_ms:
         raise ValueError("the window ends before it starts")
-    data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers)
+    data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers,
+                       closures=closures)
     spend = spend_of(data, cfg, providers=providers, tiers=tiers)
     report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
     add_spot_economics(report, cfg)
@@ -119,3 +122,19 @@ def add_spot_economics(report: CostReport, cfg: Config) -> None:
                               "requests_held": sum(len(w.held_waits_ms) for w in woken)}
     report.extras["interruption_tax"] = interruption_tax_json(items)
     report.extras["spot_savings_estimate"] = combine_savings(savings)
+
+
+def add_summary(report: CostReport, cfg: Config) -> dict | None:
+    """The closing sentences (one per question) into ``report.extras['summary']``; returns the
+    hosted-API comparison used for the last one (None when the prices file is unusable)."""
+    from spotctl.accounting.sentences import summary
+    from spotctl.errors import SpotctlError
+    from spotctl.services.economics import hosted_compare
+
+    try:
+        compared = hosted_compare(report, cfg)
+    except SpotctlError as exc:  # a broken prices file must not break `cost`
+        compared = None
+        report.extras["summary_note"] = f"no API comparison: {exc.message}"
+    report.extras["summary"] = summary(report, compared)
+    return compared

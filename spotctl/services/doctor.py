@@ -80,6 +80,14 @@ def _ledger(cfg: Config) -> Check:
     from spotctl.ledger.db import Ledger
     from spotctl.ledger.schema import SCHEMA_VERSION
 
+    if cfg.ledger.url:  # PostgreSQL: opening it is the check
+        try:
+            with Ledger(cfg.ledger_target, readonly=True) as ledger:
+                version = ledger.schema_version()
+                where = ledger.where
+        except SpotctlError as exc:
+            return Check("ledger", FAIL, exc.message, int(exc.exit_code))
+        return Check("ledger", OK, f"{where} (PostgreSQL, schema v{version})")
     path = cfg.ledger_path
     if not path.exists():
         return Check("ledger", WARN, f"{path}: none yet (the first spotctl poll-billing creates "
@@ -103,7 +111,7 @@ def _billing(cfg: Config, clock: Clock) -> list[Check]:
     from spotctl.clock import from_ms, iso, to_ms
     from spotctl.ledger.db import Ledger
 
-    with Ledger(cfg.ledger_path, readonly=True) as ledger:
+    with Ledger(cfg.ledger_target, readonly=True) as ledger:
         rows = provider_health(ledger, cfg, to_ms(clock.now()))
     out = []
     for r in rows:

@@ -278,14 +278,22 @@ def load_offers(path) -> list:
 def compare(ledger, cfg: Config, start_ms: int, end_ms: int, prices: str | None = None,
             bucket_s: int = 3600) -> dict:
     """What the window's tokens would have cost on each hosted offer, against its spend."""
+    from spotctl.services.cost import cost_report
+
+    report = cost_report(ledger, cfg, start_ms, end_ms, bucket_s=bucket_s)
+    return hosted_compare(report, cfg, prices)
+
+
+def hosted_compare(report, cfg: Config, prices: str | None = None) -> dict:
+    """The compare figures for a cost report already built (no second read)."""
     from spotctl.accounting.compare import compare_offers, fully_loaded
     from spotctl.clock import from_ms, iso
     from spotctl.money import usd_str
-    from spotctl.services.cost import cost_report, fixed_costs
+    from spotctl.services.cost import fixed_costs
 
+    start_ms, end_ms = report.start_ms, report.end_ms
     path, origin = prices_path(cfg, prices)
     offers = load_offers(path)
-    report = cost_report(ledger, cfg, start_ms, end_ms, bucket_s=bucket_s)
     rows = compare_offers(offers, report, cfg.tiers)
     return {
         "window": {"start": iso(from_ms(start_ms)), "end": iso(from_ms(end_ms))},

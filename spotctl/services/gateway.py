@@ -27,7 +27,7 @@ def build_gateway(cfg: Config, clock: Clock | None = None,
     clock = clock or get_clock()
     fleet = None
     if any(t.fleet_managed for t in cfg.tiers):
-        from spotctl.fleet.runtime import FleetRuntime
+        from spotctl.services.fleet import FleetRuntime
 
         fleet = FleetRuntime(cfg, clock)
     return Gateway(cfg, clock, RoutingRuntime(fleet), log=log)

@@ -1,14 +1,20 @@
-"""``spotctl daemon``: every minute, poll billing, detect preemption, recover (spot again for up
-to ``spot_retry_minutes``, then on-demand, and back to spot when capacity returns), hibernate
-idle tiers, finish any operation a previous process left half done, and report machines that
-bill for a tier in no journal state (orphans).
+"""The daemon service (``spotctl daemon``): every minute, poll billing, detect preemption,
+recover (spot again for up to ``spot_retry_minutes``, then on-demand, and back to spot when
+capacity returns), probe engines and recover dead ones, hibernate idle tiers (never one with
+open requests), finish any operation a previous process left half done, and report machines
+that bill for a tier in no journal state (orphans).
 
 Each pass takes each tier's lock (skipping a tier another process is operating on), gathers
-:class:`~spotctl.fleet.policy.Facts` from the journal, the gateway's activity and the backend
-*under that lock*, asks :func:`~spotctl.fleet.policy.decide`, and takes at most one bounded step
-(one launch attempt, not a blocking retry loop). State lives in the ledger and the backends
-only, so a restart at any moment resumes correctly. One daemon per ledger: a second one exits
-(:func:`daemon_lock`).
+:class:`~spotctl.fleet.policy.Facts` from the journal, the gateways' activity, the backend and
+an engine probe *under that lock*, asks the pure :func:`~spotctl.fleet.policy.decide`, and takes
+at most one bounded step (one launch attempt, not a blocking retry loop) through
+:class:`~spotctl.fleet.manager.FleetManager`. State lives in the ledger and the backends only,
+so a restart at any moment resumes correctly. One daemon per ledger (:func:`daemon_lock`).
+
+Exit statuses of :func:`run_daemon`: 0 stopped by SIGTERM/SIGINT; 1 the billing thread died
+(:class:`DaemonDied`: the supervisor restarts the daemon); 2 another daemon holds the ledger
+(:class:`DaemonAlreadyRunning`). ``--once``: 1 when a fleet step failed, 4 when a billing poll
+failed.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ class FleetDaemon:
             return ""
         now = to_ms(self.clock.now())
         if report.provider is not None:
-            with Ledger(self.manager.ledger_path) as led:
+            with Ledger(self.manager.ledger_target) as led:
                 for mach in report.machines:
                     record_orphan(led, report.provider, None, mach.resource_id, now,
                                   f"tier {tier.name}: {mach.name} ({mach.state.value}, "
@@ -211,7 +217,7 @@ class FleetDaemon:
         from spotctl.billing.poller import poll_once
 
         if self.cfg.providers:
-            with Ledger(self.cfg.ledger_path) as led:
+            with Ledger(self.cfg.ledger_target) as led:
                 for o in poll_once(self.cfg, led, self.clock):
                     if not o.ok:
                         line = f"billing {o.provider}: FAILED {o.kind}: {o.message}"
@@ -275,10 +281,32 @@ class FleetDaemon:
         if not self.cfg.providers:
             return
         try:
-            with Ledger(self.cfg.ledger_path) as led:
+            with Ledger(self.cfg.ledger_target) as led:
                 run_daemon(self.cfg, led, self.clock, stop,
                            log=lambda line: self.log(f"billing {line}"))
         except BaseException as exc:
             died.append(exc)
             self.log(f"billing thread died: {type(exc).__name__}: {exc}")
             stop.set()
+
+
+def run_daemon(cfg: Config, clock: Clock, log: Callable[[str], None], *, once: bool = False,
+               stop: threading.Event | None = None) -> int:
+    """``spotctl daemon [--once]``: returns the process exit status (see the module doc);
+    raises :class:`DaemonAlreadyRunning` / :class:`DaemonDied`."""
+    from spotctl.errors import ExitCode
+
+    with daemon_lock(cfg.ledger_path):
+        d = FleetDaemon(cfg, clock, log)
+        if once:
+            result = d.run_once()
+            if result.fleet_errors:
+                return int(ExitCode.ERROR)
+            if result.billing_errors:
+                return int(ExitCode.OBSERVABILITY)
+            return int(ExitCode.OK)
+        stop = stop or threading.Event()
+        log(f"daemon: {len(cfg.tiers)} tier(s), {len(cfg.providers)} provider(s)")
+        d.run(stop)
+        log("daemon: stopped")
+        return int(ExitCode.OK)

@@ -1,0 +1,59 @@
+"""The fleet commands through the CLI in process (parse → one services call → render)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from spotctl.cli.main import app
+from spotctl.config import parse_config
+from spotctl.errors import ExitCode
+
+
+def _cfg(lc, tmp_path):
+    text = lc.config_toml(extra=(
+        '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
+        'capacity = "on-demand"\nidle_minutes = 0\nflavor = "n3-A100x1"\n'
+        '[[tiers]]\nname = "fixed"\nmodel = "tiny"\nendpoint = "http://127.0.0.1:9"\n'))
+    path = tmp_path / "spotctl.toml"
+    path.write_text(text)
+    return parse_config(text, path)
+
+
+def _cli(cfg, *args):
+    return CliRunner().invoke(app, ["--config", str(cfg.source), *args])
+
+
+def test_status_shows_the_time_since_the_last_wake(localcloud_engines, tmp_path):
+    """`last wake` used to show how long the wake took; an operator wants how long ago."""
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    for cmd in ("up", "hibernate", "wake"):
+        assert _cli(cfg, cmd, "big").exit_code == 0
+    lc.clock.advance(600)
+    result = _cli(cfg, "status", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["tier"]: r for r in json.loads(result.output)["tiers"]}
+    big = rows["big"]
+    assert big["state"] == "ready" and big["last_wake_ago_seconds"] == 600
+    assert big["last_wake_duration_seconds"] >= 60  # RESTORE_S on the local cloud
+    assert big["machines"] == 1 and big["orphans"] == []
+    assert rows["fixed"]["state"] == "fixed"
+    assert _cli(cfg, "status").exit_code == 0  # the table renders (its width is the CLI's)
+
+
+def test_events_for_an_unknown_tier_is_a_usage_error(localcloud, tmp_path):
+    cfg = _cfg(localcloud, tmp_path)
+    result = _cli(cfg, "events", "--tier", "nope")
+    assert result.exit_code == ExitCode.USAGE
+    assert "known: big, fixed" in result.output
+
+
+def test_fleet_commands_refuse_a_fixed_engine(localcloud, tmp_path):
+    cfg = _cfg(localcloud, tmp_path)
+    for cmd in (["up", "fixed"], ["down", "fixed"], ["down", "fixed", "--orphans"],
+                ["hibernate", "fixed"]):
+        result = _cli(cfg, *cmd)
+        assert result.exit_code == ExitCode.USAGE, (cmd, result.output)
+        assert "fixed engine" in result.output
