@@ -50,6 +50,7 @@ from spotctl.localcloud.engines import free_port
 
 PY = [sys.executable, "-m", "spotctl"]
 TIER, MODEL = "big", "tiny"
+ENGINE_PORT = 8000  # the tier's engine_port (the default)
 DAEMON_OPS = {"recover", "idle", "return_to_spot", None}  # None: a step finishing a dead op
 CONFIG = """\
 [ledger]
@@ -84,10 +85,12 @@ probe_timeout_s = 1.0
 """
 
 
-def pid_listening_on(port: int) -> int | None:
-    """The process with a listening TCP socket on ``port`` (Linux /proc)."""
+def pid_listening_on(port: int, host: str) -> int | None:
+    """The process listening on ``host:port`` (or on 0.0.0.0:port), from Linux /proc."""
+    import socket
+
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in ("/proc/net/tcp",):
         try:
             with open(table) as fh:
                 lines = fh.read().splitlines()[1:]
@@ -95,7 +98,9 @@ def pid_listening_on(port: int) -> int | None:
             continue
         for line in lines:
             parts = line.split()
-            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+            addr_hex, port_hex = parts[1].rsplit(":", 1)
+            addr = socket.inet_ntoa(bytes.fromhex(addr_hex)[::-1])
+            if parts[3] == "0A" and int(port_hex, 16) == port and addr in (host, "0.0.0.0"):
                 inodes.add(f"socket:[{parts[9]}]")
     for pid in (p for p in os.listdir("/proc") if p.isdigit()) if inodes else ():
         try:
@@ -243,15 +248,21 @@ class Traffic:
 
 
 # -- faults -----------------------------------------------------------------------------------------
-def serving_vm(world: World) -> dict | None:
-    vms = [vm for vm in world.vms() if vm.get("status") == "ACTIVE"]
-    return max(vms, key=lambda vm: vm["id"]) if vms else None
+def operator_vms(world: World) -> list[dict]:
+    """The local cloud operator's view: every live VM with its spot flag and address."""
+    r = httpx.get(f"{world.control}/vms", timeout=10)
+    r.raise_for_status()
+    return [vm for vm in r.json() if vm.get("status") != "DELETED"]
 
 
 def engine_signal(world: World, sig: int) -> bool:
-    vm = serving_vm(world)
-    port = (vm or {}).get("localcloud", {}).get("engine_port")
-    pid = pid_listening_on(int(port)) if port else None
+    """Signal the engine of the serving VM (it listens on the VM's address, the tier's
+    engine_port)."""
+    active = [vm for vm in operator_vms(world) if vm.get("status") == "ACTIVE" and vm.get("ip")]
+    if not active:
+        return False
+    vm = max(active, key=lambda v: v["id"])
+    pid = pid_listening_on(ENGINE_PORT, vm["ip"])
     if pid is None:
         return False
     try:
@@ -262,7 +273,7 @@ def engine_signal(world: World, sig: int) -> bool:
 
 
 def preempt(world: World, withdraw_capacity: bool) -> bool:
-    spot = [vm for vm in world.vms() if (vm.get("localcloud") or {}).get("spot")]
+    spot = [vm for vm in operator_vms(world) if vm.get("spot")]
     if not spot:
         return False
     if withdraw_capacity:
@@ -431,8 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_start = real_epoch() - 86_400
     world.start("localcloud", "localcloud", "serve", "--listen", f"127.0.0.1:{world.cloud_port}",
                 "--speed", str(args.speed), "--start", iso(_utc(sim_start)), "--clock-file",
-                str(world.clock_file), "--engine", "builtin", "--engine-model", MODEL,
-                "--dark-hang-s", "1")
+                str(world.clock_file), "--engine", "builtin", "--dark-hang-s", "1")
     world.wait_http(f"{world.control}/health")
     world.clock = FileClock(world.clock_file)
     start_ms = world.sim_ms() - 60_000

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fixtures_pg import PG_USER, PgServer, _start_server
+from tests.fixtures_pg import PG_USER, PgServer, _start_server, start_reaper
 
 __all__ = ["PgServer", "running_postgres"]
 
@@ -22,6 +22,7 @@ def running_postgres() -> Iterator[PgServer]:
     parent = Path(tempfile.mkdtemp(prefix="spotctl-pg-bench-"))
     os.chmod(parent, 0o755)
     server = _start_server(parent / "pg")
+    reaper = start_reaper(server, parent)  # stops it even if this process is killed
     passfile = parent / "pgpass"
     passfile.write_text(f"127.0.0.1:*:*:{PG_USER}:{server.password}\n")
     passfile.chmod(0o600)
@@ -34,6 +35,8 @@ def running_postgres() -> Iterator[PgServer]:
 
         close_pools()
         server.ctl("stop", "-w", "-t", "60", "-m", "fast", check=False)
+        reaper.kill()
+        reaper.wait(10)
         if saved is None:
             os.environ.pop("PGPASSFILE", None)
         else:

@@ -13,7 +13,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spotctl.errors import ConfigError
 
@@ -25,7 +34,7 @@ Quantization = Literal[
     "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8", "none"
 ]
 Capacity = Literal["spot-first", "spot", "on-demand"]
-Backend = Literal["skypilot", "hyperstack", "localcloud"]
+Backend = Literal["skypilot", "hyperstack", "localcloud", "fixed"]
 Exposure = Literal["ssh", "public"]
 
 
@@ -86,44 +95,19 @@ class ProviderConfig(_Section):
     account: str | None = None  # label for the account when the API gives none
 
 
-class TierConfig(_Section):
+class _TierBase(_Section):
+    """What every tier has, whatever runs it."""
+
     name: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")]
     model: str
     served_model_name: str | None = None  # what clients put in "model"; default: model
-    quantization: Quantization = "none"
-    accelerators: str | None = None  # "H100:1"
-    tensor_parallel: Annotated[int, Field(ge=1)] = 1
-    max_model_len: Annotated[int, Field(ge=16)] | None = None
-    capacity: Capacity = "spot-first"
-    backend: Backend = "skypilot"
-    provider: str | None = None  # the [[providers]] name that bills this tier
-    clouds: list[str] = Field(default_factory=list)
-    regions: list[str] = Field(default_factory=list)
-    spot_retry_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 30
-    idle_minutes: Annotated[int, Field(ge=0)] = 15
-    weights_bucket: str | None = None  # e.g. s3://my-weights, mounted MOUNT_CACHED
-    weights_volume: str | None = None  # a volume name where the cloud has them
-    vllm_args: list[str] = Field(default_factory=list)
-    vllm_version: str = "0.11.0"
     priority: int = 0  # lower serves first
-    exposure: Exposure = "ssh"
-    endpoint: str | None = None  # a fixed engine the user already runs: http://host:port
+    provider: str | None = None  # the [[providers]] name that bills this tier's machines
+    accelerators: str | None = None  # "H100:1": what it runs on (launched, or described)
     api_key_env: str | None = None  # the engine's key, for fixed or public engines
-    flavor: str | None = None  # Hyperstack / local cloud flavor name (default: from accelerators)
-    # Hyperstack / local cloud: the account's environment, SSH key pair and OS image by name
-    # (checked before anything is created), and the size of the tier's weights volume.
-    environment: str = "default"
-    keypair: str = "spotctl"
-    image: str = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
-    volume_gb: Annotated[int, Field(ge=1, le=1_048_576)] = 200
-    engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
-    ssh_user: str = "ubuntu"
-    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
-    ssh_key_path: Path = Path("~/.ssh/id_ed25519")
-    ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
-    # (econ) output tokens/s one VM of this tier serves at saturation, when no `spotctl bench`
-    # was run: capacity for `cost` utilisation and full-load $/Mtok. Cite the figure's source.
+    # (econ) output tokens/s one machine of this tier serves at saturation, when no
+    # `spotctl bench` was run: capacity for `cost` utilisation and full-load $/Mtok. Cite the
+    # figure's source in a comment.
     rated_output_tokens_per_s: Annotated[float, Field(gt=0)] | None = None
 
     @property
@@ -132,7 +116,111 @@ class TierConfig(_Section):
 
     @property
     def fleet_managed(self) -> bool:
-        return self.endpoint is None
+        return True
+
+    @property
+    def hardware(self) -> str | None:
+        """A label for what the engine runs on (bench records, reports)."""
+        return self.accelerators
+
+
+class FixedTier(_TierBase):
+    """``backend = "fixed"`` (or just ``endpoint = ...``): an engine the user already runs.
+    spotctl routes to it and attributes its provider's billing; it manages no machine."""
+
+    backend: Literal["fixed"] = "fixed"
+    endpoint: str  # http://host:port, without /v1
+
+    @property
+    def fleet_managed(self) -> bool:
+        return False
+
+
+class _ManagedTier(_TierBase):
+    """A tier whose machines spotctl launches, hibernates and downs."""
+
+    quantization: Quantization = "none"
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    capacity: Capacity = "spot-first"
+    spot_retry_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 30
+    idle_minutes: Annotated[int, Field(ge=0)] = 15
+    vllm_args: list[str] = Field(default_factory=list)
+    vllm_version: str = "0.11.0"
+    exposure: Exposure = "ssh"
+    engine_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # exposure = "ssh": how the gateway host reaches the VM (host keys must be in known_hosts)
+    ssh_user: str = "ubuntu"
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    ssh_key_path: Path = Path("~/.ssh/id_ed25519")
+    ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
+
+    @property
+    def endpoint(self) -> None:
+        """A managed tier has no fixed endpoint: the fleet knows where its engine is."""
+        return None
+
+
+class SkyPilotTier(_ManagedTier):
+    """``backend = "skypilot"`` (the default): a SkyPilot cluster on the listed clouds."""
+
+    backend: Literal["skypilot"] = "skypilot"
+    clouds: list[str] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=list)
+    weights_bucket: str | None = None  # e.g. s3://my-weights, mounted MOUNT_CACHED
+    # or a SkyPilot volume by name (`sky volumes apply`; RunPod network volumes, Kubernetes
+    # PVCs), mounted at the same place; a bucket wins when both are set
+    weights_volume: str | None = None
+
+
+class HyperstackTier(_ManagedTier):
+    """``backend = "hyperstack"``: native Hyperstack VMs and a weights volume that outlives them."""
+
+    backend: Literal["hyperstack", "localcloud"] = "hyperstack"
+    flavor: str | None = None  # Hyperstack / local cloud flavor name (default: from accelerators)
+    # The account's environment, SSH key pair and OS image by name (checked before anything is
+    # created), and the tier's weights volume (name and size).
+    environment: str = "default"
+    keypair: str = "spotctl"
+    image: str = "Ubuntu Server 22.04 LTS R535 CUDA 12.2"
+    weights_volume: str | None = None  # default: spotctl-<tier>-weights
+    volume_gb: Annotated[int, Field(ge=1, le=1_048_576)] = 200
+
+    @property
+    def hardware(self) -> str | None:
+        return self.accelerators or self.flavor
+
+
+class LocalCloudTier(HyperstackTier):
+    """``backend = "localcloud"``: the embedded local cloud (Hyperstack's API)."""
+
+    backend: Literal["localcloud"] = "localcloud"
+
+
+def _tier_backend(value: Any) -> str:
+    """The union's tag: ``backend``, else ``fixed`` when an ``endpoint`` is given, else the
+    default ``skypilot``."""
+    if isinstance(value, dict):
+        backend = value.get("backend")
+        if backend is None:
+            return "fixed" if "endpoint" in value else "skypilot"
+        return backend if isinstance(backend, str) else "?"
+    return getattr(value, "backend", "?")
+
+
+# A tier is one of these, by its backend: a key that does not belong to the backend is an error
+# (``flavor`` on a SkyPilot tier, ``clouds`` on a Hyperstack one), never silently ignored.
+TierConfig = Annotated[
+    Annotated[SkyPilotTier, Tag("skypilot")]
+    | Annotated[HyperstackTier, Tag("hyperstack")]
+    | Annotated[LocalCloudTier, Tag("localcloud")]
+    | Annotated[FixedTier, Tag("fixed")],
+    Discriminator(_tier_backend, custom_error_type="backend",
+                  custom_error_message="backend: one of skypilot, hyperstack, localcloud, fixed",
+                  custom_error_context={"discriminator": "backend"}),
+]
+ManagedTier = SkyPilotTier | HyperstackTier | LocalCloudTier
+Tier = ManagedTier | FixedTier
 
 
 class BudgetConfig(_Section):
@@ -299,11 +387,18 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return user if user.is_file() else None
 
 
+TIER_TAGS = ("skypilot", "hyperstack", "localcloud", "fixed")
+
+
 def _loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
-    """Render a pydantic location as ``tiers[0].capacity`` (named ``tiers.big`` when possible)."""
+    """Render a pydantic location as ``tiers[0].capacity`` (named ``tiers.big`` when possible).
+    The tier union's tag (``tiers[0].skypilot.flavor``) is not a key of the file: left out."""
     parts: list[str] = []
     node: Any = data
     for item in loc:
+        if isinstance(item, str) and item in TIER_TAGS and isinstance(node, dict) \
+                and item not in node and parts and parts[-1].startswith("["):
+            continue
         if isinstance(item, int):
             name = None
             if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
@@ -321,10 +416,20 @@ def format_validation_error(path: Path | str, exc: ValidationError, data: dict[s
     where = _loc(tuple(err.get("loc", ())), data)
     msg = err.get("msg", "invalid value")
     if err.get("type") == "extra_forbidden":
+        loc = tuple(err.get("loc", ()))
+        tag = next((x for x in loc if isinstance(x, str) and x in TIER_TAGS), None)
+        if tag is not None and len(loc) >= 3 and loc[0] == "tiers":
+            return (f"{path}: {where}: unknown key for a tier with backend {tag!r} (check its "
+                    "spelling, or the tier's backend)")
         return f"{path}: {where}: unknown key (check its spelling)"
     found = err.get("input")
-    found_text = "missing" if err.get("type") == "missing" else repr(found)
-    if isinstance(found, dict | list):
+    if err.get("type") == "backend" and isinstance(found, dict):  # the tier union's tag
+        where, found = f"{where}.backend", found.get("backend")
+        msg = "one of skypilot, hyperstack, localcloud, fixed"
+    found_text = repr(found)
+    if err.get("type") == "missing":
+        found_text = "missing"
+    elif isinstance(found, dict | list):
         found_text = type(found).__name__
     if isinstance(found, str) and "://" in found and "@" in found:  # never echo a password
         found_text = repr(found.split("://", 1)[0] + "://***@" + found.rsplit("@", 1)[1])

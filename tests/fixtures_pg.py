@@ -22,6 +22,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -149,12 +150,37 @@ def _start_server(tmp_root: Path) -> PgServer:
     return server
 
 
+# Stops the server and removes its directory once the test process is gone, however it ended
+# (a `timeout` or kill -9 skips every fixture teardown and would leave the server running).
+_REAPER = """
+import os, shutil, subprocess, sys, time
+pid, parent, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while True:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(1)
+subprocess.run(argv, capture_output=True, timeout=120)
+shutil.rmtree(parent, ignore_errors=True)
+"""
+
+
+def start_reaper(server: PgServer, parent: Path) -> subprocess.Popen:
+    stop = server._as_user([str(server.bindir / "pg_ctl"), "-D", str(server.datadir), "stop",
+                            "-m", "immediate", "-w", "-t", "60"])
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid()), str(parent),
+                             *stop], start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the session; its password reaches clients via PGPASSFILE."""
     parent = Path(tempfile.mkdtemp(prefix="spotctl-pg-"))
     os.chmod(parent, 0o755)  # the service user walks into its own directory below
     server = _start_server(parent / "pg")
+    reaper = start_reaper(server, parent)
     passfile = parent / "pgpass"
     passfile.write_text(f"127.0.0.1:*:*:{PG_USER}:{server.password}\n")
     passfile.chmod(0o600)
@@ -168,6 +194,8 @@ def pg_server() -> Iterator[PgServer]:
 
         close_pools()
         server.ctl("stop", "-w", "-t", "60", "-m", "fast", check=False)
+        reaper.kill()
+        reaper.wait(10)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

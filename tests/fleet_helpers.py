@@ -57,9 +57,11 @@ def live_vms(lc) -> list:
     return [vm for vm in lc.handle.cloud.list_vms() if vm.state != "DELETED"]
 
 
-def pid_listening_on(port: int) -> int | None:
-    """The process with a listening TCP socket on ``port`` (Linux /proc), or None."""
+def pid_listening_on(port: int, host: str | None = None) -> int | None:
+    """The process with a listening TCP socket on ``host:port`` (any address when ``host`` is
+    None; a socket bound to 0.0.0.0 matches every host), from Linux /proc, or None."""
     import os
+    import socket
 
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -70,8 +72,14 @@ def pid_listening_on(port: int) -> int | None:
         for line in lines:
             parts = line.split()
             local, state, inode = parts[1], parts[3], parts[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{inode}]")
+            addr_hex, port_hex = local.rsplit(":", 1)
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            if host is not None and len(addr_hex) == 8:
+                addr = socket.inet_ntoa(bytes.fromhex(addr_hex)[::-1])
+                if addr not in (host, "0.0.0.0"):
+                    continue
+            inodes.add(f"socket:[{inode}]")
     if not inodes:
         return None
     for pid in os.listdir("/proc"):
@@ -95,7 +103,8 @@ def signal_engine(endpoint: str, sig: int) -> int:
     import os
     from urllib.parse import urlsplit
 
-    pid = pid_listening_on(urlsplit(endpoint).port or 80)
+    parts = urlsplit(endpoint)
+    pid = pid_listening_on(parts.port or 80, parts.hostname)
     assert pid is not None, f"no process listens for {endpoint}"
     os.kill(pid, sig)
     return pid

@@ -60,6 +60,10 @@ def task_config(tier: TierConfig) -> dict:
     if tier.weights_bucket:
         task["file_mounts"] = {WEIGHTS_MOUNT: {"source": tier.weights_bucket,
                                                "mode": "MOUNT_CACHED"}}
+    elif tier.weights_volume:
+        # a SkyPilot volume (0.14.1: runpod-network-volume or Kubernetes PVCs only, created
+        # with `sky volumes apply`): the weights outlive the cluster where buckets cannot mount
+        task["volumes"] = {WEIGHTS_MOUNT: tier.weights_volume}
     return task
 
 

@@ -21,6 +21,7 @@ from spotctl.accounting.economics import (
 )
 from spotctl.accounting.report import CostReport, build_report
 from spotctl.accounting.spend import SpendResult, compute_spend, watched_providers
+from spotctl.config import HyperstackTier
 from spotctl.ledger import queries
 from spotctl.money import usd_str
 
@@ -91,7 +92,8 @@ def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemand
                                       "tier in the window")
     tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
     prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if tier_cfg is not None and prov is not None and prov.kind == "localcloud" and tier_cfg.flavor:
+    if isinstance(tier_cfg, HyperstackTier) and prov is not None and prov.kind == "localcloud" \
+            and tier_cfg.flavor:
         from spotctl.localcloud.model import FLAVORS
 
         flavor = FLAVORS.get(tier_cfg.flavor)

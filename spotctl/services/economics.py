@@ -25,6 +25,7 @@ from spotctl.accounting.bench import (
     saturation,
     summarise_step,
 )
+from spotctl.config import HyperstackTier
 from spotctl.errors import SpotctlError, UsageError
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def run_bench(
     headers = {"Authorization": f"Bearer {api_key}"}
     out = BenchOutcome(tier.name, tier.public_model, to_ms(get_clock().now()), 0, slo_ttft_ms,
                        engine_version=default_engine_version(tier),
-                       accelerator=tier.accelerators or tier.flavor, mix=mix)
+                       accelerator=tier.hardware, mix=mix)
     n_steps = max(1, int(duration_s // step_s))
 
     async def main() -> None:
@@ -383,7 +384,8 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
 def _flavor(cfg: Config, tier: str):
     tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
     prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if tier_cfg is None or prov is None or prov.kind != "localcloud" or not tier_cfg.flavor:
+    if not isinstance(tier_cfg, HyperstackTier) or prov is None or prov.kind != "localcloud" \
+            or not tier_cfg.flavor:
         return None
     from spotctl.localcloud.model import FLAVORS
 
@@ -398,9 +400,11 @@ def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = N
     from spotctl.clock import from_ms, iso
     from spotctl.services.cost import read_window, spend_of
 
-    names = [t.name for t in cfg.tiers if tier is None or t.name == tier]
-    if tier is not None and not names:
-        cfg.tier(tier)  # raises the one-line unknown-tier error
+    if tier is not None and not cfg.tier(tier).fleet_managed:  # unknown: the one-line error
+        raise UsageError(f"tier {tier!r} is a fixed engine: spotctl cannot hibernate it, so "
+                         "there is no idle policy to advise")
+    # fixed engines are not spotctl's to hibernate: only fleet-managed tiers have a policy
+    names = [t.name for t in cfg.tiers if t.fleet_managed and (tier is None or t.name == tier)]
     data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
     spend = spend_of(data, cfg)
     report = build_report(data, spend, cfg, min_tokens=1)
