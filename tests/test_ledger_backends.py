@@ -161,7 +161,8 @@ def test_the_fleet_journal_on_both(ledger_target, clock):
     """The fleet's journal (spotctl.fleet.journal over ledger/journal.py) on either backend."""
     from spotctl.config import parse_config
     from spotctl.fleet.base import TierState, TierStatus
-    from spotctl.fleet.journal import Journal, read_events
+    from spotctl.fleet.journal import Journal
+    from spotctl.ledger.journal import fleet_events as read_events
 
     key = "url" if isinstance(ledger_target, str) else "path"
     cfg = parse_config(f'[ledger]\n{key} = "{ledger_target}"\n')

@@ -102,6 +102,10 @@ class Gateway:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._gate_ledger: Ledger | None = None
+        # One thread at a time uses (or closes) the gate's ledger connection: the refresher,
+        # start-up, shutdown and tests calling refresh() all go through it. Closing a SQLite
+        # connection another thread is using crashes the process (seen: a segfault in a read).
+        self._gate_lock = threading.RLock()
         self._last_good: GateState | None = None  # the last gate computed from the ledger
         self._publish_error: str | None = None
 
@@ -128,10 +132,12 @@ class Gateway:
         self._stop.set()
         if self._refresher is not None:
             self._refresher.join(timeout=10)
-        self._publish(final=True)
-        if self._gate_ledger is not None:
-            with contextlib.suppress(Exception):
-                self._gate_ledger.close()
+        with self._gate_lock:
+            self._publish(final=True)
+            if self._gate_ledger is not None:
+                with contextlib.suppress(Exception):
+                    self._gate_ledger.close()
+                self._gate_ledger = None
         if not self.recorder.close():
             self.log("some usage rows could not be made durable before exit")
 
@@ -159,6 +165,10 @@ class Gateway:
         self.board.refresh_blocking()
 
     def refresh_gate(self) -> None:
+        with self._gate_lock:
+            self._refresh_gate()
+
+    def _refresh_gate(self) -> None:
         try:
             if self._gate_ledger is None:
                 self._gate_ledger = Ledger(self.ledger_target)
@@ -189,6 +199,10 @@ class Gateway:
 
     def _publish(self, final: bool = False) -> None:
         """Open requests per tier for the fleet (``gateway_tiers``); 0 on shutdown."""
+        with self._gate_lock:
+            self._publish_locked(final)
+
+    def _publish_locked(self, final: bool) -> None:
         board = self.board
         tiers = {t: (0 if final else board.in_flight.get(t, 0), board.last_request_ms.get(t))
                  for t in board.tiers}
@@ -225,9 +239,10 @@ class Gateway:
             due = time.monotonic() + self.refresh_s  # clock-ok
             self.refresh_gate()
             n += 1
-            if n % 1000 == 0 and self._gate_ledger is not None:
-                with contextlib.suppress(Exception):
-                    forget_gateways(self._gate_ledger, to_ms(self.clock.now()) - DAY_MS)
+            if n % 1000 == 0:
+                with self._gate_lock, contextlib.suppress(Exception):
+                    if self._gate_ledger is not None:
+                        forget_gateways(self._gate_ledger, to_ms(self.clock.now()) - DAY_MS)
 
     def _gauges(self) -> None:
         m, gate = self.metrics, self.gate
