@@ -12,29 +12,19 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "spotctl"
 SQL_CALL = re.compile(r"\.(execute|executemany|executescript)\(")
 
-# Files that still run SQL outside spotctl/ledger/ while issue 12 moves it there. This list may
-# only shrink: a file that no longer runs SQL must be removed from it (the test says so).
-NOT_YET_MOVED = {
-}
-
-
 def _py_files():
     return sorted(p for p in PKG.rglob("*.py"))
 
 
 def test_sql_only_in_the_ledger():
-    offenders, moved = [], []
+    offenders = []
     for path in _py_files():
         rel = path.relative_to(PKG).as_posix()
-        if rel.startswith(("ledger/", "localcloud/")):
+        if rel.startswith(("ledger/", "localcloud/")):  # the ledger; the local cloud's own books
             continue
-        runs_sql = bool(SQL_CALL.search(path.read_text(encoding="utf-8")))
-        if runs_sql and rel not in NOT_YET_MOVED:
+        if SQL_CALL.search(path.read_text(encoding="utf-8")):
             offenders.append(rel)
-        if not runs_sql and rel in NOT_YET_MOVED:
-            moved.append(rel)
     assert not offenders, f"SQL outside spotctl/ledger/: {offenders}"
-    assert not moved, f"no SQL left here any more: remove from NOT_YET_MOVED: {moved}"
 
 
 # Which top-level packages a package may import (at module level or inside functions).
@@ -51,12 +41,6 @@ ALLOWED = {
     "gateway": {"gateway", "ledger", "accounting", "billing", "engine"},
     "fleet": {"fleet", "clients", "engine", "ledger", "billing"},
     "engine": {"engine"},
-}
-
-
-# Arrows issue 12 turns around; this list may only shrink.
-AGAINST_THE_ARROWS_FOR_NOW = {
-    "billing/reconcile.py": {"accounting"},  # reconcile is orchestration: services/billing.py
 }
 
 
@@ -77,11 +61,7 @@ def _imports(path: Path) -> set[str]:
 def test_imports_run_one_way(package):
     bad = {}
     for path in sorted((PKG / package).rglob("*.py")):
-        rel = path.relative_to(PKG).as_posix()
         wrong = _imports(path) - ALLOWED[package] - LOWER
-        tolerated = AGAINST_THE_ARROWS_FOR_NOW.get(rel, set())
-        if wrong - tolerated:
-            bad[rel] = sorted(wrong - tolerated)
-        if tolerated and not (wrong & tolerated):
-            bad[rel] = ["fixed: remove it from AGAINST_THE_ARROWS_FOR_NOW"]
+        if wrong:
+            bad[path.relative_to(PKG).as_posix()] = sorted(wrong)
     assert not bad, f"imports against the arrows: {bad}"

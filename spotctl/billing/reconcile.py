@@ -1,4 +1,5 @@
-"""Daily reconciliation: the ledger's spend for a day against the provider's own daily figure.
+"""The provider's own figure for a day, for reconciliation against the ledger
+(:func:`spotctl.services.billing.reconcile_day` compares them).
 
 - Hyperstack (and the local cloud): ``/billing/billing/history`` per-day ``incurred_bill``.
 - RunPod: REST ``/v1/billing/pods`` and ``/v1/billing/networkvolumes`` with ``bucketSize=day``
@@ -11,17 +12,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import date
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.base import BillingError, api_key_for
 from spotctl.billing.http import money, need
-from spotctl.clock import get_clock, to_ms
+from spotctl.clock import get_clock
 from spotctl.config import Config
-from spotctl.errors import ProviderError
-from spotctl.ledger.db import Ledger
-from spotctl.money import usd_str
 
 
 def provider_day_total(cfg: Config, name: str, day: date, end: date) -> int:
@@ -57,31 +53,3 @@ def provider_day_total(cfg: Config, name: str, day: date, end: date) -> int:
         metrics = need(row, "metrics", dict, "history row")
         total += money(metrics.get("incurred_bill"), "history.incurred_bill")
     return total
-
-
-def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dict]:
-    from spotctl.billing.poller import classify
-
-    start_ms = to_ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
-    end_ms = to_ms(datetime(end.year, end.month, end.day, tzinfo=UTC))
-    rows = []
-    for prov in cfg.providers:
-        spend = spend_between(ledger, start_ms, end_ms, cfg, providers={prov.name})
-        row = {"provider": prov.name, "ledger_usd": usd_str(spend.micros),
-               "ledger_complete": spend.complete, "provider_usd": None, "drift_usd": None,
-               "drift_pct": None, "note": None, "status": "ok"}
-        if prov.kind not in ("hyperstack", "localcloud", "runpod"):
-            row.update(status="unsupported", note="no daily cost endpoint used for this provider")
-        else:
-            try:
-                theirs = provider_day_total(cfg, prov.name, day, end)
-            except ProviderError as exc:
-                row.update(status="unavailable", note=f"{classify(exc)}: {exc.message}")
-            else:
-                drift = spend.micros - theirs
-                row.update(provider_usd=usd_str(theirs), drift_usd=usd_str(drift),
-                           drift_pct=None if theirs == 0 else str(
-                               (Decimal(drift) * 100 / Decimal(theirs)).quantize(
-                                   Decimal("0.01"))))
-        rows.append(row)
-    return rows

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         """
         from datetime import date, timedelta
 
-        from spotctl.billing.reconcile import reconcile_day
+        from spotctl.services.billing import reconcile_day
 
         try:
             d = date.fromisoformat(day)

@@ -1,0 +1,42 @@
+"""Billing orchestration: reconcile the ledger against the provider's own daily figure."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from spotctl.accounting.spend import spend_between
+from spotctl.billing.reconcile import provider_day_total
+from spotctl.clock import to_ms
+from spotctl.config import Config
+from spotctl.errors import ProviderError
+from spotctl.ledger.db import Ledger
+from spotctl.money import usd_str
+
+
+def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dict]:
+    from spotctl.billing.poller import classify
+
+    start_ms = to_ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    end_ms = to_ms(datetime(end.year, end.month, end.day, tzinfo=UTC))
+    rows = []
+    for prov in cfg.providers:
+        spend = spend_between(ledger, start_ms, end_ms, cfg, providers={prov.name})
+        row = {"provider": prov.name, "ledger_usd": usd_str(spend.micros),
+               "ledger_complete": spend.complete, "provider_usd": None, "drift_usd": None,
+               "drift_pct": None, "note": None, "status": "ok"}
+        if prov.kind not in ("hyperstack", "localcloud", "runpod"):
+            row.update(status="unsupported", note="no daily cost endpoint used for this provider")
+        else:
+            try:
+                theirs = provider_day_total(cfg, prov.name, day, end)
+            except ProviderError as exc:
+                row.update(status="unavailable", note=f"{classify(exc)}: {exc.message}")
+            else:
+                drift = spend.micros - theirs
+                row.update(provider_usd=usd_str(theirs), drift_usd=usd_str(drift),
+                           drift_pct=None if theirs == 0 else str(
+                               (Decimal(drift) * 100 / Decimal(theirs)).quantize(
+                                   Decimal("0.01"))))
+        rows.append(row)
+    return rows
