@@ -30,8 +30,9 @@ def test_sql_only_in_the_ledger():
 # Which top-level packages a package may import (at module level or inside functions).
 LOWER = {"config", "clock", "money", "errors", "__init__", "__main__", "py"}
 ALLOWED = {
-    "cli": {"services", "accounting", "ledger", "fleet", "gateway", "billing", "engine",
-            "localcloud", "demo", "cli", "example_scenario"},
+    # the CLI opens the ledger and renders (accounting's pure formatting); everything that
+    # orchestrates fleet, gateway, billing or the local cloud is one call into services/
+    "cli": {"services", "accounting", "ledger", "demo", "cli", "example_scenario"},
     "services": {"fleet", "gateway", "billing", "accounting", "ledger", "localcloud", "engine",
                  "services", "demo", "example_scenario"},
     "accounting": {"accounting", "ledger"},

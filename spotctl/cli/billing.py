@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when every provider answered, 4 when any failed (the failure is recorded).
         """
-        from spotctl.billing.poller import poll_lock, poll_once, poll_shared
-        from spotctl.clock import get_clock
+        from spotctl.clock import get_clock, iso
+        from spotctl.services import billing as service
 
         cfg = get_config(ctx)
         if not cfg.providers:
@@ -30,14 +30,10 @@ def register(app: typer.Typer) -> None:
         clock = get_clock()
         with open_ledger_for(ctx) as ledger:
             if daemon:
-                _daemon(cfg, ledger, clock)
+                service.run_poll_daemon(cfg, ledger, clock, lambda line: print(
+                    f"{iso(clock.now())} {line}", flush=True))
                 return
-            skipped: list[str] = []
-            if ledger.backend == "postgresql":  # several hosts: one poll per provider/interval
-                outcomes, skipped = poll_shared(cfg, ledger, clock)
-            else:
-                with poll_lock(ledger.path):
-                    outcomes = poll_once(cfg, ledger, clock)
+            outcomes, skipped = service.poll_all(cfg, ledger, clock)
         if json_out:
             emit_json({"providers": [o.__dict__ for o in outcomes], "skipped": skipped})
         for reason in skipped:
@@ -60,12 +56,12 @@ def register(app: typer.Typer) -> None:
         """Per provider: fresh / stale / failing / regressed, last good sample, last error, and
         a billed rate off its launch quote (rate_mismatch). Exit 4 when any provider is not
         fresh."""
-        from spotctl.billing.health import FRESH, provider_health
         from spotctl.clock import from_ms, get_clock, iso, to_ms
+        from spotctl.services import billing as service
 
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
-            rows = provider_health(ledger, cfg, to_ms(get_clock().now()))
+            rows = service.health(cfg, ledger, to_ms(get_clock().now()))
         if json_out:
             emit_json({"providers": [r.to_json() for r in rows]})
         else:
@@ -86,7 +82,7 @@ def register(app: typer.Typer) -> None:
                               iso(from_ms(r.last_good_ms)) if r.last_good_ms else "never",
                               r.last_error or "", price)
             console().print(table)
-        if any(r.status != FRESH for r in rows):
+        if any(r.status != "fresh" for r in rows):
             raise typer.Exit(int(ExitCode.OBSERVABILITY))
 
     @app.command()
@@ -131,25 +127,3 @@ def register(app: typer.Typer) -> None:
                for r in rows):
             raise typer.Exit(int(ExitCode.THRESHOLD))
 
-
-def _daemon(cfg, ledger, clock) -> None:
-    import signal
-    import threading
-
-    from spotctl.billing.poller import run_daemon
-    from spotctl.clock import iso
-
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    def log(line: str) -> None:
-        print(f"{iso(clock.now())} {line}", flush=True)
-
-    log(f"polling {len(cfg.providers)} provider(s) every {cfg.billing.poll_interval_s}s")
-    run_daemon(cfg, ledger, clock, stop, log=log)
-    log("stopped")

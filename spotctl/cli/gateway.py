@@ -106,7 +106,6 @@ def register(app: typer.Typer) -> None:
     @json_option
     def budget_status(ctx: typer.Context, json_out: bool = False) -> None:
         """Spend today, budget, gate state and reason. Exit 3 closed by budget, 4 by billing."""
-        from spotctl.gateway.gate import BUDGET_EXHAUSTED
         from spotctl.money import fmt_usd
         from spotctl.services import gateway as service
 
@@ -121,7 +120,7 @@ def register(app: typer.Typer) -> None:
             console().print(f"spend today: {fmt_usd(state.spend_micros)}"
                             f"{' (unknown)' if state.spend_micros is None else ''}; budget: "
                             f"{fmt_usd(state.budget_micros) if state.budget_micros else 'none'}")
-        if state.status == BUDGET_EXHAUSTED:
+        if state.status == "budget_exhausted":
             raise typer.Exit(int(ExitCode.THRESHOLD))
         if not state.open:
             raise typer.Exit(int(ExitCode.OBSERVABILITY))

@@ -34,8 +34,6 @@ def register(app: typer.Typer) -> None:
         from spotctl.cli.common import err_console
         from spotctl.clock import parse_iso, real_epoch
         from spotctl.errors import UsageError
-        from spotctl.localcloud.simclock import SteerableClock
-        from spotctl.localcloud.vm import NoBoot, VmRunner
 
         key = os.environ.get(api_key_env)
         if not key:
@@ -51,37 +49,13 @@ def register(app: typer.Typer) -> None:
             sim_start = parse_iso(start) if start else datetime.fromtimestamp(real_epoch(), UTC)
         except ValueError:
             raise UsageError(f"bad --start {start!r}: expected ISO 8601") from None
-        clock = SteerableClock(sim_start, speed, clock_file)
-        launcher = (VmRunner(vllm_version=vllm_version) if engine == "builtin"
-                    else NoBoot())
-        import threading
+        from spotctl.services.localcloud import serve_foreground
 
-        import uvicorn
-
-        from spotctl.localcloud.runner import make_state
-        from spotctl.localcloud.server import build_app
-
-        state, launcher = make_state(clock, key, launcher, clock, dark_hang_s)
-        server = uvicorn.Server(uvicorn.Config(
-            build_app(state), host=host, port=int(port), log_level="warning", lifespan="off",
-            access_log=False, ws="none"))
-        base = f"http://{host}:{port}"
-
-        def announce() -> None:
-            while not server.started and not server.should_exit:
-                threading.Event().wait(0.02)
+        def announce(base: str) -> None:
             err_console().print(f"local cloud on {base}/v1 (control {base}/_control); "
                                 f"speed {speed}x")
             print(f"READY {base}/v1", flush=True)
 
-        threading.Thread(target=announce, daemon=True).start()
-        # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with these handlers
-        # that re-raise is harmless, so the engines below are always stopped
-        import signal
-
-        signal.signal(signal.SIGTERM, lambda *a: None)
-        signal.signal(signal.SIGINT, lambda *a: None)
-        try:
-            server.run()  # in the main thread: uvicorn handles SIGTERM/SIGINT itself
-        finally:
-            launcher.stop_all()  # every engine process this local cloud started
+        serve_foreground(host, int(port), key, sim_start=sim_start, speed=speed,
+                         clock_file=clock_file, boot_vms=engine == "builtin",
+                         vllm_version=vllm_version, dark_hang_s=dark_hang_s, announce=announce)

@@ -1,4 +1,5 @@
-"""Billing orchestration: reconcile the ledger against the provider's own daily figure."""
+"""Billing orchestration: polling every provider into the ledger (one-shot or daemon), billing
+health, and reconciling the ledger against the provider's own daily figure."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from decimal import Decimal
 
 from spotctl.accounting.spend import spend_between
 from spotctl.billing.reconcile import provider_day_total
-from spotctl.clock import to_ms
+from spotctl.clock import Clock, to_ms
 from spotctl.config import Config
 from spotctl.errors import ProviderError
 from spotctl.ledger.db import Ledger
@@ -40,3 +41,42 @@ def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dic
                                    Decimal("0.01"))))
         rows.append(row)
     return rows
+
+
+def poll_all(cfg: Config, ledger: Ledger, clock: Clock) -> tuple[list, list[str]]:
+    """One poll of every provider: ``(outcomes, skipped)``. On a shared PostgreSQL ledger each
+    provider is polled once per interval whichever host runs first (the others skip); on
+    SQLite an advisory lock beside the file makes overlapping cron runs take turns."""
+    from spotctl.billing.poller import poll_lock, poll_once, poll_shared
+
+    if ledger.backend == "postgresql":
+        return poll_shared(cfg, ledger, clock)
+    with poll_lock(ledger.path):
+        return poll_once(cfg, ledger, clock), []
+
+
+def run_poll_daemon(cfg: Config, ledger: Ledger, clock: Clock, log) -> None:
+    """Poll every ``[billing] poll_interval_s`` until SIGTERM/SIGINT (never exits on a failed
+    poll: failures are recorded and retried with backoff)."""
+    import signal
+    import threading
+
+    from spotctl.billing.poller import run_daemon
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log(f"polling {len(cfg.providers)} provider(s) every {cfg.billing.poll_interval_s}s")
+    run_daemon(cfg, ledger, clock, stop, log=log)
+    log("stopped")
+
+
+def health(cfg: Config, ledger: Ledger, now_ms: int) -> list:
+    """Per provider: fresh / stale / failing / regressed / never, from the ledger alone."""
+    from spotctl.billing.health import provider_health
+
+    return provider_health(ledger, cfg, now_ms)
