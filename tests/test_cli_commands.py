@@ -93,7 +93,8 @@ def test_the_walk_sees_every_documented_command():
     assert {"cost", "price", "report", "poll-billing", "billing status", "reconcile", "gateway",
             "keys create", "keys list", "keys revoke", "budget status", "up", "hibernate",
             "wake", "down", "status", "events", "daemon", "localcloud serve", "ledger check",
-            "demo", "example", "init", "config show", "doctor"} <= names
+            "demo", "example", "init", "config show", "doctor", "bench", "compare", "advise",
+            "ledger migrate"} <= names
 
 
 # -- usage errors: exit 2, one line ------------------------------------------------------------
@@ -104,6 +105,8 @@ def test_help_is_exit_0_plain_and_every_json_flag_has_its_help_line(path):
     text = result.stdout
     assert text.startswith(f"Usage: spotctl {' '.join(path)}")
     assert "<bool>" not in text and "╭" not in text  # no type tag on flags, no rich panels
+    assert " / --no-" not in text, "a flag is one --name, not a --name / --no-name pair"
+    assert "\\[" not in text, "a markup escape shows through in plain help"
     if "--json" in text:
         line = next(ln for ln in text.splitlines() if ln.strip().startswith("--json"))
         assert JSON_HELP.split()[0] in line, line

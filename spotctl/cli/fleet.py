@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def daemon(ctx: typer.Context,
-               once: bool = typer.Option(False, help="One pass, then exit.")) -> None:
+               once: bool = typer.Option(False, "--once", help="One pass, then exit.")) -> None:
         """Every minute: poll billing, detect preemption, recover, probe engines, hibernate
         idle tiers, report orphan machines. One daemon per ledger: a second one exits 2. Exits 1
         if its billing thread dies (so that systemd restarts it). --once exits 1 when a fleet
