@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", default="h1",
                     help="spotctl upstream clients to measure, comma-separated (h1,aiohttp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw figures here")
+    ap.add_argument("--soak", type=float, default=0,
+                    help="instead: 256 streaming clients through spotctl for this many seconds "
+                         "(errors, ledger rows = streams, RSS over time)")
     args = ap.parse_args(argv)
     apt_install("nginx", "wrk")
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
@@ -248,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
             print("litellm is installed but not wired into this bench yet", flush=True)
         except ImportError:
             print("LiteLLM: not installed (skipped)", flush=True)
+        if args.soak:
+            soak(targets[1], spotctls[0][2], work, args.soak)
+            return
         script = work / "post.lua"
         script.write_text('wrk.method = "POST"\nwrk.body = ' + json.dumps(PLAIN_BODY) +
                           '\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -281,6 +288,65 @@ def main(argv: list[str] | None = None) -> None:
         for p in reversed(procs):
             stop(p)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for p in [pid, *child_pids(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def soak(target: Target, gateway: subprocess.Popen, work: Path, seconds: float) -> None:
+    """256 streaming clients for ``seconds``: every stream ends, every stream has its row, and
+    the gateway's memory does not grow."""
+    import threading
+
+    rss: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        t0 = time.monotonic()
+        while not stop.wait(5):
+            rss.append((time.monotonic() - t0, rss_mb(gateway.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    rss.append((0.0, rss_mb(gateway.pid)))
+    sampler.start()
+    body = json.dumps({"model": "bench", "max_tokens": 64, "stream": True,
+                       "messages": [{"role": "user", "content": "soak"}]}).encode()
+    headers = b"".join(f"{k}: {v}\r\n".encode() for k, v in target.headers.items())
+    s = asyncio.run(run_streams("127.0.0.1", target.port, "/v1/chat/completions", headers, body,
+                                256, seconds, False))
+    stop.set()
+    sampler.join()
+    time.sleep(2)  # the last rows become durable
+    from spotctl.ledger.db import Ledger
+
+    with Ledger(work / "spotctl.db") as led:
+        rows, ok = led.conn.execute(
+            "SELECT count(*), sum(status = 'ok') FROM usage").fetchone()
+    print(f"soak: 256 clients x {seconds:g} s: {s['streams']} streams, {s['errors']} errors, "
+          f"{s['events'] / s['seconds']:,.0f} events/s; ledger rows {rows} (ok {ok})")
+    print("RSS MB over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in rss))
 
 
 def report(results, scenarios, args, names: list[str]) -> None:

@@ -124,6 +124,7 @@ class Script:
     die_after: int | None = None  # cut the connection after this many content events
     status: int = 200
     refuse: bool = False  # answer 503 to /v1/models (a failing probe)
+    pad: int = 0  # bytes of padding in each event's content
 
 
 class ScriptedEngine:
@@ -135,6 +136,7 @@ class ScriptedEngine:
         self.model = model
         self.requests: list[dict] = []
         self.completed = 0
+        self.sent = 0  # stream events written
 
     def usage(self, n: int) -> object:
         s = self.script
@@ -187,9 +189,10 @@ class ScriptedEngine:
             if s.delay_s:
                 await asyncio.sleep(s.delay_s)  # clock-ok
             ev = {"id": "x", "object": "chat.completion.chunk", "model": self.model,
-                  "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+                  "choices": [{"index": 0, "delta": {"content": f"t{i} " + "p" * s.pad}}]}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + orjson.dumps(ev) + eol + eol})
+            self.sent += 1
         opts = req.get("stream_options") or {}
         if opts.get("include_usage") and s.usage is not None:
             ev = {"id": "x", "object": "chat.completion.chunk", "model": self.model,

@@ -190,3 +190,29 @@ def test_step_statistics_by_hand():
     assert step.ttft_ms["p50"] == 100.0 and step.ttft_ms["p90"] == 300.0
     assert step.itl_ms["p50"] == 500.0  # 1 s between chunks of 2 tokens
     assert quantile([5, 1, 3, 2, 4], 0.9) == 5 and quantile([], 0.5) is None
+
+
+def test_migration_keeps_bench_rows_as_integer_microseconds(tmp_path):
+    """A ledger with a bench row from the REAL-milliseconds schema (v6) upgrades exactly."""
+    import sqlite3
+
+    from spotctl.ledger.db import _statements
+    from spotctl.ledger.schema import MIGRATIONS
+
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for step in range(6):
+        for st in _statements(MIGRATIONS[step]):
+            conn.execute(st)
+    conn.execute("INSERT INTO meta(key, value) VALUES('schema_version', '6')")
+    conn.execute("INSERT INTO bench_runs (tier, started_ms, finished_ms, output_tokens_per_s, "
+                 "concurrency, slo_ttft_ms, slo_broken, ttft_p50_ms, ttft_p90_ms, itl_p99_ms, "
+                 "requests, errors, prompt_tokens, output_tokens, mix_json, steps_json) VALUES "
+                 "('t', 1, 2, 1234.5, 16, 2000, 1, 61.25, 153.4, 7.0004, 10, 0, 5, 6, '[]', '[]')")
+    conn.execute("COMMIT")
+    conn.close()
+    with Ledger(path) as led:
+        row = led.conn.execute("SELECT tier, output_tokens_per_s, ttft_p50_us, ttft_p90_us, "
+                               "ttft_p99_us, itl_p99_us FROM bench_runs").fetchone()
+    assert row == ("t", 1234.5, 61_250, 153_400, None, 7_000)

@@ -82,6 +82,15 @@ def test_interruption_tax_and_net_spot_savings(ledger):
     assert js["spend_usd"] == "3.692000"
 
 
+def test_a_preemption_journalled_twice_is_one_interruption(ledger):
+    _preempted_day(ledger)
+    record_fleet_event(ledger, FleetEvent(H0 + 61 * MIN, "big", "preempted", capacity="spot",
+                                          resource_id="vm:1"))  # a gateway wake saw it too
+    tax = cost_report(ledger, CFG, H0, H0 + 120 * MIN, min_tokens=1).to_json()["interruption_tax"]
+    assert tax["preemptions"] == 1 and tax["minutes"] == "4.8"
+    assert tax["spend_usd"] == "0.040500"
+
+
 def test_unknown_on_demand_rate_is_said_not_guessed(ledger):
     _preempted_day(ledger, od_samples=False)
     js = cost_report(ledger, CFG, H0, H0 + 120 * MIN, min_tokens=1).to_json()

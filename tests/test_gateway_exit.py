@@ -90,7 +90,9 @@ def test_sigterm_with_streams_longer_than_the_grace_records_every_row(tmp_path):
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        while sum(received.values()) < 3:
+        deadline = time.monotonic() + 30  # clock-ok
+        while not (len(received) == 3 and all(v >= 1 for v in received.values())):
+            assert time.monotonic() < deadline, received  # clock-ok: every stream under way
             time.sleep(0.05)  # clock-ok
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(30) is not None

@@ -139,3 +139,42 @@ def test_requests_in_flight_are_capped(scripted, tmp_path, clock):
     finally:
         handle.stop()
     assert sorted(codes) == [200, 200, 503]
+
+
+def test_a_client_that_stops_reading_pauses_the_engine_not_our_memory(scripted, tmp_path, clock):
+    engine, url = scripted
+    engine.script = Script(tokens=40_000, pad=2000)  # 80 MB if nothing held it back
+    cfg = parse_config(tier_toml("s", "scripted", url), tmp_path / "spotctl.toml")
+    key = gateway_key(cfg.ledger_path)
+    handle = start_gateway(cfg, clock)
+    relayed = []
+    fast = handle.app.proxy._relay
+
+    async def counting(*a, **kw):
+        relayed.append(1)
+        return await fast(*a, **kw)
+
+    handle.app.proxy._relay = counting
+    try:
+        s = _connect(handle)
+        body = b'{"model":"scripted","stream":true,"messages":[]}'
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                  str(len(body)).encode() + b"\r\nAuthorization: Bearer " + key.encode() +
+                  b"\r\n\r\n" + body)
+        s.settimeout(10)
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)  # clock-ok: the client reads nothing
+        held = engine.sent
+        assert held < 40_000 // 2  # the engine was paused: bounded by socket buffers
+        total, tail = len(first), first[-5:]
+        while not tail.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(1 << 20)
+            assert chunk, "the stream ended early"
+            total += len(chunk)
+            tail = (tail + chunk)[-5:]
+        s.close()
+        assert engine.sent == 40_000 and total > 40_000 * 2000
+        assert relayed  # the stream went through the fast path (engine socket → client)
+    finally:
+        handle.stop()

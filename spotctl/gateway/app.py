@@ -46,7 +46,7 @@ from spotctl.gateway.gate import (
 )
 from spotctl.gateway.h1client import H1Client
 from spotctl.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from spotctl.gateway.proxy import Proxy
+from spotctl.gateway.proxy import BODY_WRITER, Proxy
 from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.recorder import UsageRecorder
 from spotctl.gateway.spool import Spool
@@ -379,7 +379,8 @@ class Gateway:
         self.active += 1
         try:
             self._check_gate(key)
-            await self.proxy.forward(scope["path"], receive, send, req, raw, rec, tiers, t_start)
+            await self.proxy.forward(scope["path"], receive, send, req, raw, rec, tiers, t_start,
+                                     scope.get("extensions", {}).get(BODY_WRITER))
         except GatewayError as exc:
             rec.status, rec.http_status = exc.code, exc.status
             if not rec.sent_bytes:

@@ -26,9 +26,9 @@ HIGH_WATER = 1 << 20  # pause reading from the engine past 1 MiB not yet relayed
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_activity", "_head", "_paused", "_timer", "_wake", "body", "buffered",
+    __slots__ = ("_activity", "_done", "_head", "_paused", "_timer", "_wake", "body", "buffered",
                  "closed", "complete", "content_type", "error", "got_bytes", "keep_alive",
-                 "loop", "parser", "pool", "read_timeout", "status", "transport")
+                 "loop", "parser", "pool", "read_timeout", "sink", "status", "transport")
 
     def __init__(self, pool: _Pool, read_timeout: float) -> None:
         self.pool = pool
@@ -53,6 +53,8 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self._timer: asyncio.TimerHandle | None = None
         self._activity = 0.0
+        self.sink = None  # relay(): body pieces go straight to it, in the read callback
+        self._done: asyncio.Future | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -99,6 +101,9 @@ class _Conn(asyncio.Protocol):
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink(body)
+            return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -110,6 +115,9 @@ class _Conn(asyncio.Protocol):
         self.complete = True
         self._cancel_timer()
         self._notify()
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     # -- helpers ------------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -126,6 +134,37 @@ class _Conn(asyncio.Protocol):
         w = self._wake
         if w is not None and not w.done():
             w.set_result(None)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_exception(err)
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def relay(self, sink) -> asyncio.Future:
+        """From now on hand each piece of the body to ``sink(bytes)`` as it is read (no task
+        switch per piece). The future ends with the body, or with the UpstreamError."""
+        done = self._done = self.loop.create_future()
+        if self.body:
+            pending = b"".join(self.body)
+            self.body.clear()
+            self.buffered = 0
+            self.resume()
+            sink(pending)
+        if self.error is not None:
+            done.set_exception(self.error)
+        elif self.complete:
+            done.set_result(None)
+        else:
+            self.sink = sink
+        return done
 
     def _close(self) -> None:
         self.closed = True
@@ -164,11 +203,15 @@ class _Conn(asyncio.Protocol):
         await self._head
 
     async def next_piece(self) -> bytes:
-        """The next piece of the body; b"" at its end."""
+        """Everything of the body that arrived since the last call (one piece per read, not
+        per chunk of the chunked encoding: a burst of events is relayed in one send); b"" at
+        its end."""
         while True:
             if self.body:
-                piece = self.body.popleft()
-                self.buffered -= len(piece)
+                body = self.body
+                piece = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.buffered = 0
                 if self._paused and self.buffered < HIGH_WATER // 2 and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
@@ -242,6 +285,19 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         while piece := await self._conn.next_piece():
             yield piece
+
+    async def first(self) -> bytes:
+        """The first piece of the body (b"" when it is empty)."""
+        return await self._conn.next_piece()
+
+    def relay(self, sink) -> asyncio.Future:
+        return self._conn.relay(sink)
+
+    def pause(self) -> None:
+        self._conn.pause()
+
+    def resume(self) -> None:
+        self._conn.resume()
 
     def release(self) -> None:
         self._pool.release(self._conn)

@@ -24,7 +24,7 @@ import orjson
 
 from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
-from spotctl.gateway.client import UpstreamClient, UpstreamError
+from spotctl.gateway.client import RelaysBody, UpstreamClient, UpstreamError
 from spotctl.gateway.errors import GatewayError
 from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.tiers import TierBoard
@@ -32,6 +32,10 @@ from spotctl.gateway.upstreams import Upstream
 from spotctl.gateway.usagetap import UsageTap, read_usage
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# An ASGI scope extension our server adds (gateway/server.py BodyWriter): with it, and an
+# upstream response that RelaysBody, a stream's pieces go from the engine's socket to the
+# client's in the read callback: no task switch and no ASGI send per piece.
+BODY_WRITER = "spotctl.body_writer"
 
 
 def _overhead_header(rec: RequestRecord, t_start: float) -> tuple[bytes, bytes]:
@@ -51,7 +55,8 @@ class Proxy:
         self.log = log
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
-                      rec: RequestRecord, tiers: list[TierConfig], t_start: float) -> None:
+                      rec: RequestRecord, tiers: list[TierConfig], t_start: float,
+                      writer=None) -> None:
         g = self.cfg.gateway
         added_usage = False
         if rec.stream:
@@ -72,7 +77,8 @@ class Proxy:
                 self.board.begin(tier.name)
             try:
                 if rec.stream:
-                    await self._stream(path, receive, send, raw, up, rec, added_usage, t_start)
+                    await self._stream(path, receive, send, raw, up, rec, added_usage, t_start,
+                                       writer)
                 else:
                     async with asyncio.timeout(g.total_timeout_s):
                         await self._plain(path, send, raw, up, rec, t_start)
@@ -142,7 +148,8 @@ class Proxy:
         await send({"type": "http.response.body", "body": body})
 
     async def _stream(self, path: str, receive, send, raw: bytes, up: Upstream,
-                      rec: RequestRecord, added_usage: bool, t_start: float) -> None:
+                      rec: RequestRecord, added_usage: bool, t_start: float,
+                      writer=None) -> None:
         t_up = time.perf_counter()  # clock-ok
         rec.reached_engine = True
         try:
@@ -182,18 +189,21 @@ class Proxy:
         try:
             try:
                 async with asyncio.timeout(self.cfg.gateway.total_timeout_s):
-                    async for piece in resp.chunks():
-                        out = tap.feed(piece)
-                        if not out:
-                            continue
-                        if not rec.sent_bytes:
-                            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
-                            rec.ttft_s = self.clock.monotonic() - rec.t0
-                            await self._start_sse(send, rec, t_start)
-                        await send({"type": "http.response.body", "body": out,
-                                    "more_body": True})
-                        if gone.is_set():
-                            break
+                    if writer is not None and isinstance(resp, RelaysBody):
+                        await self._relay(send, resp, tap, writer, gone, rec, t_start, t_up)
+                    else:
+                        async for piece in resp.chunks():
+                            out = tap.feed(piece)
+                            if not out:
+                                continue
+                            if not rec.sent_bytes:
+                                rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+                                rec.ttft_s = self.clock.monotonic() - rec.t0
+                                await self._start_sse(send, rec, t_start)
+                            await send({"type": "http.response.body", "body": out,
+                                        "more_body": True})
+                            if gone.is_set():
+                                break
                 tail = b"" if gone.is_set() else tap.flush()
                 if tail:
                     if not rec.sent_bytes:
@@ -232,6 +242,41 @@ class Proxy:
                 resp.release()
             else:
                 resp.close()
+
+    async def _relay(self, send, resp: RelaysBody, tap: UsageTap, writer, gone: asyncio.Event,
+                     rec: RequestRecord, t_start: float, t_up: float) -> None:
+        """The fast path: the first data goes out through ASGI (with our headers), the rest
+        from the engine's read callback straight to the client socket."""
+        while not rec.sent_bytes:
+            piece = await resp.first()
+            if not piece:
+                return  # the engine's body ended before any data
+            out = tap.feed(piece)
+            if out:
+                rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+                rec.ttft_s = self.clock.monotonic() - rec.t0
+                await self._start_sse(send, rec, t_start)
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        if gone.is_set():
+            return
+        draining: list[asyncio.Task] = []
+
+        async def drain() -> None:
+            await writer.drain()
+            draining.clear()
+            resp.resume()
+
+        def sink(data: bytes) -> None:
+            out = tap.feed(data)
+            if out and not writer.write(out) and not writer.gone and not draining:
+                resp.pause()  # the client reads slower than the engine writes
+                draining.append(asyncio.ensure_future(drain()))
+
+        try:
+            await resp.relay(sink)
+        finally:
+            for task in draining:
+                task.cancel()
 
     @staticmethod
     async def _start_sse(send, rec: RequestRecord, t_start: float) -> None:

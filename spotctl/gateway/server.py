@@ -34,6 +34,8 @@ from pathlib import Path
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from spotctl.gateway.proxy import BODY_WRITER
+
 
 def _reject(transport, status: int, message: bytes) -> None:
     if transport is None or transport.is_closing():
@@ -44,6 +46,33 @@ def _reject(transport, status: int, message: bytes) -> None:
     transport.write(STATUS_LINE[status] + b"content-type: application/json\r\ncontent-length: "
                     + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
     transport.close()
+
+
+class BodyWriter:
+    """Writes body pieces of a started chunked response straight to the client socket, in the
+    caller's callback (no ASGI ``send`` and no task switch per piece). ``write`` returns False
+    when the client is gone or reads slower than we write (then wait for ``drain``)."""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle) -> None:
+        self.cycle = cycle
+
+    def write(self, data: bytes) -> bool:
+        c = self.cycle
+        if c.disconnected or c.response_complete:
+            return False
+        if not (c.response_started and c.chunked_encoding):
+            raise RuntimeError("BodyWriter needs a started chunked response")
+        c.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return not c.flow.write_paused
+
+    @property
+    def gone(self) -> bool:
+        return bool(self.cycle.disconnected)
+
+    async def drain(self) -> None:
+        await self.cycle.flow.drain()
 
 
 def guarded_protocol(*, max_header_bytes: int, max_headers: int, header_timeout_s: float,
@@ -134,6 +163,9 @@ def guarded_protocol(*, max_header_bytes: int, max_headers: int, header_timeout_
             if self._rejected:
                 return
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None:
+                cycle.scope.setdefault("extensions", {})[BODY_WRITER] = BodyWriter(cycle)
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(body_timeout_s, self._body_late)
 

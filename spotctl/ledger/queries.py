@@ -463,13 +463,17 @@ def _gate_closures(conn: sqlite3.Connection, start_ms: int, end_ms: int) -> dict
 
 
 def preemption_intervals(events: list[EventRow], end_ms: int) -> list[tuple[str, int, int]]:
-    """(tier, preempted ms, serving again ms or the window's end) for every preemption."""
+    """(tier, preempted ms, serving again ms or the window's end) for every preemption. A
+    second ``preempted`` of a tier before it served again (the daemon and a gateway wake may
+    both journal it) is the same interruption, counted once."""
     out = []
+    open_until: dict[str, int] = {}
     for i, ev in enumerate(events):
-        if ev.event != "preempted":
+        if ev.event != "preempted" or ev.ts_ms < open_until.get(ev.tier, -1):
             continue
         back = next((e.ts_ms for e in events[i + 1:] if e.tier == ev.tier and e.event in
                      ("ready", "woke", "returned_to_spot")), end_ms)
+        open_until[ev.tier] = back
         out.append((ev.tier, ev.ts_ms, back))
     return out
 

@@ -417,9 +417,17 @@ def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = N
         rates = measured_rates(cfg, data, spend, name, [w for w in woken if w.tier == name],
                                sum(i.spend_micros for i in items if i.tier == name))
         before = data.events_before.get(name)
-        at_start = before is None or before.event in SERVING_EVENTS
+        mine = [e for e in data.events if e.tier == name]
+        # replay only while the tier existed: from its launch when that was inside the window,
+        # to its `down` when that was the last thing that happened to it
+        lo, hi = start_ms, end_ms
+        if (before is None or before.event == "down") and mine:
+            lo = mine[0].ts_ms
+        if mine and mine[-1].event == "down":
+            hi = mine[-1].ts_ms
+        at_start = before is None or before.event in SERVING_EVENTS or lo > start_ms
         advice = advise_tier(
-            name, data.busy.get(name, []), data.arrivals.get(name, []), start_ms, end_ms,
+            name, data.busy.get(name, []), data.arrivals.get(name, []), lo, max(lo + 1, hi),
             rates, row.output_tokens if row else 0, row.spend_micros if row else 0,
             tier_cfg.idle_minutes or None, tier_cfg.capacity, serving_at_start=at_start)
         out.append(advice.to_json())
