@@ -53,6 +53,7 @@ class Proxy:
         self.board = board
         self.client = client
         self.log = log
+        self._hdrs: dict[str | None, tuple[tuple[str, str], ...]] = {}
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
                       rec: RequestRecord, tiers: list[TierConfig], t_start: float,
@@ -72,16 +73,15 @@ class Proxy:
             tier, up = await self.board.pick(tiers, deadline=deadline)
             if rec.tier != tier.name:
                 if rec.tier is not None:
-                    self.board.end(rec.tier)
+                    self.board.end(rec.tier, rec.started_ms)
                 rec.tier = tier.name
-                self.board.begin(tier.name)
+                self.board.begin(tier.name, rec.started_ms)
             try:
                 if rec.stream:
                     await self._stream(path, receive, send, raw, up, rec, added_usage, t_start,
                                        writer)
                 else:
-                    async with asyncio.timeout(g.total_timeout_s):
-                        await self._plain(path, send, raw, up, rec, t_start)
+                    await self._plain(path, send, raw, up, rec, t_start, writer)
                 return
             except UpstreamError as err:
                 if rec.sent_bytes:  # cannot happen: relays handle their own mid-body errors
@@ -103,17 +103,24 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _headers(self, up: Upstream) -> dict[str, str]:
-        if up.api_key:
-            return {"Content-Type": "application/json", "Authorization": f"Bearer {up.api_key}"}
-        return {"Content-Type": "application/json"}
+    def _headers(self, up: Upstream) -> tuple[tuple[str, str], ...]:
+        hdrs = self._hdrs.get(up.api_key)
+        if hdrs is None:
+            hdrs = (("Content-Type", "application/json"),)
+            if up.api_key:
+                hdrs += (("Authorization", f"Bearer {up.api_key}"),)
+            if len(self._hdrs) > 64:
+                self._hdrs.clear()
+            self._hdrs[up.api_key] = hdrs
+        return hdrs
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
-                     t_start: float) -> None:
+                     t_start: float, writer=None) -> None:
         t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up))
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up),
+                                          self.cfg.gateway.total_timeout_s)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -141,10 +148,12 @@ class Proxy:
         else:
             rec.status = f"upstream_http_{resp.status}"
         rec.sent_bytes = True
-        await send({"type": "http.response.start", "status": resp.status, "headers": [
-            (b"content-type", resp.content_type),
-            (b"content-length", str(len(body)).encode()),
-            _overhead_header(rec, t_start)]})
+        headers = [(b"content-type", resp.content_type),
+                   (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start)]
+        if writer is not None:  # our server: one write, no ASGI messages
+            writer.respond(resp.status, headers, body)
+            return
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _stream(self, path: str, receive, send, raw: bytes, up: Upstream,
@@ -209,11 +218,15 @@ class Proxy:
                     if not rec.sent_bytes:
                         await self._start_sse(send, rec, t_start)
                     await send({"type": "http.response.body", "body": tail, "more_body": True})
-                rec.status = "client_cancelled" if gone.is_set() else (
-                    "ok" if tap.done else "upstream_error")
+                # a client that leaves once it read [DONE] (the OpenAI SDK closes right
+                # there) got the whole stream: ok
+                rec.status = "ok" if tap.done else (
+                    "client_cancelled" if gone.is_set() else "upstream_error")
                 complete = tap.done and not gone.is_set()
             except UpstreamError as err:
-                if gone.is_set():
+                if tap.done:  # the engine's body broke after [DONE] (or we cut it: gone)
+                    rec.status = "ok"
+                elif gone.is_set():
                     rec.status = "client_cancelled"
                 elif not rec.sent_bytes:
                     raise  # nothing reached the client: the caller may retry

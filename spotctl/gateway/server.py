@@ -229,6 +229,18 @@ class Cycle:
         return b"".join(out)
 
     # -- BODY_WRITER ----------------------------------------------------------------------
+    def respond(self, status: int, headers: list, body: bytes) -> None:
+        """The whole response at once (``http.response.start`` and its only body, in one
+        write): the proxy's non-streaming answer."""
+        if self.started or self.status:
+            raise RuntimeError("the response was already started")
+        self.status, self.headers = status, headers
+        self.response_complete = True
+        conn = self.conn
+        if not conn.lost:
+            conn.transport.write(self._head(body, False))
+            conn.cycle_done(self)
+
     def write(self, data: bytes) -> bool:
         """Write a body piece of the started chunked response now; False when the client is
         gone or reads slower than we write (then wait for :meth:`drain`)."""
