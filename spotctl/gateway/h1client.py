@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from urllib.parse import urlsplit
 
 import httptools
@@ -226,13 +226,17 @@ class _Pool:
         self.idle: list[_Conn] = []
         self.all: set[_Conn] = set()
 
-    async def acquire(self) -> tuple[_Conn, bool]:
-        """A connection: an idle one (reused=True) or a new one."""
-        while self.idle:
-            conn = self.idle.pop()
+    def take_idle(self) -> _Conn | None:
+        """A kept-alive connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed and conn.transport is not None and \
                     not conn.transport.is_closing():
-                return conn, True
+                return conn
+        return None
+
+    async def connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -241,7 +245,7 @@ class _Pool:
         except (OSError, TimeoutError) as exc:
             raise UpstreamError("connect", type(exc).__name__, before_response=True) from None
         self.all.add(conn)
-        return conn, False
+        return conn
 
     def release(self, conn: _Conn) -> None:
         if conn.complete and conn.keep_alive and not conn.closed and conn.error is None:
@@ -387,7 +391,9 @@ class H1Client:
         pool, head = self._head(method, url, headers)
         data = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         for attempt in (0, 1):
-            conn, reused = await pool.acquire()
+            conn, reused = pool.take_idle(), True
+            if conn is None:
+                conn, reused = await pool.connect(), False
             try:
                 await conn.request(data, conn.loop.time() + total_s if total_s else 0.0)
             except UpstreamError as err:
@@ -399,12 +405,12 @@ class H1Client:
             return UpstreamResponse(conn, pool)
         raise AssertionError("unreachable")
 
-    async def post(self, url: str, body: bytes, headers, total_s: float | None = None
-                   ) -> UpstreamResponse:
+    def post(self, url: str, body: bytes, headers, total_s: float | None = None
+             ) -> Coroutine[None, None, UpstreamResponse]:
         """Send the request; returns once the response's status and headers arrived.
         ``headers``: a dict or pairs; ``total_s``: the whole exchange (head and body) must end
         within it, else the ``timeout`` UpstreamError."""
-        return await self._exchange(url, b"POST", body, headers, total_s)
+        return self._exchange(url, b"POST", body, headers, total_s)
 
     async def probe(self, url: str, headers, timeout_s: float) -> int:
         try:

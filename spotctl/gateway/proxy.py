@@ -70,7 +70,8 @@ class Proxy:
         deadline = loop.time() + g.wake_timeout_s  # real time, like the network timeouts
         attempts = 0
         while True:
-            tier, up = await self.board.pick(tiers, deadline=deadline)
+            tier, up = self.board.serving(tiers) or await self.board.pick(tiers,
+                                                                          deadline=deadline)
             if rec.tier != tier.name:
                 if rec.tier is not None:
                     self.board.end(rec.tier, rec.started_ms)

@@ -200,6 +200,16 @@ class TierBoard:
         self.kick()
 
     # -- picking a tier ---------------------------------------------------------------------
+    def serving(self, tiers: list[TierConfig]) -> tuple[TierConfig, Upstream] | None:
+        """The first serving tier of the model with an endpoint, now (no await: the request
+        path's common case); ``None`` when :meth:`pick` has to wake or wait."""
+        for tier in tiers:
+            if self.effective(tier.name) == SERVING:
+                up = self.state[tier.name]
+                if up.endpoint:
+                    return tier, up
+        return None
+
     async def pick(self, tiers: list[TierConfig], *, deadline: float) -> tuple[TierConfig,
                                                                                  Upstream]:
         """A serving tier of the model; else wake one; else wait (until ``deadline``, the event
