@@ -254,6 +254,8 @@ class Gateway:
         m.gate_open.set(int(status == OPEN))
         for s in STATES:
             m.gate_state.labels(s).set(int(s == status))
+        for p in self.cfg.providers:
+            m.rate_mismatch.labels(p.name).set(len(gate.rate_mismatches.get(p.name, ())))
         m.not_durable.set(self.recorder.pending)
         m.spooled.set(self.recorder.spool.rows)
         for t, n in self.board.in_flight.items():

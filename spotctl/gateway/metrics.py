@@ -116,6 +116,11 @@ class GatewayMetrics:
         self.not_durable = Gauge("spotctl_gateway_usage_rows_not_durable", "Usage rows neither "
                                  "the ledger nor the spool could take (the gate is closed while "
                                  "> 0).", registry=r, multiprocess_mode="livesum")
+        self.rate_mismatch = Gauge("spotctl_rate_mismatch", "Serving resources the provider "
+                                   "billed off the rate quoted at their launch, in its newest "
+                                   "successful poll of the budget day (a rate_mismatch anomaly; "
+                                   "with [budget] close_on_rate_mismatch the gate closes).",
+                                   ["provider"], registry=r, multiprocess_mode="mostrecent")
         self.spooled = Gauge("spotctl_gateway_usage_rows_spooled", "Usage rows in the spool "
                              "waiting to be replayed into the ledger.", registry=r,
                              multiprocess_mode="livesum")
