@@ -80,6 +80,7 @@ class _Conn(asyncio.Protocol):
                                      type(exc).__name__ if exc else "closed by the engine",
                                      before_response=self.status == 0))
         self.pool.client.busy.discard(self)
+        self.parser = None  # it holds this protocol: no cycle for the GC
 
     def pause_writing(self) -> None:  # a request body larger than the socket buffer: rare
         pass

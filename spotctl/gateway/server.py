@@ -263,6 +263,10 @@ class Cycle:
     def done(self, task: asyncio.Task) -> None:
         conn = self.conn
         conn.server.busy -= 1
+        # no reference cycles left for the GC (cycle → task → coroutine → cycle, and the scope
+        # naming the cycle as its BODY_WRITER): a request's objects go by reference counting
+        self.task = None
+        self.scope = None
         if task.cancelled():
             exc: BaseException | None = None
         else:
@@ -326,6 +330,7 @@ class Connection(asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.wake()
         self._wake_drainers()
+        self.parser = None  # it holds this protocol: no cycle for the GC
 
     def eof_received(self) -> bool | None:
         return None  # the client closed its side: close ours (a response in flight is cut)
