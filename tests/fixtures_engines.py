@@ -123,6 +123,7 @@ class Script:
     status: int = 200
     refuse: bool = False  # answer 503 to /v1/models (a failing probe)
     pad: int = 0  # bytes of padding in each event's content
+    tail_delay_s: float = 0.0  # after data: [DONE], before the body ends
 
 
 class ScriptedEngine:
@@ -197,7 +198,13 @@ class ScriptedEngine:
                   "choices": [], "usage": self.usage(s.tokens)}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + orjson.dumps(ev) + eol + eol})
-        await send({"type": "http.response.body", "body": b"data: [DONE]" + eol + eol})
+        if s.tail_delay_s:
+            await send({"type": "http.response.body", "body": b"data: [DONE]" + eol + eol,
+                        "more_body": True})
+            await asyncio.sleep(s.tail_delay_s)  # clock-ok: an engine slow to end its body
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.body", "body": b"data: [DONE]" + eol + eol})
         self.completed += 1
 
 

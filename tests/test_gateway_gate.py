@@ -265,3 +265,67 @@ def test_poll_watch_follows_insertion_order_not_timestamps(tmp_path):
         w.update(led, now_ms=5_010_000, mono=140.0)
         assert w.age_s("p", 300.0) == 170.0  # failures do not refresh it
         assert w.latest_stamp_ms() == 9_000_000
+
+
+@pytest.mark.usefixtures("ledger_backend")
+def test_a_serving_resource_billed_off_its_quote_closes_the_gate_when_asked(
+        localcloud, builtin_engine, tmp_path, monkeypatch):
+    """[budget] close_on_rate_mismatch: 503 rate_mismatch while the provider's newest poll bills
+    a running resource off its launch quote; open again once it is billed right; the gauge
+    spotctl_rate_mismatch counts such resources whatever the setting."""
+    monkeypatch.setenv("ENGINE_KEY", builtin_engine.api_key)
+    lc = localcloud
+    cfg = _cfg(tmp_path, lc, builtin_engine)
+    strict = cfg.model_copy(update={"budget": cfg.budget.model_copy(
+        update={"close_on_rate_mismatch": True})})
+    vm = lc.handle.cloud.create_vm("spotctl-fixed", "n3-L40x1")
+    led = Ledger(cfg.ledger_target)
+    lc.clock.advance(60)
+    led.conn.execute("INSERT INTO fleet_events (ts_ms, tier, event, resource_id, "
+                     "quoted_rate_micros_per_h) VALUES (?, 'fixed', 'ready', ?, ?)",
+                     (to_ms(lc.clock.now()), f"vm:{vm.id}", 990_000))  # quoted $0.99/h
+    led.conn.commit()
+
+    def poll(n: int = 2) -> None:
+        for _ in range(n):
+            lc.clock.advance(60)
+            poll_once(cfg, led, lc.clock)
+
+    poll()
+    key = gateway_key(cfg.ledger_target)
+    handle = start_gateway(strict, lc.clock)
+    client = openai.OpenAI(base_url=handle.base_url, api_key=key, max_retries=0)
+    msg = [{"role": "user", "content": "hello"}]
+    try:
+        _wait_gate(handle, "open")
+        assert evaluate_gate(led, strict, lc.clock).rate_mismatches == {}
+        lc.control("POST", "/rate", resource=f"vm:{vm.id}", percent=112)  # overbilled
+        poll()
+        _wait_gate(handle, "rate_mismatch")
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model=builtin_engine.model, messages=msg,
+                                           max_tokens=3)
+        assert err.value.status_code == 503 and err.value.code == "rate_mismatch"
+        assert f"vm:{vm.id}" in err.value.message and "+12.0 %" in err.value.message
+        text = handle.app.metrics.render().decode()
+        assert 'spotctl_rate_mismatch{provider="lc"} 1.0' in text
+        assert 'spotctl_gateway_gate_state{state="rate_mismatch"} 1.0' in text
+        # without the setting the gate stays open; the gauge still counts the resource
+        lenient = evaluate_gate(led, cfg, lc.clock)
+        assert lenient.status == "open" and len(lenient.rate_mismatches["lc"]) == 1
+        # billed as quoted again: the newest poll has no mismatch, the gate reopens
+        lc.control("POST", "/rate", resource=f"vm:{vm.id}", percent=100)
+        poll()
+        _wait_gate(handle, "open")
+        client.chat.completions.create(model=builtin_engine.model, messages=msg, max_tokens=3)
+        assert 'spotctl_rate_mismatch{provider="lc"} 0.0' in handle.app.metrics.render().decode()
+        # overbilled again, then deleted: a mismatch of today on a resource gone is not serving
+        lc.control("POST", "/rate", resource=f"vm:{vm.id}", percent=112)
+        poll()
+        _wait_gate(handle, "rate_mismatch")
+        lc.handle.cloud.delete_vm(vm.id)
+        poll(3)
+        _wait_gate(handle, "open")
+    finally:
+        handle.stop()
+        led.close()

@@ -268,3 +268,32 @@ def test_a_body_nobody_reads_pauses_the_engine_not_memory():
 
     held, total = asyncio.run(go())
     assert held <= 4 * 1024 * 1024 and total == 200 * 65536
+
+
+def test_an_answer_trickling_past_its_deadline_is_a_timeout():
+    async def trickle(n, reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(40):  # a byte every 50 ms: never idle for the read timeout
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return False
+
+    async def go():
+        srv = Server(trickle)
+        async with srv as url:
+            c = _client(read=0.5)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            resp = await c.post(f"{url}/x", b"{}", {}, total_s=0.6)
+            with pytest.raises(UpstreamError) as err:
+                await resp.read()
+            took = loop.time() - t0
+            await c.close()
+        return err.value, took
+
+    err, took = asyncio.run(go())
+    assert err.kind == "timeout" and not err.before_response and "deadline" in err.detail
+    assert 0.5 <= took < 1.5  # the deadline, not the 2 s the engine would take

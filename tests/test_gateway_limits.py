@@ -178,3 +178,34 @@ def test_a_client_that_stops_reading_pauses_the_engine_not_our_memory(scripted, 
         assert relayed  # the stream went through the fast path (engine socket → client)
     finally:
         handle.stop()
+
+
+def test_a_client_that_leaves_at_done_has_an_ok_row(scripted, tmp_path, clock):
+    """The OpenAI SDK closes the connection as soon as it reads ``data: [DONE]``, before the
+    end of the chunked body: the stream was complete, its row is ``ok`` (it read
+    ``client_cancelled`` when the close won the race with the end of the engine's body)."""
+    from tests.fixtures_engines import wait_rows
+
+    engine, url = scripted
+    engine.script = Script(tokens=3, tail_delay_s=0.5)
+    cfg = parse_config(tier_toml("s", "scripted", url), tmp_path / "spotctl.toml")
+    key = gateway_key(cfg.ledger_path)
+    handle = start_gateway(cfg, clock)
+    try:
+        s = _connect(handle)
+        body = b'{"model":"scripted","stream":true,"messages":[]}'
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                  str(len(body)).encode() + b"\r\nAuthorization: Bearer " + key.encode() +
+                  b"\r\n\r\n" + body)
+        s.settimeout(10)
+        got = b""
+        while b"data: [DONE]" not in got:
+            chunk = s.recv(65536)
+            assert chunk, "the stream ended before [DONE]"
+            got += chunk
+        s.close()  # at [DONE], as the SDK does
+        [row] = wait_rows(cfg.ledger_path, 1)
+    finally:
+        handle.stop()
+    assert row["status"] == "ok" and row["tokens_estimated"] == 0
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (7, 3)

@@ -254,6 +254,8 @@ class Gateway:
         m.gate_open.set(int(status == OPEN))
         for s in STATES:
             m.gate_state.labels(s).set(int(s == status))
+        for p in self.cfg.providers:
+            m.rate_mismatch.labels(p.name).set(len(gate.rate_mismatches.get(p.name, ())))
         m.not_durable.set(self.recorder.pending)
         m.spooled.set(self.recorder.spool.rows)
         for t, n in self.board.in_flight.items():
@@ -296,6 +298,7 @@ class Gateway:
                 raise GatewayError(404, "not_found", f"no route for {method} {path}")
         except GatewayError as exc:
             self.metrics.request("", exc.code, exc.status)
+            self.metrics.maybe_flush(idle=not self.active)
             await _respond(send, exc.status, error_body(exc.status, exc.code, exc.message),
                            JSON + exc.headers)
 
@@ -407,9 +410,10 @@ class Gateway:
             raise
         finally:
             self.active -= 1
+            now_ms = to_ms(self.clock.now())
             if rec.tier is not None:
-                self.board.end(rec.tier)
-            self._finish(rec, t_start)
+                self.board.end(rec.tier, now_ms)
+            self._finish(rec, t_start, now_ms)
 
     def _check_gate(self, key) -> None:
         if not self.recorder.durable:
@@ -429,16 +433,14 @@ class Gateway:
         raise GatewayError(HTTP_STATUS.get(gate.status, 503), gate.status,
                            f"serving is paused: {gate.reason}", [(b"retry-after", b"60")])
 
-    def _finish(self, rec: RequestRecord, t_start: float) -> None:
-        now_mono = self.clock.monotonic()
-        row = rec.to_row(to_ms(self.clock.now()), now_mono)
+    def _finish(self, rec: RequestRecord, t_start: float, now_ms: int) -> None:
+        row = rec.to_row(now_ms, self.clock.monotonic())
         self.recorder.record(row)
         m = self.metrics
         m.request(rec.model, row.status, rec.http_status or 0)
         m.finished(rec.tier, row.prompt_tokens, row.completion_tokens, row.tokens_estimated,
-                   rec.ttft_s, time.perf_counter() - t_start)  # clock-ok
-        if rec.overhead_s is not None:
-            m.overhead.observe(rec.overhead_s)
+                   rec.ttft_s, time.perf_counter() - t_start, rec.overhead_s,  # clock-ok
+                   idle=not self.active)
 
 
 async def _respond(send, status: int, body: bytes,

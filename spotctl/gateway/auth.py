@@ -14,14 +14,24 @@ from spotctl.ledger.keys import KeyInfo
 
 
 class KeyTable:
+    """Keys by digest; a key presented before is found without hashing it again (only valid
+    keys are remembered, and only until the next reload)."""
+
     def __init__(self) -> None:
-        self._by_hash: dict[str, KeyInfo] = {}
+        # (by digest, presented key → key): one attribute, swapped at once by load()
+        self._tables: tuple[dict[str, KeyInfo], dict[str, KeyInfo]] = ({}, {})
 
     def load(self, keys: list[KeyInfo]) -> None:
-        self._by_hash = {k.key_sha256: k for k in keys if k.revoked_ms is None}
+        self._tables = ({k.key_sha256: k for k in keys if k.revoked_ms is None}, {})
 
     def lookup(self, presented: str) -> KeyInfo | None:
-        return self._by_hash.get(hashlib.sha256(presented.encode()).hexdigest())
+        by_hash, seen = self._tables
+        info = seen.get(presented)
+        if info is None:
+            info = by_hash.get(hashlib.sha256(presented.encode()).hexdigest())
+            if info is not None and len(seen) < 4096:
+                seen[presented] = info
+        return info
 
 
 def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -65,17 +65,19 @@ class RelaysBody(Protocol):
 
 
 class UpstreamResponse:
-    __slots__ = ("_resp", "content_type", "status")
+    __slots__ = ("_deadline", "_resp", "content_type", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, deadline: float | None = None) -> None:
         self._resp = resp
+        self._deadline = deadline  # loop time the whole exchange must end by
         self.status = resp.status
         self.content_type = resp.headers.get("Content-Type", "application/json").encode(
             "latin-1")
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.read()
+            async with asyncio.timeout_at(self._deadline):
+                return await self._resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map(exc, before_response=False) from None
 
@@ -84,7 +86,8 @@ class UpstreamResponse:
         content = self._resp.content
         while True:
             try:
-                piece = await content.readany()
+                async with asyncio.timeout_at(self._deadline):
+                    piece = await content.readany()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _map(exc, before_response=False) from None
             if not piece:
@@ -124,18 +127,23 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        """Send the request; returns once the response's status and headers arrived."""
+    async def post(self, url: str, body: bytes, headers, total_s: float | None = None
+                   ) -> UpstreamResponse:
+        """Send the request; returns once the response's status and headers arrived.
+        ``headers``: a dict or pairs; ``total_s``: the whole exchange (head and body) must end
+        within it, else the ``timeout`` UpstreamError."""
         if self._session is None:
             await self.start()
         assert self._session is not None
+        deadline = asyncio.get_running_loop().time() + total_s if total_s else None
         try:
-            resp = await self._session.post(url, data=body, headers=headers)
+            async with asyncio.timeout_at(deadline):
+                resp = await self._session.post(url, data=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _map(exc, before_response=True) from None
-        return UpstreamResponse(resp)
+        return UpstreamResponse(resp, deadline)
 
-    async def probe(self, url: str, headers: dict[str, str], timeout_s: float) -> int:
+    async def probe(self, url: str, headers, timeout_s: float) -> int:
         """GET ``url`` within ``timeout_s``: the status, or an UpstreamError."""
         if self._session is None:
             await self.start()

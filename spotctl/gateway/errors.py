@@ -13,6 +13,7 @@
 | 503 | billing_stale | the gate is closed because spend cannot be known |
 | 503 | usage_unrecordable | usage rows cannot be made durable (ledger and spool both failing) |
 | 503 | ledger_unreachable | the gate cannot read the ledger |
+| 503 | rate_mismatch | a serving resource is billed off its launch quote (``close_on_rate_mismatch``) |
 | 503 | no_upstream | no tier can serve or be woken (or the tier is draining); Retry-After |
 | 503 | overloaded | more requests in flight than ``[gateway] max_concurrent_requests``; Retry-After |
 | 504 | wake_timeout | waking a hibernated tier took longer than the wake cap |

@@ -7,6 +7,10 @@ It fails closed:
   spend read "as of now" would miss samples, so it cannot be known);
 - ``budget_exhausted`` when spend reaches the budget, until the budget day rolls over
   (``[budget] timezone``);
+- ``rate_mismatch`` (with ``[budget] close_on_rate_mismatch = true``) while a resource that is
+  serving bills a rate off the one quoted at its launch: the provider's newest successful poll
+  recorded a ``rate_mismatch`` anomaly for it today (a resource that was off earlier today and
+  is gone, or billed right again, does not close the gate);
 - ``ledger_unreachable`` when the ledger cannot be read;
 - ``usage_unrecordable`` (decided by the gateway, not here) when usage rows cannot be made
   durable.
@@ -30,15 +34,18 @@ from zoneinfo import ZoneInfo
 
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config
+from spotctl.ledger.billing_reads import RateMismatch, rate_mismatches
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.keys import KeyInfo, list_keys
 from spotctl.ledger.usage import newest_ok_polls, output_tokens_since
 
 OPEN, BILLING_STALE, BUDGET_EXHAUSTED = "open", "billing_stale", "budget_exhausted"
 USAGE_UNRECORDABLE, LEDGER_UNREACHABLE = "usage_unrecordable", "ledger_unreachable"
+RATE_MISMATCH = "rate_mismatch"
 HTTP_STATUS = {BILLING_STALE: 503, BUDGET_EXHAUSTED: 429, USAGE_UNRECORDABLE: 503,
-               LEDGER_UNREACHABLE: 503}
-STATES = (OPEN, BILLING_STALE, BUDGET_EXHAUSTED, USAGE_UNRECORDABLE, LEDGER_UNREACHABLE)
+               LEDGER_UNREACHABLE: 503, RATE_MISMATCH: 503}
+STATES = (OPEN, BILLING_STALE, BUDGET_EXHAUSTED, USAGE_UNRECORDABLE, LEDGER_UNREACHABLE,
+          RATE_MISMATCH)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class GateState:
     closed_keys: frozenset[str] = field(default_factory=frozenset)  # per-key budgets spent
     key_spend_micros: dict[str, int] = field(default_factory=dict)
     billing_age_s: float | None = None  # the oldest provider's newest good poll
+    # serving resources billed off their launch quote (newest good poll, today), per provider
+    rate_mismatches: dict[str, tuple[RateMismatch, ...]] = field(default_factory=dict)
 
     @property
     def open(self) -> bool:
@@ -68,7 +77,11 @@ class GateState:
                 "budget_usd": None if self.budget_micros is None else usd_str(
                     self.budget_micros),
                 "day_start": iso(from_ms(self.day_start_ms)),
-                "retry_after_s": self.retry_after_s, "closed_keys": sorted(self.closed_keys)}
+                "retry_after_s": self.retry_after_s, "closed_keys": sorted(self.closed_keys),
+                "rate_mismatches": [{"provider": m.provider, "resource_id": m.resource_id,
+                                     "at": iso(from_ms(m.observed_ms)),
+                                     "off_pct": round(m.off_pct, 2)}
+                                    for ms in self.rate_mismatches.values() for m in ms]}
 
 
 def budget_day(now: datetime, tz_name: str) -> tuple[datetime, datetime]:
@@ -128,7 +141,7 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
     def closed(status: str, reason: str, spend: int | None = None, age: float | None = None
                ) -> GateState:
         return GateState(status, reason, spend, budget, start_ms, retry, now_ms,
-                         billing_age_s=age)
+                         billing_age_s=age, rate_mismatches=mismatched)
 
     if watch is None:
         watch = PollWatch()
@@ -136,6 +149,7 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
     else:
         watch.update(ledger, now_ms, mono)
     health = provider_health(ledger, cfg, now_ms)
+    mismatched = serving_rate_mismatches(ledger, health, start_ms)
     ages = []
     for h in health:
         if h.status not in KNOWN_SPEND:
@@ -166,10 +180,35 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
                       "; ".join(spend.reasons[:2]), spend.micros, billing_age)
     if budget is not None and spend.micros >= budget:
         return closed(BUDGET_EXHAUSTED, "the daily budget is spent", spend.micros, billing_age)
+    if mismatched and cfg.budget.close_on_rate_mismatch:
+        first = next(m for ms in mismatched.values() for m in ms)
+        n = sum(len(ms) for ms in mismatched.values())
+        return closed(RATE_MISMATCH, f"{first.provider} bills {first.resource_id} "
+                      f"{first.off_pct:+.1f} % off its launch quote"
+                      + (f" (and {n - 1} more resource(s))" if n > 1 else "")
+                      + "; [budget] close_on_rate_mismatch is on", spend.micros, billing_age)
     closed_keys, key_spend = per_key_spend(ledger, start_ms, spend.micros,
                                            list_keys(ledger) if keys is None else keys)
     return GateState(OPEN, "billing fresh and under budget", spend.micros, budget, start_ms,
-                     retry, now_ms, frozenset(closed_keys), key_spend, billing_age)
+                     retry, now_ms, frozenset(closed_keys), key_spend, billing_age,
+                     mismatched)
+
+
+def serving_rate_mismatches(ledger: Ledger, health, day_start_ms: int
+                            ) -> dict[str, tuple[RateMismatch, ...]]:
+    """Per provider, the resources its newest successful poll billed off their launch quote,
+    when that poll is of today. Every poll checks each running resource's rate
+    (``billing.base.rate_check``), so a mismatch in the newest poll is a resource serving now
+    at the wrong rate; older ones were fixed or their resource is gone."""
+    out: dict[str, tuple[RateMismatch, ...]] = {}
+    for h in health:
+        newest = h.rate_mismatch
+        if newest is None or newest.observed_ms < day_start_ms:
+            continue
+        found = {m.resource_id: m for m in rate_mismatches(
+            ledger, newest.observed_ms - 1, provider=h.provider)}
+        out[h.provider] = tuple(found[r] for r in sorted(found))
+    return out
 
 
 def end_of_day_ms(end: datetime) -> int:

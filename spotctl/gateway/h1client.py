@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from urllib.parse import urlsplit
 
 import httptools
@@ -26,14 +26,13 @@ HIGH_WATER = 1 << 20  # pause reading from the engine past 1 MiB not yet relayed
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("_activity", "_done", "_head", "_paused", "_timer", "_wake", "body", "buffered",
-                 "closed", "complete", "content_type", "error", "got_bytes", "keep_alive",
-                 "loop", "parser", "pool", "read_timeout", "sink", "status", "transport")
+    __slots__ = ("_done", "_head", "_paused", "_wake", "activity", "body", "buffered", "closed",
+                 "complete", "content_type", "deadline", "error", "got_bytes", "keep_alive",
+                 "loop", "parser", "pool", "sink", "status", "transport")
 
-    def __init__(self, pool: _Pool, read_timeout: float) -> None:
+    def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
-        self.read_timeout = read_timeout
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -51,8 +50,8 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.content_type = b"application/json"
         self.keep_alive = True
-        self._timer: asyncio.TimerHandle | None = None
-        self._activity = 0.0
+        self.activity = 0.0  # loop time of the last byte (the sweep's read timeout)
+        self.deadline = 0.0  # loop time the whole exchange must end by (0: none)
         self.sink = None  # relay(): body pieces go straight to it, in the read callback
         self._done: asyncio.Future | None = None
 
@@ -62,7 +61,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        self._activity = self.loop.time()
+        self.activity = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -80,7 +79,8 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamError("reset" if self.status == 0 else "broken",
                                      type(exc).__name__ if exc else "closed by the engine",
                                      before_response=self.status == 0))
-        self._cancel_timer()
+        self.pool.client.busy.discard(self)
+        self.parser = None  # it holds this protocol: no cycle for the GC
 
     def pause_writing(self) -> None:  # a request body larger than the socket buffer: rare
         pass
@@ -113,7 +113,7 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
-        self._cancel_timer()
+        self.pool.client.busy.discard(self)
         self._notify()
         done = self._done
         if done is not None and not done.done():
@@ -171,35 +171,29 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _arm_timer(self) -> None:
-        self._activity = self.loop.time()
-        self._timer = self.loop.call_at(self._activity + self.read_timeout, self._check_idle)
-
-    def _check_idle(self) -> None:
-        self._timer = None
+    def expire(self, now: float, read_timeout: float) -> None:
+        """The client's sweep: no byte for ``read_timeout``, or past the exchange's deadline."""
         if self.complete or self.closed:
             return
-        due = self._activity + self.read_timeout
-        if self.loop.time() >= due:
-            self._fail(UpstreamError("timeout", f"no byte for {self.read_timeout:g} s",
-                                     before_response=self.status == 0))
-            self._close()
+        if now - self.activity >= read_timeout:
+            detail = f"no byte for {read_timeout:g} s"
+        elif self.deadline and now >= self.deadline:
+            detail = "the answer took longer than its deadline"
         else:
-            self._timer = self.loop.call_at(due, self._check_idle)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            return
+        self._fail(UpstreamError("timeout", detail, before_response=self.status == 0))
+        self._close()
 
     # -- one exchange -------------------------------------------------------------------------
-    async def request(self, data: bytes) -> None:
+    async def request(self, data: bytes, deadline: float) -> None:
         self._reset()
         self.parser = httptools.HttpResponseParser(self)
         self._head = self.loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
-        self._arm_timer()
+        self.activity = self.loop.time()
+        self.deadline = deadline
+        self.pool.client.watch(self)
         await self._head
 
     async def next_piece(self) -> bytes:
@@ -226,30 +220,33 @@ class _Conn(asyncio.Protocol):
 
 
 class _Pool:
-    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float
-                 ) -> None:
+    def __init__(self, client: H1Client, host: str, port: int, connect_timeout: float) -> None:
+        self.client = client
         self.host, self.port = host, port
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
         self.idle: list[_Conn] = []
         self.all: set[_Conn] = set()
 
-    async def acquire(self) -> tuple[_Conn, bool]:
-        """A connection: an idle one (reused=True) or a new one."""
-        while self.idle:
-            conn = self.idle.pop()
+    def take_idle(self) -> _Conn | None:
+        """A kept-alive connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed and conn.transport is not None and \
                     not conn.transport.is_closing():
-                return conn, True
+                return conn
+        return None
+
+    async def connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Conn(self, self.read_timeout), self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self), self.host,
+                                                       self.port)
         except (OSError, TimeoutError) as exc:
             raise UpstreamError("connect", type(exc).__name__, before_response=True) from None
         self.all.add(conn)
-        return conn, False
+        return conn
 
     def release(self, conn: _Conn) -> None:
         if conn.complete and conn.keep_alive and not conn.closed and conn.error is None:
@@ -307,28 +304,53 @@ class UpstreamResponse:
 
 
 class H1Client:
-    """The gateway's upstream client (same surface as ``client.UpstreamClient``)."""
+    """The gateway's upstream client (same surface as ``client.UpstreamClient``).
+
+    Read timeouts and deadlines are checked by one sweep per client every ``tick`` (a tenth of
+    the read timeout, at most 0.25 s) while exchanges are under way, not by a timer armed and
+    cancelled per request."""
 
     def __init__(self, *, connect_timeout_s: float, read_timeout_s: float,
                  max_connections: int = 0) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self._pools: dict[str, tuple[_Pool, bytes, bytes]] = {}
+        self.tick = min(0.25, max(0.005, read_timeout_s / 10))
+        self._pools: dict[str, tuple[_Pool, bytes]] = {}
+        self._heads: dict[tuple, tuple[_Pool, bytes]] = {}  # (method, url, headers) → head
+        self.busy: set[_Conn] = set()  # exchanges under way (the sweep watches them)
+        self._sweeping: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        for pool, _, _ in self._pools.values():
+        for pool, _ in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._heads.clear()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
 
-    def _pool(self, url: str) -> tuple[_Pool, bytes]:
-        """The pool for the URL's origin and the request target (path + query) as bytes."""
-        scheme_end = url.find("://")
-        slash = url.find("/", scheme_end + 3)
-        origin = url[:slash] if slash >= 0 else url
-        target = url[slash:] if slash >= 0 else "/"
+    # -- timeouts -------------------------------------------------------------------------------
+    def watch(self, conn: _Conn) -> None:
+        self.busy.add(conn)
+        if self._sweeping is None:
+            self._sweeping = conn.loop.call_later(self.tick, self._sweep, conn.loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeping = None
+        now = loop.time()
+        for conn in list(self.busy):
+            if conn.complete or conn.closed:
+                self.busy.discard(conn)
+            else:
+                conn.expire(now, self.read_timeout_s)
+        if self.busy:
+            self._sweeping = loop.call_later(self.tick, self._sweep, loop)
+
+    # -- requests -------------------------------------------------------------------------------
+    def _pool(self, origin: str) -> tuple[_Pool, bytes]:
         entry = self._pools.get(origin)
         if entry is None:
             parts = urlsplit(origin)
@@ -338,24 +360,43 @@ class H1Client:
                                     before_response=True)
             host = parts.hostname or "127.0.0.1"
             port = parts.port or 80
-            entry = (_Pool(host, port, self.connect_timeout_s, self.read_timeout_s),
-                     parts.netloc.encode("ascii"), b"")
+            entry = (_Pool(self, host, port, self.connect_timeout_s),
+                     parts.netloc.encode("ascii"))
             self._pools[origin] = entry
-        return entry[0], entry[1] + b"\x00" + target.encode("ascii")
+        return entry
 
-    async def _exchange(self, url: str, head: bytes, body: bytes, headers: dict[str, str]
-                        ) -> UpstreamResponse:
-        pool, key = self._pool(url)
-        host, _, target = key.partition(b"\x00")
-        lines = [head, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-        for k, v in headers.items():
+    def _head(self, method: bytes, url: str, headers) -> tuple[_Pool, bytes]:
+        """The pool for the URL's origin and the request's head up to its content-length value
+        (cached: a gateway sends the same few heads over and over)."""
+        items = tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
+        key = (method, url, items)
+        got = self._heads.get(key)
+        if got is not None:
+            return got
+        scheme_end = url.find("://")
+        slash = url.find("/", scheme_end + 3)
+        origin = url[:slash] if slash >= 0 else url
+        target = url[slash:] if slash >= 0 else "/"
+        pool, host = self._pool(origin)
+        lines = [method, b" ", target.encode("ascii"), b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for k, v in items:
             lines += [k.encode("latin-1"), b": ", v.encode("latin-1"), b"\r\n"]
-        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
-        data = b"".join(lines)
+        lines.append(b"content-length: ")
+        if len(self._heads) > 1024:
+            self._heads.clear()
+        got = self._heads[key] = (pool, b"".join(lines))
+        return got
+
+    async def _exchange(self, url: str, method: bytes, body: bytes, headers,
+                        total_s: float | None = None) -> UpstreamResponse:
+        pool, head = self._head(method, url, headers)
+        data = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         for attempt in (0, 1):
-            conn, reused = await pool.acquire()
+            conn, reused = pool.take_idle(), True
+            if conn is None:
+                conn, reused = await pool.connect(), False
             try:
-                await conn.request(data)
+                await conn.request(data, conn.loop.time() + total_s if total_s else 0.0)
             except UpstreamError as err:
                 conn._close()
                 # a kept-alive connection the engine closed meanwhile: one fresh try at once
@@ -365,10 +406,14 @@ class H1Client:
             return UpstreamResponse(conn, pool)
         raise AssertionError("unreachable")
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        return await self._exchange(url, b"POST", body, headers)
+    def post(self, url: str, body: bytes, headers, total_s: float | None = None
+             ) -> Coroutine[None, None, UpstreamResponse]:
+        """Send the request; returns once the response's status and headers arrived.
+        ``headers``: a dict or pairs; ``total_s``: the whole exchange (head and body) must end
+        within it, else the ``timeout`` UpstreamError."""
+        return self._exchange(url, b"POST", body, headers, total_s)
 
-    async def probe(self, url: str, headers: dict[str, str], timeout_s: float) -> int:
+    async def probe(self, url: str, headers, timeout_s: float) -> int:
         try:
             async with asyncio.timeout(timeout_s):
                 resp = await self._exchange(url, b"GET", b"", headers)

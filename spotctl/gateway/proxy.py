@@ -58,6 +58,7 @@ class Proxy:
         self.board = board
         self.client = client
         self.log = log
+        self._hdrs: dict[str | None, tuple[tuple[str, str], ...]] = {}
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
                       rec: RequestRecord, tiers: list[TierConfig], t_start: float,
@@ -74,19 +75,19 @@ class Proxy:
         deadline = loop.time() + g.wake_timeout_s  # real time, like the network timeouts
         attempts = 0
         while True:
-            tier, up = await self.board.pick(tiers, deadline=deadline)
+            tier, up = self.board.serving(tiers) or await self.board.pick(tiers,
+                                                                          deadline=deadline)
             if rec.tier != tier.name:
                 if rec.tier is not None:
-                    self.board.end(rec.tier)
+                    self.board.end(rec.tier, rec.started_ms)
                 rec.tier = tier.name
-                self.board.begin(tier.name)
+                self.board.begin(tier.name, rec.started_ms)
             try:
                 if rec.stream:
                     await self._stream(path, receive, send, raw, up, rec, added_usage, t_start,
                                        writer)
                 else:
-                    async with asyncio.timeout(g.total_timeout_s):
-                        await self._plain(path, send, raw, up, rec, t_start)
+                    await self._plain(path, send, raw, up, rec, t_start, writer)
                 return
             except UpstreamError as err:
                 if rec.sent_bytes:  # cannot happen: relays handle their own mid-body errors
@@ -108,20 +109,27 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _headers(self, up: Upstream, rid: str) -> dict[str, str]:
-        """The engine gets the request's id too (vLLM takes it as its own request id), so its
-        logs name the same request as the ledger."""
-        if up.api_key:
-            return {"Content-Type": "application/json", "Authorization": f"Bearer {up.api_key}",
-                    "X-Request-Id": rid}
-        return {"Content-Type": "application/json", "X-Request-Id": rid}
+    def _headers(self, up: Upstream, rid: str) -> tuple[tuple[str, str], ...]:
+        """The engine's request headers: the key's part cached per key; the request's id goes
+        too (vLLM takes it as its own request id), so its logs name the same request as the
+        ledger."""
+        hdrs = self._hdrs.get(up.api_key)
+        if hdrs is None:
+            hdrs = (("Content-Type", "application/json"),)
+            if up.api_key:
+                hdrs += (("Authorization", f"Bearer {up.api_key}"),)
+            if len(self._hdrs) > 64:
+                self._hdrs.clear()
+            self._hdrs[up.api_key] = hdrs
+        return (*hdrs, ("X-Request-Id", rid))
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
-                     t_start: float) -> None:
+                     t_start: float, writer=None) -> None:
         t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid))
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid),
+                                          self.cfg.gateway.total_timeout_s)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -149,10 +157,13 @@ class Proxy:
         else:
             rec.status = f"upstream_http_{resp.status}"
         rec.sent_bytes = True
-        await send({"type": "http.response.start", "status": resp.status, "headers": [
-            (b"content-type", resp.content_type),
-            (b"content-length", str(len(body)).encode()),
-            _overhead_header(rec, t_start), request_id_header(rec)]})
+        headers = [(b"content-type", resp.content_type),
+                   (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start),
+                   request_id_header(rec)]
+        if writer is not None:  # our server: one write, no ASGI messages
+            writer.respond(resp.status, headers, body)
+            return
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _stream(self, path: str, receive, send, raw: bytes, up: Upstream,
@@ -218,11 +229,15 @@ class Proxy:
                     if not rec.sent_bytes:
                         await self._start_sse(send, rec, t_start)
                     await send({"type": "http.response.body", "body": tail, "more_body": True})
-                rec.status = "client_cancelled" if gone.is_set() else (
-                    "ok" if tap.done else "upstream_error")
+                # a client that leaves once it read [DONE] (the OpenAI SDK closes right
+                # there) got the whole stream: ok
+                rec.status = "ok" if tap.done else (
+                    "client_cancelled" if gone.is_set() else "upstream_error")
                 complete = tap.done and not gone.is_set()
             except UpstreamError as err:
-                if gone.is_set():
+                if tap.done:  # the engine's body broke after [DONE] (or we cut it: gone)
+                    rec.status = "ok"
+                elif gone.is_set():
                     rec.status = "client_cancelled"
                 elif not rec.sent_bytes:
                     raise  # nothing reached the client: the caller may retry

@@ -229,6 +229,18 @@ class Cycle:
         return b"".join(out)
 
     # -- BODY_WRITER ----------------------------------------------------------------------
+    def respond(self, status: int, headers: list, body: bytes) -> None:
+        """The whole response at once (``http.response.start`` and its only body, in one
+        write): the proxy's non-streaming answer."""
+        if self.started or self.status:
+            raise RuntimeError("the response was already started")
+        self.status, self.headers = status, headers
+        self.response_complete = True
+        conn = self.conn
+        if not conn.lost:
+            conn.transport.write(self._head(body, False))
+            conn.cycle_done(self)
+
     def write(self, data: bytes) -> bool:
         """Write a body piece of the started chunked response now; False when the client is
         gone or reads slower than we write (then wait for :meth:`drain`)."""
@@ -251,6 +263,10 @@ class Cycle:
     def done(self, task: asyncio.Task) -> None:
         conn = self.conn
         conn.server.busy -= 1
+        # no reference cycles left for the GC (cycle → task → coroutine → cycle, and the scope
+        # naming the cycle as its BODY_WRITER): a request's objects go by reference counting
+        self.task = None
+        self.scope = None
         if task.cancelled():
             exc: BaseException | None = None
         else:
@@ -314,6 +330,7 @@ class Connection(asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.wake()
         self._wake_drainers()
+        self.parser = None  # it holds this protocol: no cycle for the GC
 
     def eof_received(self) -> bool | None:
         return None  # the client closed its side: close ours (a response in flight is cut)

@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 
 from spotctl.ledger.records import UsageRecord
+from spotctl.ledger.usage import UsageRow
 
 _FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
 
@@ -30,7 +31,7 @@ class SpoolFull(OSError):
     """The spool's size bound would be passed."""
 
 
-def encode(rows: list[UsageRecord]) -> bytes:
+def encode(rows: list[UsageRecord | UsageRow]) -> bytes:
     return b"".join(orjson.dumps([getattr(r, f) for f in _FIELDS]) + b"\n" for r in rows)
 
 
@@ -73,7 +74,7 @@ class Spool:
         except OSError:
             return 0
 
-    def append(self, rows: list[UsageRecord]) -> None:
+    def append(self, rows: list[UsageRecord | UsageRow]) -> None:
         """Make ``rows`` durable in the spool (written and fsync'ed), or raise OSError."""
         data = encode(rows)
         if self.size() + len(data) > self.max_bytes:

@@ -103,16 +103,17 @@ class TierBoard:
                    for n in self.tiers if n not in self.draining)
 
     # -- in-flight accounting -----------------------------------------------------------------
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, now_ms: int) -> None:
         n = self.in_flight.get(name, 0)
         self.in_flight[name] = n + 1
-        self.last_request_ms[name] = to_ms(self.clock.now())
+        self.last_request_ms[name] = now_ms
         if n == 0:
             self.became_busy.set()
 
-    def end(self, name: str) -> None:
+    def end(self, name: str, now_ms: int) -> None:
         self.in_flight[name] = max(0, self.in_flight.get(name, 0) - 1)
-        self.last_request_ms[name] = to_ms(self.clock.now())
+        if now_ms > (self.last_request_ms.get(name) or 0):
+            self.last_request_ms[name] = now_ms
 
     def touch(self, name: str) -> None:
         """A request asked for this tier (even one refused because it drains)."""
@@ -199,6 +200,16 @@ class TierBoard:
         self.kick()
 
     # -- picking a tier ---------------------------------------------------------------------
+    def serving(self, tiers: list[TierConfig]) -> tuple[TierConfig, Upstream] | None:
+        """The first serving tier of the model with an endpoint, now (no await: the request
+        path's common case); ``None`` when :meth:`pick` has to wake or wait."""
+        for tier in tiers:
+            if self.effective(tier.name) == SERVING:
+                up = self.state[tier.name]
+                if up.endpoint:
+                    return tier, up
+        return None
+
     async def pick(self, tiers: list[TierConfig], *, deadline: float) -> tuple[TierConfig,
                                                                                  Upstream]:
         """A serving tier of the model; else wake one; else wait (until ``deadline``, the event
