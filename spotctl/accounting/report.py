@@ -366,24 +366,29 @@ def build_report(data, spend: SpendResult, cfg, *, min_tokens: int = 1000,
         if tier is None:
             unattributed += r.spend.micros
         prov_spend[r.data.provider] = prov_spend.get(r.data.provider, 0) + r.spend.micros
+        pc = prov_cap.setdefault(r.data.provider, dict.fromkeys(CATEGORIES, 0))
+        total_cap = total.by_capacity
+        row_spend = tier_bucket_spend[row.name] if row is not None else None
         for (b, label), micros in r.spend.by_bucket_label.items():
+            category = label.category
             bk = buckets.get(b)
             if bk is not None:
                 bk.spend_micros += micros
-                bk.by_capacity[label.category] += micros
-            total.by_capacity[label.category] += micros
-            pc = prov_cap.setdefault(r.data.provider, dict.fromkeys(CATEGORIES, 0))
-            pc[label.category] += micros
+                bk.by_capacity[category] += micros
+            total_cap[category] += micros
+            pc[category] += micros
             if row is not None:
-                row.by_capacity[label.category] += micros
+                row.by_capacity[category] += micros
                 row.spend_micros += micros
-                tier_bucket_spend[row.name][b] = tier_bucket_spend[row.name].get(b, 0) + micros
+                row_spend[b] = row_spend.get(b, 0) + micros  # type: ignore[index]
                 if label.serving:
                     row.serving_micros += micros
-        for (b, label), ms in r.spend.ms_by_bucket_label.items():
-            if row is not None and label.serving:
-                row.serving_ms += ms
-                tier_bucket_serving[row.name][b] = tier_bucket_serving[row.name].get(b, 0) + ms
+        if row is not None:
+            row_serving = tier_bucket_serving[row.name]
+            for (b, label), ms in r.spend.ms_by_bucket_label.items():
+                if label.serving:
+                    row.serving_ms += ms
+                    row_serving[b] = row_serving.get(b, 0) + ms
         if row is not None:
             tier_serving_spans[row.name].extend(_serving_spans(r, start_ms, end_ms))
     total.spend_micros = spend.micros
