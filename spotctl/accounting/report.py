@@ -315,6 +315,34 @@ def _band_of(pairs: dict[int, tuple[int, int]], min_tokens: int) -> dict[str, De
     return band(values)  # type: ignore[arg-type]
 
 
+def _off_pct(m) -> Decimal | None:
+    """How far the billed rate is off the quote, in percent of the quote (None: no quote)."""
+    if not m.quoted_micros_per_h:
+        return None
+    return (Decimal(m.billed_micros_per_h - m.quoted_micros_per_h) * 100
+            / Decimal(m.quoted_micros_per_h)).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+
+
+def rate_mismatch_json(items: Sequence) -> dict:
+    """Billed rates off the launch quote (``rate_mismatch`` anomalies, an estimate of price, not
+    spend): how many samples, and the worst one (the largest difference from its quote; the
+    newest of equals)."""
+    if not items:
+        return {"count": 0, "worst": None}
+
+    def size(m) -> tuple:
+        off = _off_pct(m)
+        return (Decimal("Infinity") if off is None else abs(off), m.observed_ms)
+
+    w = max(items, key=size)
+    off = _off_pct(w)
+    return {"count": len(items), "worst": {
+        "provider": w.provider, "resource_id": w.resource_id, "at": iso(from_ms(w.observed_ms)),
+        "quoted_usd_per_hour": usd_str(w.quoted_micros_per_h),
+        "billed_usd_per_hour": usd_str(w.billed_micros_per_h),
+        "off_pct": None if off is None else str(off)}}
+
+
 def tier_capacity(tier_cfg, bench_rows) -> Capacity | None:
     """The newest bench of the tier for its current model, else its rated figure, else None."""
     for row in bench_rows or ():
@@ -449,6 +477,19 @@ def build_report(data, spend: SpendResult, cfg, *, min_tokens: int = 1000,
 
     prov_rows = [Breakdown(p, spend_micros=m, by_capacity=prov_cap.get(
         p, dict.fromkeys(CATEGORIES, 0))) for p, m in sorted(prov_spend.items())]
+
+    # billed rates off the launch quote, by the tier of the resource and by provider
+    mismatches = data.rate_mismatches
+    tier_of = {(s.provider, s.resource_id): s.tier for s in data.series}
+    if tiers is not None:
+        mismatches = [m for m in mismatches if tier_of.get((m.provider, m.resource_id)) in tiers]
+    for name, row in rows.items():
+        row.extra["rate_mismatches"] = rate_mismatch_json(
+            [m for m in mismatches if tier_of.get((m.provider, m.resource_id)) == name])
+    for prow in prov_rows:
+        prow.extra["rate_mismatches"] = rate_mismatch_json(
+            [m for m in mismatches if m.provider == prow.name])
+    total.extra["rate_mismatches"] = rate_mismatch_json(mismatches)
     estimated = sum(tok.estimated for (_b, t), tok in data.tokens.items()
                     if tiers is None or t in tiers)
     return CostReport(start_ms, end_ms, bucket_ms, min_tokens, spend, total, list(rows.values()),

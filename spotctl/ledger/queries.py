@@ -157,6 +157,8 @@ class WindowData:
     # asked for (advise), every request start per tier in the window
     held: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     arrivals: dict[str, list[int]] = field(default_factory=dict)
+    # billed rates off the launch quote in the window (billing_reads.RateMismatch), oldest first
+    rate_mismatches: list = field(default_factory=list)
 
     def bucket_start(self, ms: int) -> int:
         return self.start_ms if self.bucket_ms is None else ms - ms % self.bucket_ms
@@ -187,8 +189,12 @@ def read_window(
     providers = None if providers is None else set(providers)
     with ledger.snapshot() as conn:  # one consistent snapshot for every read below
         if fleet:
+            from spotctl.ledger.billing_reads import rate_mismatches
+
             data.events, data.events_before = _events(conn, start_ms, end_ms)
             data.bench = latest_bench(conn, end_ms)
+            data.rate_mismatches = [m for m in rate_mismatches(ledger, start_ms, end_ms)
+                                    if providers is None or m.provider in providers]
         # fleet events are extra boundaries: spend between two events is exact at sample times
         data.series = _load_series(conn, start_ms, end_ms, bucket_ms, providers,
                                    extra=sorted({e.ts_ms for e in data.events}))
