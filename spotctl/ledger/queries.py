@@ -346,7 +346,8 @@ def _failed_polls(conn: sqlite3.Connection, provider: str, start_ms: int, end_ms
                   ) -> list[tuple[int, str, str | None]]:
     return [tuple(r) for r in conn.execute(
         "SELECT finished_ms, outcome, error_message FROM billing_polls WHERE provider=? AND "
-        "outcome != 'ok' AND finished_ms > ? AND finished_ms <= ? ORDER BY finished_ms",
+        "(outcome < 'ok' OR outcome > 'ok') AND finished_ms > ? AND finished_ms <= ? "  # index
+        "ORDER BY finished_ms",
         (provider, start_ms, end_ms))]
 
 
@@ -418,7 +419,12 @@ def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int
         width = bucket_ms or 1 << 62  # one bucket: every minute maps to 0, then to start_ms
         hours, minutes = _rollup_ranges(whole_lo, whole_hi,
                                         bucket_ms is None or bucket_ms % HOUR_MS == 0)
-        if hours is not None:
+        if hours is not None and width == HOUR_MS:  # the rows are the buckets
+            for hour, tier, req, prompt, output, est in conn.execute(
+                "SELECT hour_ms, tier, requests, prompt_tokens, completion_tokens, "
+                "estimated_requests FROM usage_hours WHERE hour_ms >= ? AND hour_ms < ?", hours):
+                add(hour, tier, req, prompt, output, est)
+        elif hours is not None:
             for hour, tier, req, prompt, output, est in conn.execute(
                 "SELECT hour_ms - hour_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
                 "SUM(completion_tokens), SUM(estimated_requests) FROM usage_hours "
@@ -480,16 +486,29 @@ def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
                 "minute_ms < ? AND requests > 0", (lo, hi)):
                 span(tier, minute, MINUTE_MS)
         if hours is not None:
-            for tier, hour in conn.execute(
-                "SELECT tier, hour_ms FROM usage_hours WHERE hour_ms >= ? AND hour_ms < ? "
-                "AND busy_minutes >= 60", hours):
-                span(tier, hour, HOUR_MS)
-            for tier, minute in conn.execute(
-                "SELECT m.tier, m.minute_ms FROM usage_hours h JOIN usage_minutes m ON "
-                "m.minute_ms >= h.hour_ms AND m.minute_ms < h.hour_ms + 3600000 AND "
-                "m.tier = h.tier WHERE h.hour_ms >= ? AND h.hour_ms < ? AND "
-                "h.busy_minutes > 0 AND h.busy_minutes < 60 AND m.requests > 0", hours):
-                span(tier, minute, MINUTE_MS)
+            partly: set[tuple[int, str]] = set()
+            for tier, hour, busy in conn.execute(
+                "SELECT tier, hour_ms, busy_minutes FROM usage_hours WHERE hour_ms >= ? AND "
+                "hour_ms < ? AND busy_minutes > 0", hours):
+                if busy >= 60:
+                    span(tier, hour, HOUR_MS)
+                else:
+                    partly.add((hour, tier))
+            # the busy minutes of the partly busy hours: one minute-range per run of such hours
+            runs: list[list[int]] = []
+            for hour in sorted({h for h, _t in partly}):
+                if runs and runs[-1][1] == hour:
+                    runs[-1][1] = hour + HOUR_MS
+                else:
+                    runs.append([hour, hour + HOUR_MS])
+            if runs:
+                for tier, minute in conn.execute(
+                    f"WITH r(lo, hi) AS (VALUES {', '.join('(?, ?)' for _ in runs)}) "  # noqa: S608
+                    "SELECT m.tier, m.minute_ms FROM r JOIN usage_minutes m ON "
+                    "m.minute_ms >= r.lo AND m.minute_ms < r.hi WHERE m.requests > 0",
+                    [t for run in runs for t in run]):
+                    if (minute - minute % HOUR_MS, tier) in partly:
+                        span(tier, minute, MINUTE_MS)
         out: dict[str, list[tuple[int, int]]] = {}
         for tier, parts in spans.items():
             merged: list[tuple[int, int]] = []
