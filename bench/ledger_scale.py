@@ -21,7 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spotctl.ledger.check import stored_schema_version
 from spotctl.ledger.db import Ledger
+from spotctl.ledger.queries import rebuild_catalogues
+from spotctl.ledger.schema import SCHEMA_VERSION
 
 OUT = Path(__file__).resolve().parent / "out"
 RESOURCES = 20
@@ -31,6 +34,9 @@ END_MS = 1_795_000_000_000 - 1_795_000_000_000 % MIN  # a fixed "now" (2026-11-1
 
 def build(path: Path, days: int, usage_rows: int) -> None:
     if path.exists():
+        if stored_schema_version(path) != SCHEMA_VERSION:  # cached by an older spotctl
+            with Ledger(path) as led:  # migrate it, once
+                led.conn.execute("ANALYZE")
         return
     tmp = path.with_suffix(".building")
     for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
@@ -80,6 +86,7 @@ def build(path: Path, days: int, usage_rows: int) -> None:
             "completion_tokens, estimated_requests) SELECT completed_ms - completed_ms % 60000, "
             "tier, count(*), sum(prompt_tokens), sum(completion_tokens), 0 FROM usage "
             "GROUP BY 1, 2")
+        rebuild_catalogues(conn)  # what the writers keep in their transactions
     t2 = time.perf_counter()
     conn.execute("ANALYZE")
     led.close()
