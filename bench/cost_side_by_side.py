@@ -69,6 +69,7 @@ def main() -> None:
         ledgers["PostgreSQL"] = (args.pg_url, args.other_pg_url or args.pg_url)
     env = {**os.environ,
            "SPOTCTL_CLOCK": "fixed:" + datetime.fromtimestamp(END_MS / 1000, UTC).isoformat()}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules cached
     trees = {"this tree": (sys.executable, ROOT), "other": (args.other, other_root)}
     times: dict[tuple[str, str, str], list[float]] = {}
     outputs: dict[tuple[str, str, str], dict] = {}
@@ -76,7 +77,7 @@ def main() -> None:
         cfgs = {(backend, tree): _config(Path(tmp), f"{backend}-{i}", ledger)
                 for backend, pair in ledgers.items()
                 for i, (tree, ledger) in enumerate(zip(trees, pair, strict=True))}
-        for _ in range(args.rounds):
+        for r in range(args.rounds + 1):  # round 0 warms caches (OS, compiled modules)
             for backend in ledgers:
                 for window in args.windows.split(","):
                     for tree, (exe, root) in trees.items():
@@ -88,7 +89,8 @@ def main() -> None:
                         elapsed = time.perf_counter() - t0
                         if p.returncode:
                             raise SystemExit(f"{tree} {backend} {window}: {p.stderr[-300:]}")
-                        times.setdefault((backend, window, tree), []).append(elapsed)
+                        if r:
+                            times.setdefault((backend, window, tree), []).append(elapsed)
                         outputs[(backend, window, tree)] = json.loads(p.stdout)
     print(f"{args.rounds} rounds; this tree {ROOT}, other {other_root}")
     print("| command | ledger | this tree median s (min) | other median s (min) | ratio |\n"

@@ -76,6 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTCTL_")}
     env["NO_COLOR"] = "1"
+    # as installed: compiled modules cached (the warm-up run writes them), whatever the shell says
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = small_ledger(Path(tmp))
         cases = {

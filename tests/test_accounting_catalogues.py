@@ -309,3 +309,39 @@ def test_rebuilding_the_catalogues_gives_what_the_writers_keep(ledger):
     assert rebuilt[0] == kept[0] and rebuilt[2] == kept[2] and rebuilt[0]
     assert set(rebuilt[1]) <= set(kept[1]) and rebuilt[1]
     assert [r.name for r in check_ledger(ledger) if not r.ok] == []
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reqs=st.lists(st.tuples(st.integers(0, 4 * HOUR), st.integers(0, 20 * MIN),
+                               st.sampled_from(["a", "b", None])), max_size=60),
+       cuts=st.lists(st.integers(0, 4 * HOUR), min_size=2, max_size=2, unique=True))
+def test_busy_islands_at_request_resolution_equal_the_union_of_requests(tmp_path_factory, reqs,
+                                                                       cuts):
+    """Up to BUSY_EXACT_MAX_REQUESTS requests: per tier, the union of [started, completed] of
+    the requests (touching ones merge), clipped to the window."""
+    led = Ledger(tmp_path_factory.mktemp("busy") / "l.db")
+    try:
+        record_usage(led, [UsageRecord(f"r{i}", H0 + s, H0 + s + d, "ok", tier=t)
+                           for i, (s, d, t) in enumerate(reqs)])
+        start, end = (H0 + c for c in sorted(cuts))
+        with led.snapshot() as conn:
+            busy, resolution = queries._busy_islands(conn, start, end)
+        assert resolution == "request"
+        want: dict[str, list[tuple[int, int]]] = {}
+        for tier in {t or "" for _s, _d, t in reqs}:
+            spans = sorted((H0 + s, H0 + s + d) for s, d, t in reqs if (t or "") == tier
+                           and start < H0 + s + d < end + queries.MAX_REQUEST_MS
+                           and H0 + s < end)
+            merged: list[list[int]] = []
+            for lo, hi in spans:
+                if merged and lo <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], hi)
+                else:
+                    merged.append([lo, hi])
+            clipped = [(max(lo, start), min(hi, end)) for lo, hi in merged]
+            if [c for c in clipped if c[1] > c[0]]:
+                want[tier] = [c for c in clipped if c[1] > c[0]]
+        assert busy == want
+    finally:
+        led.close()

@@ -519,20 +519,28 @@ def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
                     merged.append((lo, hi))
             out[tier] = merged
         return out, "minute"
+    # gaps and islands over the requests sorted by (tier, start, end): a request that starts
+    # after every earlier one of its tier has ended opens a new island (one sorted read; the
+    # window-function form of this took 3x longer on SQLite)
     out = defaultdict(list)
-    for tier, s, e in conn.execute(
-        "SELECT tier, MIN(s), MAX(e) FROM ("
-        " SELECT tier, s, e, SUM(brk) OVER (PARTITION BY tier ORDER BY s, e"
-        "  ROWS UNBOUNDED PRECEDING) AS grp FROM ("
-        "  SELECT tier, s, e, CASE WHEN s <= MAX(e) OVER (PARTITION BY tier ORDER BY s, e"
-        "   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 0 ELSE 1 END AS brk FROM ("
-        "   SELECT coalesce(tier, '') AS tier, started_ms AS s, completed_ms AS e FROM usage"
-        "   WHERE completed_ms > ? AND completed_ms < ? AND started_ms < ?) AS r) AS b) AS g "
-        "GROUP BY tier, grp ORDER BY tier, MIN(s)",
-        (start_ms, end_ms + MAX_REQUEST_MS, end_ms)):
-        lo, hi = max(s, start_ms), min(e, end_ms)
-        if hi > lo:
+    cur: str | None = None
+    lo = hi = ended = 0  # the island's first start and last end; the tier's latest end so far
+
+    def close(tier: str | None, lo: int, hi: int) -> None:
+        lo, hi = max(lo, start_ms), min(hi, end_ms)
+        if tier is not None and hi > lo:
             out[tier].append((lo, hi))
+
+    for tier, s, e in conn.execute(
+        "SELECT coalesce(tier, ''), started_ms, completed_ms FROM usage WHERE completed_ms > ? "
+        "AND completed_ms < ? AND started_ms < ? ORDER BY 1, 2, 3",
+        (start_ms, end_ms + MAX_REQUEST_MS, end_ms)):
+        if tier != cur or s > ended:
+            close(cur, lo, hi)
+            cur, lo, hi, ended = tier, s, e, e
+        else:
+            hi, ended = max(hi, e), max(ended, e)
+    close(cur, lo, hi)
     return dict(out), "request"
 
 
