@@ -20,8 +20,7 @@ from spotctl.cli.main import GLOBAL_VALUE_OPTIONS, app, hoist_global_options
 from spotctl.clock import to_ms
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.records import FleetEvent
-from spotctl.ledger.writes import record_fleet_event
+from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.testing import free_port, installed_clock, write_config
 
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -93,7 +92,8 @@ def test_the_walk_sees_every_documented_command():
     assert {"cost", "price", "report", "poll-billing", "billing status", "reconcile", "gateway",
             "keys create", "keys list", "keys revoke", "budget status", "up", "hibernate",
             "wake", "down", "status", "events", "daemon", "localcloud serve", "ledger check",
-            "demo", "example", "init", "config show", "doctor"} <= names
+            "demo", "example", "init", "config show", "doctor", "bench", "compare", "advise",
+            "ledger migrate"} <= names
 
 
 # -- usage errors: exit 2, one line ------------------------------------------------------------
@@ -104,6 +104,8 @@ def test_help_is_exit_0_plain_and_every_json_flag_has_its_help_line(path):
     text = result.stdout
     assert text.startswith(f"Usage: spotctl {' '.join(path)}")
     assert "<bool>" not in text and "╭" not in text  # no type tag on flags, no rich panels
+    assert " / --no-" not in text, "a flag is one --name, not a --name / --no-name pair"
+    assert "\\[" not in text, "a markup escape shows through in plain help"
     if "--json" in text:
         line = next(ln for ln in text.splitlines() if ln.strip().startswith("--json"))
         assert JSON_HELP.split()[0] in line, line
@@ -331,7 +333,7 @@ def test_piped_tables_are_not_cut_and_events_grep(ws, tmp_path):
     long_detail = "spot capacity returned in eu-north-1 after 37 minutes on on-demand " * 3
     with Ledger(led) as ledger:
         for i, event in enumerate(["launching", "ready", "preempted", "fell_back"]):
-            record_fleet_event(ledger, FleetEvent(
+            append_fleet_event(ledger, FleetEntry(
                 ts_ms=to_ms(END) - 60_000 * (4 - i), tier="llama-70b-instruct-awq-long-name",
                 event=event, operation_id="op1", capacity="spot", cloud="aws",
                 region="eu-north-1", resource_id="vm:318442", endpoint=None, phases={},

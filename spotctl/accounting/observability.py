@@ -98,7 +98,10 @@ def provider_coverage(
         cov.known_until_ms = last
         cov.intervals.append(DarkInterval(max(last, start_ms), end_ms, provider, "dark_tail",
                                           reason(last, end_ms)))
-        cov.reasons.append(f"{provider}: billing dark since poll at {last}")
+        from spotctl.clock import from_ms, iso
+
+        cov.reasons.append(f"{provider}: billing unknown since {iso(from_ms(last))} (the last "
+                           "successful poll)")
     else:
         cov.known_until_ms = end_ms
     if cov.status == DEGRADED:

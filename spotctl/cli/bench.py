@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
                                            "(default 256:128:6,1024:128:2,512:512:2)."),
         max_concurrency: int = typer.Option(512, help="Never more concurrent streams."),
         gateway: str = typer.Option(
-            None, help="Gateway URL (default: http:// and the \\[gateway] listen address)."),
+            None, help="Gateway URL (default: http:// and the [gateway] listen address)."),
         api_key_env: str = typer.Option(
             None, help="Env var holding a gateway key (default: a temporary key is created in "
                        "the ledger and revoked afterwards)."),

@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = False,
         plot: bool = typer.Option(False, "--plot", help="Charts in the terminal."),
         fail_over: str = typer.Option(None, help="Exit 3 when $/Mtok output exceeds this."),
-        fail_stale: bool = typer.Option(False, help="Exit 4 when observability is not ok."),
+        fail_stale: bool = typer.Option(False, "--fail-stale", help="Exit 4 when observability is not ok."),
     ) -> None:
         """Invoice-true spend, tokens and cost per million tokens for a window."""
         threshold = None
