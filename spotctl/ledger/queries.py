@@ -308,13 +308,15 @@ def _load_series(
     # both sides of every change of state or spot flag, and of every recorded decrease
     for table, cond in (("billing_state_changes", ""),
                         ("billing_anomalies", " AND e.kind = 'cumulative_decreased'")):
+        # (each sample found by a correlated seek from the catalogue row: a plain join let
+        # SQLite scan the window's samples when the catalogue had no statistics)
         collect(
             "SELECT e.provider, e.account, e.resource_id, s.observed_ms, s.cumulative_micros, "  # noqa: S608
             f"s.state, s.spot, s.rate_micros_per_h FROM {table} e JOIN "
-            "billing_samples s ON s.provider = e.provider AND s.account = e.account AND "
-            "s.resource_id = e.resource_id AND s.observed_ms = e.observed_ms "
-            f"WHERE e.observed_ms > ? AND e.observed_ms <= ?{cond} AND "
-            "s.cumulative_micros IS NOT NULL "
+            "billing_samples s ON s.id = (SELECT id FROM billing_samples WHERE "
+            "provider=e.provider AND account=e.account AND resource_id=e.resource_id AND "
+            "observed_ms = e.observed_ms AND cumulative_micros IS NOT NULL) "
+            f"WHERE e.observed_ms > ? AND e.observed_ms <= ?{cond} "
             "UNION ALL SELECT e.provider, e.account, e.resource_id, s.observed_ms, "
             "s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
             f"FROM {table} e JOIN billing_samples s ON s.id = (SELECT id FROM "
