@@ -4,9 +4,12 @@ Targets (issue 12 §4): `spotctl --help` < 150 ms, `spotctl cost` on a small led
 Runs each command N times, interleaved with a bare `python -c pass` so the noise of a shared
 machine hits all three alike; prints medians, p90 and the ratio to bare Python.
 
-    .venv/bin/python bench/startup.py [--runs 30] [--importtime]
+    .venv/bin/python bench/startup.py [--runs 30] [--importtime] [--other PYTHON]
 
 `--importtime` also prints the 15 slowest imports of each command (python -X importtime).
+`--other /path/to/tree/.venv/bin/python` also runs that tree's `spotctl cost` (its console
+script, next to the interpreter) on the same ledger, interleaved, for a before/after ratio in
+one run (the ledger is built by this tree: the other must read its schema).
 """
 
 from __future__ import annotations
@@ -69,9 +72,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--importtime", action="store_true")
+    ap.add_argument("--other", help="another tree's interpreter: time its `spotctl cost` too")
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTCTL_")}
     env["NO_COLOR"] = "1"
+    # as installed: compiled modules cached (the warm-up run writes them), whatever the shell says
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = small_ledger(Path(tmp))
         cases = {
@@ -79,6 +85,15 @@ def main() -> None:
             "spotctl --help": [SPOTCTL, "--help"],
             "spotctl cost": [SPOTCTL, "--config", str(cfg), "cost"],
         }
+        if args.other:  # the same scenario, written by the other tree (its own schema)
+            other_dir = Path(tmp) / "other"
+            other_dir.mkdir()
+            root = Path(os.path.abspath(args.other)).parents[2]
+            subprocess.run([args.other, "-c", "import sys; from pathlib import Path; "
+                            "sys.path.insert(0, '.'); from bench.startup import small_ledger; "
+                            f"small_ledger(Path({str(other_dir)!r}))"], cwd=root, check=True)
+            cases["other: spotctl cost"] = [str(Path(args.other).with_name("spotctl")),
+                                            "--config", str(other_dir / "spotctl.toml"), "cost"]
         for argv in cases.values():  # warm the OS caches and .pyc files
             timed(argv, env)
         times: dict[str, list[float]] = {name: [] for name in cases}

@@ -64,7 +64,7 @@ def test_migrate_is_exact_and_idempotent(example_dir, pg_url):
                                        completion_tokens=7)])
     third = migrate_sqlite_to_postgres(src, pg_url)
     copied = {t.name: t.copied_rows for t in third.tables if t.copied_rows}
-    assert copied == {"usage": 1, "usage_minutes": 1, "usage_key_minutes": 1}
+    assert copied == {"usage": 1, "usage_minutes": 1, "usage_key_minutes": 1, "usage_hours": 1}
     # state tables follow the source: a series' catalogue row moves on, a deleted row goes
     with Ledger(src) as led:
         led.conn.execute("UPDATE billing_series SET last_state = 'DELETED'")

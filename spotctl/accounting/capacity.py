@@ -17,7 +17,8 @@ time for utilisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 SPOT, ON_DEMAND, HIBERNATED, STORAGE, OTHER = "spot", "on_demand", "hibernated", "storage", "other"
 CATEGORIES = (SPOT, ON_DEMAND, HIBERNATED, STORAGE, OTHER)
@@ -28,12 +29,15 @@ SERVING_STATES = frozenset({"active", "running"})
 STORAGE_KINDS = frozenset({"volume", "disk", "storage"})
 
 
-@dataclass(frozen=True)
-class Label:
+class Label(NamedTuple):
+    """A named tuple, not a dataclass: window accounting keys dicts by (bucket, label) tens of
+    thousands of times a month, and a tuple hashes in C."""
+
     category: str
     serving: bool = False
 
 
+@lru_cache(maxsize=1024)
 def classify(resource_kind: str, state: str | None, spot: bool | None,
              journal_capacity: str | None = None) -> Label:
     kind = (resource_kind or "").lower()

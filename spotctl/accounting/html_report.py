@@ -53,6 +53,17 @@ def mtok(value) -> str:
     return "—" if value is None else f"${Decimal(str(value)):,.2f}"
 
 
+def rate_mismatch_text(rm: dict | None) -> str:
+    """“2; worst vm:7 billed $3.1000/h vs quoted $2.5000/h (+24.00 %) at T” or “none”."""
+    if not rm or not rm.get("count"):
+        return "none"
+    w = rm["worst"]
+    off = "" if w["off_pct"] is None else f" ({Decimal(w['off_pct']):+.2f} %)"
+    return (f"{rm['count']}; worst {w['resource_id']} billed "
+            f"${Decimal(w['billed_usd_per_hour']):,.4f}/h vs quoted "
+            f"${Decimal(w['quoted_usd_per_hour']):,.4f}/h{off} at {w['at']}")
+
+
 def robust_cap(values: list[float], p90: float | None) -> float | None:
     """The top of the $/Mtok axis: 3 × the band's P90 (token-weighted, so a bucket with a
     handful of tokens cannot move it), else 3 × the median; None when no value is above it."""
@@ -206,8 +217,11 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
                    f"({t['capacity_source']})"),
                   pct(t["idle_share"]),
                   ", ".join(f"{CATEGORY_LABELS[k]} {money(v)}"
-                            for k, v in t["spend_by_capacity"].items() if Decimal(v))]
+                            for k, v in t["spend_by_capacity"].items() if Decimal(v)),
+                  rate_mismatch_text(t.get("rate_mismatches"))]
                  for t in js["tiers"]]
+    rate_rows = [[p["name"], rate_mismatch_text(p.get("rate_mismatches"))]
+                 for p in js["providers"]]
     wake_rows = [[w["waking"], t["name"], f"{w['seconds']:,.0f} s",
                   ", ".join(f"{k} {v:,.0f} s" for k, v in w["phases"].items()) or "—",
                   money(w["spend_usd"]), str(w["requests_held"]),
@@ -291,7 +305,13 @@ tokens; P10–P90 is where the middle 80 % of the tokens' cost fell (buckets und
 moves with load; the band shows it.</p>
 <h2>Per tier</h2>
 {_table(["tier", "spend", "output tokens", "$/Mtok", "P10–P90", "utilisation",
-         "$/Mtok at full load", "capacity", "idle (time)", "spend by capacity"], tier_rows)}
+         "$/Mtok at full load", "capacity", "idle (time)", "spend by capacity",
+         "billed rate ≠ quote"], tier_rows)}
+<h2>Billed rates vs launch quotes, per provider</h2>
+{_table(["provider", "billed rate ≠ quote (samples; the worst)"], rate_rows)}
+<p class="note">A sample whose billed rate is more than <code>[billing] rate_tolerance_pct</code>
+off the rate quoted at launch: a price to check with the provider. Spend above is still the
+providers' running totals, whatever the rate.</p>
 <h2>Wakes</h2>
 {_table(["waking at", "tier", "took", "phases", "billed meanwhile", "requests held",
          "longest wait"], wake_rows)}

@@ -315,6 +315,34 @@ def _band_of(pairs: dict[int, tuple[int, int]], min_tokens: int) -> dict[str, De
     return band(values)  # type: ignore[arg-type]
 
 
+def _off_pct(m) -> Decimal | None:
+    """How far the billed rate is off the quote, in percent of the quote (None: no quote)."""
+    if not m.quoted_micros_per_h:
+        return None
+    return (Decimal(m.billed_micros_per_h - m.quoted_micros_per_h) * 100
+            / Decimal(m.quoted_micros_per_h)).quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+
+
+def rate_mismatch_json(items: Sequence) -> dict:
+    """Billed rates off the launch quote (``rate_mismatch`` anomalies, an estimate of price, not
+    spend): how many samples, and the worst one (the largest difference from its quote; the
+    newest of equals)."""
+    if not items:
+        return {"count": 0, "worst": None}
+
+    def size(m) -> tuple:
+        off = _off_pct(m)
+        return (Decimal("Infinity") if off is None else abs(off), m.observed_ms)
+
+    w = max(items, key=size)
+    off = _off_pct(w)
+    return {"count": len(items), "worst": {
+        "provider": w.provider, "resource_id": w.resource_id, "at": iso(from_ms(w.observed_ms)),
+        "quoted_usd_per_hour": usd_str(w.quoted_micros_per_h),
+        "billed_usd_per_hour": usd_str(w.billed_micros_per_h),
+        "off_pct": None if off is None else str(off)}}
+
+
 def tier_capacity(tier_cfg, bench_rows) -> Capacity | None:
     """The newest bench of the tier for its current model, else its rated figure, else None."""
     for row in bench_rows or ():
@@ -366,24 +394,29 @@ def build_report(data, spend: SpendResult, cfg, *, min_tokens: int = 1000,
         if tier is None:
             unattributed += r.spend.micros
         prov_spend[r.data.provider] = prov_spend.get(r.data.provider, 0) + r.spend.micros
+        pc = prov_cap.setdefault(r.data.provider, dict.fromkeys(CATEGORIES, 0))
+        total_cap = total.by_capacity
+        row_spend = tier_bucket_spend[row.name] if row is not None else None
         for (b, label), micros in r.spend.by_bucket_label.items():
+            category = label.category
             bk = buckets.get(b)
             if bk is not None:
                 bk.spend_micros += micros
-                bk.by_capacity[label.category] += micros
-            total.by_capacity[label.category] += micros
-            pc = prov_cap.setdefault(r.data.provider, dict.fromkeys(CATEGORIES, 0))
-            pc[label.category] += micros
+                bk.by_capacity[category] += micros
+            total_cap[category] += micros
+            pc[category] += micros
             if row is not None:
-                row.by_capacity[label.category] += micros
+                row.by_capacity[category] += micros
                 row.spend_micros += micros
-                tier_bucket_spend[row.name][b] = tier_bucket_spend[row.name].get(b, 0) + micros
+                row_spend[b] = row_spend.get(b, 0) + micros  # type: ignore[index]
                 if label.serving:
                     row.serving_micros += micros
-        for (b, label), ms in r.spend.ms_by_bucket_label.items():
-            if row is not None and label.serving:
-                row.serving_ms += ms
-                tier_bucket_serving[row.name][b] = tier_bucket_serving[row.name].get(b, 0) + ms
+        if row is not None:
+            row_serving = tier_bucket_serving[row.name]
+            for (b, label), ms in r.spend.ms_by_bucket_label.items():
+                if label.serving:
+                    row.serving_ms += ms
+                    row_serving[b] = row_serving.get(b, 0) + ms
         if row is not None:
             tier_serving_spans[row.name].extend(_serving_spans(r, start_ms, end_ms))
     total.spend_micros = spend.micros
@@ -444,6 +477,19 @@ def build_report(data, spend: SpendResult, cfg, *, min_tokens: int = 1000,
 
     prov_rows = [Breakdown(p, spend_micros=m, by_capacity=prov_cap.get(
         p, dict.fromkeys(CATEGORIES, 0))) for p, m in sorted(prov_spend.items())]
+
+    # billed rates off the launch quote, by the tier of the resource and by provider
+    mismatches = data.rate_mismatches
+    tier_of = {(s.provider, s.resource_id): s.tier for s in data.series}
+    if tiers is not None:
+        mismatches = [m for m in mismatches if tier_of.get((m.provider, m.resource_id)) in tiers]
+    for name, row in rows.items():
+        row.extra["rate_mismatches"] = rate_mismatch_json(
+            [m for m in mismatches if tier_of.get((m.provider, m.resource_id)) == name])
+    for prow in prov_rows:
+        prow.extra["rate_mismatches"] = rate_mismatch_json(
+            [m for m in mismatches if m.provider == prow.name])
+    total.extra["rate_mismatches"] = rate_mismatch_json(mismatches)
     estimated = sum(tok.estimated for (_b, t), tok in data.tokens.items()
                     if tiers is None or t in tiers)
     return CostReport(start_ms, end_ms, bucket_ms, min_tokens, spend, total, list(rows.values()),

@@ -82,6 +82,32 @@ def fmt_pct(value: Decimal | None) -> str:
     return f"{pct:.0f} %"
 
 
+def _per_hour(usd: str) -> str:
+    value = Decimal(usd)
+    return f"${value:,.2f}/h" if value == value.quantize(Decimal("0.01")) else f"${value:,.4f}/h"
+
+
+def _rate_mismatch_line(report) -> str | None:
+    """One line for people: how many samples billed a rate off the launch quote in the window
+    (per tier), and the worst one. None when there were none."""
+    from rich.markup import escape
+
+    rm = report.total.extra.get("rate_mismatches") or {}
+    if not rm.get("count"):
+        return None
+    w = rm["worst"]
+    tiers = [f"{t.name} {t.extra['rate_mismatches']['count']}" for t in report.tiers
+             if t.extra.get("rate_mismatches", {}).get("count")]
+    off = "" if w["off_pct"] is None else f" ({Decimal(w['off_pct']):+.1f} %)"
+    n = rm["count"]
+    return escape(
+        f"{n} billed rate{'' if n == 1 else 's'} off the launch quote"
+        + (f" ({', '.join(tiers)})" if tiers else "")
+        + f"; worst: {w['resource_id']} ({w['provider']}) billed "
+        f"{_per_hour(w['billed_usd_per_hour'])} vs quoted {_per_hour(w['quoted_usd_per_hour'])}"
+        f"{off} at {w['at']} (price, not spend: spend is the providers' running totals)")
+
+
 def _print_cost(report, plot: bool) -> None:
     from rich.table import Table
 
@@ -140,6 +166,9 @@ def _print_cost(report, plot: bool) -> None:
     if s.anomalies:
         c.print(f"[yellow]{s.anomalies} billing anomal{'y' if s.anomalies == 1 else 'ies'}[/yellow]"
                 ": a provider's running total went down; not counted as a refund")
+    mismatch = _rate_mismatch_line(report)
+    if mismatch:
+        c.print(mismatch)
     if report.estimated_requests:
         c.print(f"{report.estimated_requests} request(s) had token counts estimated, "
                 "not reported by the engine")

@@ -122,6 +122,44 @@ _INVARIANTS: list[tuple[str, str]] = [
      "max(observed_ms) AS l FROM billing_samples WHERE cumulative_micros IS NOT NULL "
      "GROUP BY 1, 2, 3) s LEFT JOIN billing_series c USING (provider, account, resource_id) "
      "WHERE c.first_ms IS NULL OR c.first_ms != s.f OR c.last_ms != s.l"),
+    ("every change of state or spot flag is catalogued",
+     "SELECT count(*) FROM (SELECT provider, account, resource_id, observed_ms, state, spot, "
+     "LAG(observed_ms) OVER w AS prev_ms, LAG(state) OVER w AS prev_state, "
+     "LAG(spot) OVER w AS prev_spot FROM billing_samples WHERE cumulative_micros IS NOT NULL "
+     "WINDOW w AS (PARTITION BY provider, account, resource_id ORDER BY observed_ms)) s "
+     "WHERE s.prev_ms IS NOT NULL AND (s.state IS DISTINCT FROM s.prev_state OR "
+     "s.spot IS DISTINCT FROM s.prev_spot) AND NOT EXISTS (SELECT 1 FROM "
+     "billing_state_changes c WHERE c.provider=s.provider AND c.account=s.account AND "
+     "c.resource_id=s.resource_id AND c.observed_ms=s.observed_ms)"),
+    ("each series' last sample per hour is catalogued",
+     "SELECT (SELECT count(*) FROM (SELECT provider, account, resource_id, hour_ms, observed_ms, "
+     "cumulative_micros, state, spot, rate_micros_per_h FROM billing_series_hours EXCEPT "
+     "SELECT s.provider, s.account, s.resource_id, l.hour_ms, s.observed_ms, s.cumulative_micros, "
+     "s.state, s.spot, s.rate_micros_per_h FROM billing_samples s JOIN (SELECT provider, account, "
+     "resource_id, observed_ms - 1 - (observed_ms - 1) % 3600000 AS hour_ms, max(observed_ms) AS "
+     "last_ms FROM billing_samples WHERE cumulative_micros IS NOT NULL GROUP BY provider, "
+     "account, resource_id, observed_ms - 1 - (observed_ms - 1) % 3600000) l ON "
+     "s.provider = l.provider AND s.account = l.account AND s.resource_id = l.resource_id AND "
+     "s.observed_ms = l.last_ms) a) + (SELECT count(*) FROM (SELECT s.provider, s.account, "
+     "s.resource_id, l.hour_ms, s.observed_ms, s.cumulative_micros, s.state, s.spot, "
+     "s.rate_micros_per_h FROM billing_samples s JOIN (SELECT provider, account, resource_id, "
+     "observed_ms - 1 - (observed_ms - 1) % 3600000 AS hour_ms, max(observed_ms) AS last_ms "
+     "FROM billing_samples WHERE cumulative_micros IS NOT NULL GROUP BY provider, account, "
+     "resource_id, observed_ms - 1 - (observed_ms - 1) % 3600000) l ON s.provider = l.provider "
+     "AND s.account = l.account AND s.resource_id = l.resource_id AND s.observed_ms = l.last_ms "
+     "EXCEPT SELECT provider, account, resource_id, hour_ms, observed_ms, cumulative_micros, "
+     "state, spot, rate_micros_per_h FROM billing_series_hours) b)"),
+    ("hourly usage rollup agrees with the minute rollup",
+     "SELECT (SELECT count(*) FROM (SELECT hour_ms, tier, requests, prompt_tokens, "
+     "completion_tokens, estimated_requests, busy_minutes FROM usage_hours EXCEPT "
+     "SELECT minute_ms - minute_ms % 3600000, tier, sum(requests), sum(prompt_tokens), "
+     "sum(completion_tokens), sum(estimated_requests), sum(CASE WHEN requests > 0 THEN 1 ELSE 0 "
+     "END) FROM usage_minutes GROUP BY minute_ms - minute_ms % 3600000, tier) a) + "
+     "(SELECT count(*) FROM (SELECT minute_ms - minute_ms % 3600000, tier, sum(requests), "
+     "sum(prompt_tokens), sum(completion_tokens), sum(estimated_requests), sum(CASE WHEN "
+     "requests > 0 THEN 1 ELSE 0 END) FROM usage_minutes GROUP BY minute_ms - minute_ms % "
+     "3600000, tier EXCEPT SELECT hour_ms, tier, requests, prompt_tokens, completion_tokens, "
+     "estimated_requests, busy_minutes FROM usage_hours) b)"),
     ("revoked keys were created first",
      "SELECT count(*) FROM api_keys WHERE revoked_ms IS NOT NULL AND revoked_ms < created_ms"),
 ]

@@ -27,12 +27,14 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from spotctl.ledger.records import CumulativeKind
 
 SeriesKey = tuple[str, str, str]  # (provider, account, resource_id)
 ENDED_STATES = frozenset({"deleted", "terminated"})
 MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
 # No request outlives this ([gateway] total_timeout_s is capped well below it): bounds the scan
 # for requests that started before a window's end.
 MAX_REQUEST_MS = 86_400_000
@@ -155,6 +157,8 @@ class WindowData:
     # asked for (advise), every request start per tier in the window
     held: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     arrivals: dict[str, list[int]] = field(default_factory=dict)
+    # billed rates off the launch quote in the window (billing_reads.RateMismatch), oldest first
+    rate_mismatches: list = field(default_factory=list)
 
     def bucket_start(self, ms: int) -> int:
         return self.start_ms if self.bucket_ms is None else ms - ms % self.bucket_ms
@@ -182,10 +186,15 @@ def read_window(
     if bucket_ms is not None and (bucket_ms <= 0 or bucket_ms % MINUTE_MS):
         raise ValueError("the bucket size must be a positive whole number of minutes")
     data = WindowData(start_ms, end_ms, bucket_ms)
+    providers = None if providers is None else set(providers)
     with ledger.snapshot() as conn:  # one consistent snapshot for every read below
         if fleet:
+            from spotctl.ledger.billing_reads import rate_mismatches
+
             data.events, data.events_before = _events(conn, start_ms, end_ms)
             data.bench = latest_bench(conn, end_ms)
+            data.rate_mismatches = [m for m in rate_mismatches(ledger, start_ms, end_ms)
+                                    if providers is None or m.provider in providers]
         # fleet events are extra boundaries: spend between two events is exact at sample times
         data.series = _load_series(conn, start_ms, end_ms, bucket_ms, providers,
                                    extra=sorted({e.ts_ms for e in data.events}))
@@ -218,17 +227,28 @@ def _load_series(
 ) -> list[SeriesData]:
     """Every series with a sample in (start_ms, end_ms], compressed per bucket and state run.
 
-    The series come from the ``billing_series`` catalogue; each series' bucket points are found
-    by one index seek per (aligned) bucket boundary, its state changes by one range scan.
+    The series come from the ``billing_series`` catalogue. Their points come from a few
+    statements, whatever the number of series: the last sample at or before the window's ends
+    and every fleet event (one index seek per series and boundary); for buckets of whole hours
+    the last sample of every clock hour in the window (a range scan of ``billing_series_hours``
+    per series), for other bucket sizes the last sample at or before every aligned boundary
+    (one seek each); the first sample in the window; both sides of every change of state or
+    spot flag (``billing_state_changes``) and of every recorded decrease (``billing_anomalies``).
+    O(series × (hours or buckets) + changes): never a scan of the window's samples.
     """
-    prov = set(providers) if providers is not None else None
+    prov = sorted(set(providers)) if providers is not None else None
+    where = "c.last_ms > ? AND c.first_ms <= ?"
+    args: list = [start_ms, end_ms]
+    if prov is not None:
+        if not prov:
+            return []
+        where += f" AND c.provider IN ({', '.join('?' * len(prov))})"
+        args += prov
     series: dict[SeriesKey, SeriesData] = {}
     for p, a, r, rkind, ckind, tier, created, first_ms, last_ms, last_state in conn.execute(
-        "SELECT provider, account, resource_id, resource_kind, cumulative_kind, tier, created_ms,"
-        " first_ms, last_ms, last_state FROM billing_series WHERE last_ms > ? AND first_ms <= ?",
-        (start_ms, end_ms)):
-        if prov is not None and p not in prov:
-            continue
+        "SELECT c.provider, c.account, c.resource_id, c.resource_kind, c.cumulative_kind, c.tier,"  # noqa: S608
+        " c.created_ms, c.first_ms, c.last_ms, c.last_state FROM billing_series c "
+        f"WHERE {where}", args):
         data = SeriesData((p, a, r), rkind, ckind, tier, created)
         data.last_ms, data.last_state = last_ms, last_state
         if first_ms > start_ms:
@@ -238,75 +258,73 @@ def _load_series(
             if absent is not None and absent >= start_ms:
                 data.absent_at_ms = absent
         series[(p, a, r)] = data
-    # the window's ends and the fleet events are seeked one by one; the aligned bucket
-    # boundaries in one statement per series (a recursive CTE of boundary times)
-    boundaries = [start_ms, end_ms, *(t for t in extra if start_ms < t < end_ms)]
-    first_b = None if bucket_ms is None else start_ms - start_ms % bucket_ms + bucket_ms
-    aligned_sql = (
-        "WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT t + ? FROM b WHERE t + ? < ?) "
-        "SELECT s.observed_ms, s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
-        "FROM b JOIN billing_samples s ON s.id = (SELECT id FROM billing_samples WHERE "
-        "provider=? AND account=? AND resource_id=? AND observed_ms <= b.t AND "
-        "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1)")
-    point_sql = (
-        "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM billing_samples WHERE "
-        "provider=? AND account=? AND resource_id=? AND observed_ms <= ? AND "
-        "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1")
+    if not series:
+        return []
     rows: dict[SeriesKey, set[tuple]] = defaultdict(set)
-    for key in series:
-        for t in boundaries:
-            row = conn.execute(point_sql, (*key, t)).fetchone()
-            if row:
-                rows[key].add(tuple(row))
-        if first_b is not None and first_b < end_ms:
-            rows[key].update(tuple(r) for r in conn.execute(
-                aligned_sql, (first_b, bucket_ms, bucket_ms, end_ms, *key)))
-        first = conn.execute(
-            "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
-            "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
-            "observed_ms > ? AND cumulative_micros IS NOT NULL ORDER BY observed_ms ASC LIMIT 1",
-            (*key, start_ms)).fetchone()
-        if first:
-            rows[key].add(tuple(first))
-        # both sides of every change of state or spot flag inside the window: seek the next
-        # sample that differs from the current run, then the sample just before it
-        anchor = conn.execute(point_sql, (*key, start_ms)).fetchone() or first
-        t, cur = start_ms, (None if anchor is None else (anchor[2], anchor[3]))
-        while cur is not None:
-            nxt = conn.execute(
-                "SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
-                "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
-                "observed_ms > ? AND observed_ms <= ? AND cumulative_micros IS NOT NULL AND "
-                "(state IS DISTINCT FROM ? OR spot IS DISTINCT FROM ?) "
-                "ORDER BY observed_ms LIMIT 1", (*key, t, end_ms, *cur)).fetchone()
-            if nxt is None:
-                break
-            rows[key].add(tuple(nxt))
-            before = conn.execute(point_sql, (*key, nxt[0] - 1)).fetchone()
-            if before is not None:
-                rows[key].add(tuple(before))
-            t, cur = nxt[0], (nxt[2], nxt[3])
-    if series:
-        for prov_name, account, rid, ms in conn.execute(
-            "SELECT provider, account, resource_id, observed_ms "
-            "FROM billing_anomalies WHERE kind='cumulative_decreased' AND observed_ms > ? "
-            "AND observed_ms <= ?", (start_ms, end_ms)):
-            key = (prov_name, account, rid)
-            if key not in series:
-                continue
-            for sql, args in (
-                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
-                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
-                 "observed_ms < ? AND "
-                 "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1",
-                 (*key, ms)),
-                ("SELECT observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM "
-                 "billing_samples WHERE provider=? AND account=? AND resource_id=? AND "
-                 "observed_ms = ?",
-                 (*key, ms))):
-                row = conn.execute(sql, args).fetchone()
-                if row:
-                    rows[key].add(tuple(row))
+
+    def collect(sql: str, params: list) -> None:
+        for row in conn.execute(sql, params):
+            key = (row[0], row[1], row[2])
+            if key in series:
+                rows[key].add(tuple(row[3:]))
+
+    # the last sample at or before each boundary: the window's ends and the fleet events (one
+    # index seek per series and boundary), and the aligned bucket boundaries
+    fixed = sorted({start_ms, end_ms, *(t for t in extra if start_ms < t < end_ms)})
+    times = f"x(t) AS (VALUES {', '.join('(?)' for _ in fixed)})"
+    point_of = ("SELECT c.provider, c.account, c.resource_id, s.observed_ms, "
+                "s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
+                "FROM billing_series c CROSS JOIN bt JOIN billing_samples s ON s.id = (SELECT id "
+                "FROM billing_samples WHERE provider=c.provider AND account=c.account AND "
+                "resource_id=c.resource_id AND observed_ms <= bt.t AND cumulative_micros IS NOT "
+                "NULL ORDER BY observed_ms DESC LIMIT 1) WHERE " + where)
+    first_b = None if bucket_ms is None else start_ms - start_ms % bucket_ms + bucket_ms
+    if first_b is None or first_b >= end_ms or bucket_ms % HOUR_MS == 0:
+        collect(f"WITH {times}, bt(t) AS (SELECT t FROM x) {point_of}",  # noqa: S608
+                [*fixed, *args])
+    else:  # a recursive CTE of the boundary times: one seek per series and boundary
+        collect("WITH RECURSIVE b(t) AS (SELECT ? UNION ALL SELECT t + ? FROM b WHERE "  # noqa: S608
+                f"t + ? < ?), {times}, bt(t) AS (SELECT t FROM b UNION SELECT t FROM x) "
+                f"{point_of}", [first_b, bucket_ms, bucket_ms, end_ms, *fixed, *args])
+    if first_b is not None and first_b < end_ms and bucket_ms % HOUR_MS == 0:
+        # whole hours: the last sample of every clock hour in the window, from the hourly
+        # catalogue (one range scan per series). A superset of the boundary points: the last
+        # sample at or before an hour is that hour's last, or an earlier hour's, or the anchor.
+        collect(
+            "SELECT c.provider, c.account, c.resource_id, h.observed_ms, h.cumulative_micros, "  # noqa: S608
+            "h.state, h.spot, h.rate_micros_per_h FROM billing_series c JOIN "
+            "billing_series_hours h ON h.provider = c.provider AND h.account = c.account AND "
+            "h.resource_id = c.resource_id AND h.hour_ms > ? AND h.hour_ms < ? "
+            f"WHERE {where} AND h.observed_ms > ? AND h.observed_ms <= ?",
+            [start_ms - HOUR_MS, end_ms, *args, start_ms, end_ms])
+    # the first sample in the window (a series that starts inside it)
+    collect(
+        "SELECT c.provider, c.account, c.resource_id, s.observed_ms, s.cumulative_micros, "  # noqa: S608
+        "s.state, s.spot, s.rate_micros_per_h FROM billing_series c JOIN billing_samples s "
+        "ON s.id = (SELECT id FROM billing_samples WHERE provider=c.provider AND "
+        "account=c.account AND resource_id=c.resource_id AND observed_ms > ? AND "
+        "cumulative_micros IS NOT NULL ORDER BY observed_ms LIMIT 1) "
+        f"WHERE {where}", [start_ms, *args])
+    # both sides of every change of state or spot flag, and of every recorded decrease
+    for table, cond in (("billing_state_changes", ""),
+                        ("billing_anomalies", " AND e.kind = 'cumulative_decreased'")):
+        # (each sample found by a correlated seek from the catalogue row: a plain join let
+        # SQLite scan the window's samples when the catalogue had no statistics)
+        collect(
+            "SELECT e.provider, e.account, e.resource_id, s.observed_ms, s.cumulative_micros, "  # noqa: S608
+            f"s.state, s.spot, s.rate_micros_per_h FROM {table} e JOIN "
+            "billing_samples s ON s.id = (SELECT id FROM billing_samples WHERE "
+            "provider=e.provider AND account=e.account AND resource_id=e.resource_id AND "
+            "observed_ms = e.observed_ms AND cumulative_micros IS NOT NULL) "
+            f"WHERE e.observed_ms > ? AND e.observed_ms <= ?{cond} "
+            "UNION ALL SELECT e.provider, e.account, e.resource_id, s.observed_ms, "
+            "s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h "
+            f"FROM {table} e JOIN billing_samples s ON s.id = (SELECT id FROM "
+            "billing_samples WHERE provider=e.provider AND account=e.account AND "
+            "resource_id=e.resource_id AND observed_ms < e.observed_ms AND "
+            "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1) "
+            f"WHERE e.observed_ms > ? AND e.observed_ms <= ?{cond}",
+            [start_ms, end_ms, start_ms, end_ms])
     for key, data in series.items():
         pts = sorted(rows.get(key, ()), key=lambda r: r[0])
         data.points = [(r[0], r[1]) for r in pts]
@@ -330,7 +348,8 @@ def _failed_polls(conn: sqlite3.Connection, provider: str, start_ms: int, end_ms
                   ) -> list[tuple[int, str, str | None]]:
     return [tuple(r) for r in conn.execute(
         "SELECT finished_ms, outcome, error_message FROM billing_polls WHERE provider=? AND "
-        "outcome != 'ok' AND finished_ms > ? AND finished_ms <= ? ORDER BY finished_ms",
+        "(outcome < 'ok' OR outcome > 'ok') AND finished_ms > ? AND finished_ms <= ? "  # index
+        "ORDER BY finished_ms",
         (provider, start_ms, end_ms))]
 
 
@@ -362,28 +381,63 @@ def _unconfirmed_credits(conn: sqlite3.Connection, start_ms: int, end_ms: int) -
 
 # -- tokens, requests ----------------------------------------------------------------------------
 
+def _ceil(ms: int, unit: int) -> int:
+    return -(-ms // unit) * unit
+
+
+def _rollup_ranges(lo: int, hi: int, hours: bool) -> tuple[tuple[int, int] | None,
+                                                          list[tuple[int, int]]]:
+    """Split the minute-aligned range [lo, hi) into whole clock hours (read from
+    ``usage_hours``; None when there are none or ``hours`` is False) and the minutes left at
+    both edges (read from ``usage_minutes``)."""
+    h_lo, h_hi = _ceil(lo, HOUR_MS), hi - hi % HOUR_MS
+    if not hours or h_lo >= h_hi:
+        return None, [(lo, hi)] if lo < hi else []
+    return (h_lo, h_hi), [(a, b) for a, b in ((lo, h_lo), (h_hi, hi)) if a < b]
+
+
 def _tokens(conn: sqlite3.Connection, start_ms: int, end_ms: int, bucket_ms: int | None
             ) -> dict[tuple[int, str], TokenTotals]:
-    """Tokens of requests completed in [start, end), by aligned bucket and tier: whole minutes
-    from the rollup, the partial minutes at both edges from the usage rows."""
+    """Tokens of requests completed in [start, end), by aligned bucket and tier: whole hours
+    from the hourly rollup (when every hour lies in one bucket), the remaining whole minutes
+    from the minute rollup, the partial minutes at both edges from the usage rows.
+    O(hours + minutes at the edges + requests in the edge minutes)."""
     out: dict[tuple[int, str], TokenTotals] = {}
 
     def add(ms: int, tier: str, req: int, prompt: int, output: int, est: int) -> None:
         key = (start_ms if bucket_ms is None else ms - ms % bucket_ms, tier or "")
-        tot = out.setdefault(key, TokenTotals())
-        tot.add(TokenTotals(prompt or 0, output or 0, req or 0, est or 0))
+        tot = out.get(key)
+        if tot is None:
+            tot = out[key] = TokenTotals()
+        tot.prompt += prompt or 0
+        tot.output += output or 0
+        tot.requests += req or 0
+        tot.estimated += est or 0
 
-    whole_lo = -(-start_ms // MINUTE_MS) * MINUTE_MS  # first minute starting at/after start
+    whole_lo = _ceil(start_ms, MINUTE_MS)  # first minute starting at/after start
     whole_hi = end_ms - end_ms % MINUTE_MS  # minutes starting before this end before `end`
     edges: list[tuple[int, int]]
     if whole_lo < whole_hi:
         width = bucket_ms or 1 << 62  # one bucket: every minute maps to 0, then to start_ms
-        for minute, tier, req, prompt, output, est in conn.execute(
-            "SELECT minute_ms - minute_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
-            "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
-            "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY b, tier",
-            (width, whole_lo, whole_hi)):
-            add(minute, tier, req, prompt, output, est)
+        hours, minutes = _rollup_ranges(whole_lo, whole_hi,
+                                        bucket_ms is None or bucket_ms % HOUR_MS == 0)
+        if hours is not None and width == HOUR_MS:  # the rows are the buckets
+            for hour, tier, req, prompt, output, est in conn.execute(
+                "SELECT hour_ms, tier, requests, prompt_tokens, completion_tokens, "
+                "estimated_requests FROM usage_hours WHERE hour_ms >= ? AND hour_ms < ?", hours):
+                add(hour, tier, req, prompt, output, est)
+        elif hours is not None:
+            for hour, tier, req, prompt, output, est in conn.execute(
+                "SELECT hour_ms - hour_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
+                "SUM(completion_tokens), SUM(estimated_requests) FROM usage_hours "
+                "WHERE hour_ms >= ? AND hour_ms < ? GROUP BY b, tier", (width, *hours)):
+                add(hour, tier, req, prompt, output, est)
+        for lo, hi in minutes:
+            for minute, tier, req, prompt, output, est in conn.execute(
+                "SELECT minute_ms - minute_ms % ? AS b, tier, SUM(requests), SUM(prompt_tokens), "
+                "SUM(completion_tokens), SUM(estimated_requests) FROM usage_minutes "
+                "WHERE minute_ms >= ? AND minute_ms < ? GROUP BY b, tier", (width, lo, hi)):
+                add(minute, tier, req, prompt, output, est)
         edges = [(start_ms, whole_lo), (whole_hi, end_ms)]
     else:
         edges = [(start_ms, end_ms)]
@@ -407,38 +461,88 @@ def _busy_islands(conn: sqlite3.Connection, start_ms: int, end_ms: int
     Up to ``BUSY_EXACT_MAX_REQUESTS`` requests in the window: the union of the requests'
     [started, completed] intervals (gaps and islands, in SQL) — resolution ``request``. Beyond
     that (a month of heavy traffic), the per-minute rollup: a minute in which some request
-    completed counts as busy — resolution ``minute`` (bounded cost, said in the output).
+    completed counts as busy — resolution ``minute`` (bounded cost, said in the output). A
+    clock hour whose 60 minutes were all busy comes from the hourly rollup as one span, so
+    this costs O(hours + busy minutes of the partly busy hours).
     """
-    n = conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_minutes WHERE "
-                     "minute_ms >= ? AND minute_ms < ?",
-                     (start_ms - start_ms % MINUTE_MS, end_ms)).fetchone()[0]
+    hours, minutes = _rollup_ranges(start_ms - start_ms % MINUTE_MS, _ceil(end_ms, MINUTE_MS),
+                                    True)
+    n = 0
+    if hours is not None:
+        n += conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_hours WHERE "
+                          "hour_ms >= ? AND hour_ms < ?", hours).fetchone()[0]
+    for lo, hi in minutes:
+        n += conn.execute("SELECT coalesce(SUM(requests), 0) FROM usage_minutes WHERE "
+                          "minute_ms >= ? AND minute_ms < ?", (lo, hi)).fetchone()[0]
     if n > BUSY_EXACT_MAX_REQUESTS:
-        minutes: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for tier, minute in conn.execute(
-            "SELECT tier, minute_ms FROM usage_minutes WHERE minute_ms >= ? AND minute_ms < ? "
-            "AND requests > 0 ORDER BY tier, minute_ms",
-            (start_ms - start_ms % MINUTE_MS, end_ms)):
-            lo, hi = max(minute, start_ms), min(minute + MINUTE_MS, end_ms)
-            spans = minutes[tier]
-            if spans and spans[-1][1] >= lo:
-                spans[-1] = (spans[-1][0], hi)
-            elif hi > lo:
-                spans.append((lo, hi))
-        return dict(minutes), "minute"
-    out: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for tier, s, e in conn.execute(
-        "SELECT tier, MIN(s), MAX(e) FROM ("
-        " SELECT tier, s, e, SUM(brk) OVER (PARTITION BY tier ORDER BY s, e"
-        "  ROWS UNBOUNDED PRECEDING) AS grp FROM ("
-        "  SELECT tier, s, e, CASE WHEN s <= MAX(e) OVER (PARTITION BY tier ORDER BY s, e"
-        "   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 0 ELSE 1 END AS brk FROM ("
-        "   SELECT coalesce(tier, '') AS tier, started_ms AS s, completed_ms AS e FROM usage"
-        "   WHERE completed_ms > ? AND completed_ms < ? AND started_ms < ?) AS r) AS b) AS g "
-        "GROUP BY tier, grp ORDER BY tier, MIN(s)",
-        (start_ms, end_ms + MAX_REQUEST_MS, end_ms)):
-        lo, hi = max(s, start_ms), min(e, end_ms)
-        if hi > lo:
+        spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+
+        def span(tier: str, lo: int, width: int) -> None:
+            lo, hi = max(lo, start_ms), min(lo + width, end_ms)
+            if hi > lo:
+                spans[tier].append((lo, hi))
+
+        for lo, hi in minutes:
+            for tier, minute in conn.execute(
+                "SELECT tier, minute_ms FROM usage_minutes WHERE minute_ms >= ? AND "
+                "minute_ms < ? AND requests > 0", (lo, hi)):
+                span(tier, minute, MINUTE_MS)
+        if hours is not None:
+            partly: set[tuple[int, str]] = set()
+            for tier, hour, busy in conn.execute(
+                "SELECT tier, hour_ms, busy_minutes FROM usage_hours WHERE hour_ms >= ? AND "
+                "hour_ms < ? AND busy_minutes > 0", hours):
+                if busy >= 60:
+                    span(tier, hour, HOUR_MS)
+                else:
+                    partly.add((hour, tier))
+            # the busy minutes of the partly busy hours: one minute-range per run of such hours
+            runs: list[list[int]] = []
+            for hour in sorted({h for h, _t in partly}):
+                if runs and runs[-1][1] == hour:
+                    runs[-1][1] = hour + HOUR_MS
+                else:
+                    runs.append([hour, hour + HOUR_MS])
+            if runs:
+                for tier, minute in conn.execute(
+                    f"WITH r(lo, hi) AS (VALUES {', '.join('(?, ?)' for _ in runs)}) "  # noqa: S608
+                    "SELECT m.tier, m.minute_ms FROM r JOIN usage_minutes m ON "
+                    "m.minute_ms >= r.lo AND m.minute_ms < r.hi WHERE m.requests > 0",
+                    [t for run in runs for t in run]):
+                    if (minute - minute % HOUR_MS, tier) in partly:
+                        span(tier, minute, MINUTE_MS)
+        out: dict[str, list[tuple[int, int]]] = {}
+        for tier, parts in spans.items():
+            merged: list[tuple[int, int]] = []
+            for lo, hi in sorted(parts):
+                if merged and merged[-1][1] >= lo:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+                else:
+                    merged.append((lo, hi))
+            out[tier] = merged
+        return out, "minute"
+    # gaps and islands over the requests sorted by (tier, start, end): a request that starts
+    # after every earlier one of its tier has ended opens a new island (one sorted read; the
+    # window-function form of this took 3x longer on SQLite)
+    out = defaultdict(list)
+    cur: str | None = None
+    lo = hi = ended = 0  # the island's first start and last end; the tier's latest end so far
+
+    def close(tier: str | None, lo: int, hi: int) -> None:
+        lo, hi = max(lo, start_ms), min(hi, end_ms)
+        if tier is not None and hi > lo:
             out[tier].append((lo, hi))
+
+    for tier, s, e in conn.execute(
+        "SELECT coalesce(tier, ''), started_ms, completed_ms FROM usage WHERE completed_ms > ? "
+        "AND completed_ms < ? AND started_ms < ? ORDER BY 1, 2, 3",
+        (start_ms, end_ms + MAX_REQUEST_MS, end_ms)):
+        if tier != cur or s > ended:
+            close(cur, lo, hi)
+            cur, lo, hi, ended = tier, s, e, e
+        else:
+            hi, ended = max(hi, e), max(ended, e)
+    close(cur, lo, hi)
     return dict(out), "request"
 
 
@@ -556,6 +660,117 @@ def latest_bench(conn: sqlite3.Connection, until_ms: int) -> dict[str, list[Benc
         out[row[0]].append(BenchRow(row[0], row[1], row[2], row[3], row[4], float(row[5]),
                                     int(row[6]), bool(row[7])))
     return dict(out)
+
+
+# -- catalogues kept by the writers, in their transaction (schema 7 -> 8) ------------------------
+
+_NEIGHBOURS_SQL = (
+    "SELECT observed_ms, state, spot FROM (SELECT observed_ms, state, spot FROM billing_samples "
+    "WHERE provider=? AND account=? AND resource_id=? AND observed_ms < ? AND "
+    "cumulative_micros IS NOT NULL ORDER BY observed_ms DESC LIMIT 1) AS p "
+    "UNION ALL SELECT observed_ms, state, spot FROM billing_samples WHERE provider=? AND "
+    "account=? AND resource_id=? AND observed_ms = ? AND cumulative_micros IS NOT NULL "
+    "UNION ALL SELECT observed_ms, state, spot FROM (SELECT observed_ms, state, spot FROM "
+    "billing_samples WHERE provider=? AND account=? AND resource_id=? AND observed_ms > ? AND "
+    "cumulative_micros IS NOT NULL ORDER BY observed_ms LIMIT 1) AS n")
+
+
+_HOUR_POINT_SQL = (
+    "INSERT INTO billing_series_hours (provider, account, resource_id, hour_ms, observed_ms, "
+    "cumulative_micros, state, spot, rate_micros_per_h) SELECT provider, account, resource_id, "
+    "?, observed_ms, cumulative_micros, state, spot, rate_micros_per_h FROM billing_samples "
+    "WHERE provider=? AND account=? AND resource_id=? AND observed_ms = ? AND "
+    "cumulative_micros IS NOT NULL ON CONFLICT (provider, account, resource_id, hour_ms) "
+    "DO UPDATE SET observed_ms = excluded.observed_ms, "
+    "cumulative_micros = excluded.cumulative_micros, state = excluded.state, "
+    "spot = excluded.spot, rate_micros_per_h = excluded.rate_micros_per_h "
+    "WHERE excluded.observed_ms >= billing_series_hours.observed_ms")
+
+
+def catalogue_samples(conn, samples: Iterable) -> None:
+    """Keep the accounting's catalogues of billing samples for the just-written ``samples``
+    (``BillingSample``-like: provider, account, resource_id, observed_ms, cumulative_micros).
+    Call inside the transaction that wrote them; reads the stored rows, so a sample skipped as
+    a duplicate changes nothing.
+
+    * ``billing_state_changes``: each stored sample is compared with the stored samples just
+      before and after it in its series (so out-of-order writes are caught too);
+    * ``billing_series_hours``: the sample replaces its hour's row when it is the hour's latest.
+    """
+    changes: set[tuple[str, str, str, int]] = set()
+    hours: set[tuple[int, str, str, str, int]] = set()
+    for s in samples:
+        if s.cumulative_micros is None:
+            continue
+        key = (s.provider, s.account, s.resource_id)
+        hours.add((s.observed_ms - 1 - (s.observed_ms - 1) % HOUR_MS, *key, s.observed_ms))
+        rows = sorted(conn.execute(_NEIGHBOURS_SQL, (*key, s.observed_ms) * 3).fetchall())
+        for (_ms, state, spot), (ms, state2, spot2) in pairwise(rows):
+            if state != state2 or _spot(spot) != _spot(spot2):
+                changes.add((*key, ms))
+    if changes:
+        conn.executemany(
+            "INSERT INTO billing_state_changes (provider, account, resource_id, observed_ms) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (provider, account, resource_id, observed_ms) "
+            "DO NOTHING", sorted(changes))
+    if hours:
+        conn.executemany(_HOUR_POINT_SQL, sorted(hours))
+
+
+def _spot(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+
+_HOUR_SQL = (
+    "INSERT INTO usage_hours (hour_ms, tier, requests, prompt_tokens, completion_tokens, "
+    "estimated_requests, busy_minutes) SELECT ?, tier, sum(requests), sum(prompt_tokens), "
+    "sum(completion_tokens), sum(estimated_requests), "
+    "sum(CASE WHEN requests > 0 THEN 1 ELSE 0 END) FROM usage_minutes "
+    "WHERE minute_ms >= ? AND minute_ms < ? AND tier = ? GROUP BY tier "
+    "ON CONFLICT (hour_ms, tier) DO UPDATE SET requests = excluded.requests, "
+    "prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, "
+    "estimated_requests = excluded.estimated_requests, busy_minutes = excluded.busy_minutes")
+
+
+def roll_up_hours(conn, minutes: Iterable[tuple[int, str]]) -> None:
+    """Rewrite the ``usage_hours`` rows of the hours holding these ``(minute_ms, tier)`` rows of
+    ``usage_minutes`` from those minutes (idempotent). Call inside the transaction that wrote
+    the minutes."""
+    hours = sorted({(m - m % HOUR_MS, tier) for m, tier in minutes})
+    conn.executemany(_HOUR_SQL, [(h, h, h + HOUR_MS, tier) for h, tier in hours])
+
+
+def rebuild_catalogues(conn) -> None:
+    """Rebuild every catalogue of schema 8 from the rows they summarise (the same statements
+    as the migration). For bulk loaders that insert rows with SQL instead of the writers (the
+    benchmarks' generated ledgers); call inside their transaction."""
+    for table in ("billing_series_hours", "billing_state_changes", "usage_hours"):
+        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+    conn.execute(
+        "INSERT INTO billing_series_hours (provider, account, resource_id, hour_ms, observed_ms, "
+        "cumulative_micros, state, spot, rate_micros_per_h) SELECT s.provider, s.account, "
+        "s.resource_id, l.hour_ms, s.observed_ms, s.cumulative_micros, s.state, s.spot, "
+        "s.rate_micros_per_h FROM billing_samples s JOIN (SELECT provider, account, resource_id, "
+        "observed_ms - 1 - (observed_ms - 1) % 3600000 AS hour_ms, max(observed_ms) AS last_ms "
+        "FROM billing_samples WHERE cumulative_micros IS NOT NULL GROUP BY provider, account, "
+        "resource_id, observed_ms - 1 - (observed_ms - 1) % 3600000) AS l ON "
+        "s.provider = l.provider AND s.account = l.account AND s.resource_id = l.resource_id "
+        "AND s.observed_ms = l.last_ms")
+    conn.execute(
+        "INSERT INTO billing_state_changes (provider, account, resource_id, observed_ms) "
+        "SELECT provider, account, resource_id, observed_ms FROM (SELECT provider, account, "
+        "resource_id, observed_ms, state, spot, LAG(observed_ms) OVER w AS prev_ms, "
+        "LAG(state) OVER w AS prev_state, LAG(spot) OVER w AS prev_spot FROM billing_samples "
+        "WHERE cumulative_micros IS NOT NULL WINDOW w AS (PARTITION BY provider, account, "
+        "resource_id ORDER BY observed_ms)) AS s WHERE prev_ms IS NOT NULL AND "
+        "(state IS DISTINCT FROM prev_state OR spot IS DISTINCT FROM prev_spot)")
+    conn.execute(
+        "INSERT INTO usage_hours (hour_ms, tier, requests, prompt_tokens, completion_tokens, "
+        "estimated_requests, busy_minutes) SELECT minute_ms - minute_ms % 3600000, tier, "
+        "sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(estimated_requests), "
+        "sum(CASE WHEN requests > 0 THEN 1 ELSE 0 END) FROM usage_minutes "
+        "GROUP BY minute_ms - minute_ms % 3600000, tier")
 
 
 # -- writes of the econ commands (one transaction each) ------------------------------------------

@@ -336,6 +336,88 @@ MIGRATIONS: list[str] = [
     ALTER TABLE bench_runs_v7 RENAME TO bench_runs;
     CREATE INDEX ix_bench_runs_tier_time ON bench_runs (tier, finished_ms);
     """,
+    # 7 -> 8 (econ, issue 14 §4 bench): catalogues so that a window's accounting reads
+    # O(state changes + hours) rows instead of every sample and every minute of the window
+    # (`cost --window 30d` on a 90-day ledger), in a few range scans instead of one index seek
+    # per series and bucket. Each is written in the same transaction as the rows it summarises
+    # (spotctl.ledger.queries.catalogue_samples / roll_up_hours) and verified by
+    # `spotctl ledger check`.
+    """
+    -- The last sample (with a running total) of each billing series in each UTC clock hour,
+    -- the hour (hour_ms, hour_ms + 3600000] (a sample on the hour closes the hour before it,
+    -- like accounting's buckets): a copy of that sample's figures, so the points of hourly
+    -- buckets over a month are one range scan per series. Never used for spend on its own:
+    -- spend is still the growth of the provider's running total between samples.
+    CREATE TABLE billing_series_hours (
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        hour_ms INTEGER NOT NULL,
+        observed_ms INTEGER NOT NULL,
+        cumulative_micros INTEGER NOT NULL,
+        state TEXT,
+        spot INTEGER,
+        rate_micros_per_h INTEGER,
+        PRIMARY KEY (provider, account, resource_id, hour_ms)
+    ) WITHOUT ROWID;
+    INSERT INTO billing_series_hours (provider, account, resource_id, hour_ms, observed_ms,
+                                      cumulative_micros, state, spot, rate_micros_per_h)
+        SELECT s.provider, s.account, s.resource_id, l.hour_ms, s.observed_ms,
+               s.cumulative_micros, s.state, s.spot, s.rate_micros_per_h
+        FROM billing_samples s JOIN (
+            SELECT provider, account, resource_id,
+                   observed_ms - 1 - (observed_ms - 1) % 3600000 AS hour_ms,
+                   max(observed_ms) AS last_ms
+            FROM billing_samples WHERE cumulative_micros IS NOT NULL
+            GROUP BY provider, account, resource_id, observed_ms - 1 - (observed_ms - 1) % 3600000
+        ) AS l ON s.provider = l.provider AND s.account = l.account
+              AND s.resource_id = l.resource_id AND s.observed_ms = l.last_ms;
+
+    -- Every change of a billing series' state or spot flag: a sample (with a running total)
+    -- whose (state, spot) differs from the previous such sample of its series. Accounting
+    -- splits spend by capacity at these points without scanning the window's samples. May
+    -- hold a row that is no longer a change (a sample written late, between two others, can
+    -- end a change): an extra point never alters a figure; a missing one would (ledger check).
+    CREATE TABLE billing_state_changes (
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        observed_ms INTEGER NOT NULL,   -- the first sample of the new (state, spot)
+        PRIMARY KEY (provider, account, resource_id, observed_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX ix_state_changes_time ON billing_state_changes (observed_ms);
+    INSERT INTO billing_state_changes (provider, account, resource_id, observed_ms)
+        SELECT provider, account, resource_id, observed_ms FROM (
+            SELECT provider, account, resource_id, observed_ms, state, spot,
+                   LAG(observed_ms) OVER w AS prev_ms, LAG(state) OVER w AS prev_state,
+                   LAG(spot) OVER w AS prev_spot
+            FROM billing_samples WHERE cumulative_micros IS NOT NULL
+            WINDOW w AS (PARTITION BY provider, account, resource_id ORDER BY observed_ms)
+        ) AS s
+        WHERE prev_ms IS NOT NULL
+          AND (state IS DISTINCT FROM prev_state OR spot IS DISTINCT FROM prev_spot);
+
+    -- Per-hour, per-tier rollup of usage_minutes (UTC clock hours), rewritten from the minutes
+    -- of each hour a usage insert touches, in the same transaction: a month's tokens by hourly
+    -- bucket cost O(hours). busy_minutes: minutes of the hour in which a request completed
+    -- (60: the whole hour was busy), for the idle share at minute resolution.
+    CREATE TABLE usage_hours (
+        hour_ms INTEGER NOT NULL,
+        tier TEXT NOT NULL,             -- '' when no tier served the request
+        requests INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        estimated_requests INTEGER NOT NULL,
+        busy_minutes INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, tier)
+    ) WITHOUT ROWID;
+    INSERT INTO usage_hours (hour_ms, tier, requests, prompt_tokens, completion_tokens,
+                             estimated_requests, busy_minutes)
+        SELECT minute_ms - minute_ms % 3600000, tier, sum(requests), sum(prompt_tokens),
+               sum(completion_tokens), sum(estimated_requests),
+               sum(CASE WHEN requests > 0 THEN 1 ELSE 0 END)
+        FROM usage_minutes GROUP BY minute_ms - minute_ms % 3600000, tier;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -125,6 +125,9 @@ def record_usage(ledger: Ledger, rows: Iterable[UsageRecord | UsageRow]) -> int:
             k[1] += r.prompt_tokens
             k[2] += r.completion_tokens
         conn.executemany(_ROLLUP_SQL, [(*key, *v) for key, v in minutes.items()])
+        from spotctl.ledger.queries import roll_up_hours  # the accounting's hourly rollup
+
+        roll_up_hours(conn, minutes)
         conn.executemany(_KEY_ROLLUP_SQL, [(*key, *v) for key, v in keys.items()])
     return len(fresh)
 

@@ -76,6 +76,9 @@ def record_poll(
              s.tier, s.created_ms, s.observed_ms, s.observed_ms, s.state)
             for s in samples if s.cumulative_micros is not None])
         anomalies = [*anomalies, *_detect_decreases(conn, samples)]
+        from spotctl.ledger.queries import catalogue_samples  # the accounting's catalogues
+
+        catalogue_samples(conn, samples)
         conn.executemany(
             "INSERT INTO credit_events (provider, account, event_id, occurred_ms, "
             "amount_micros, kind, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?) "

@@ -12,29 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from spotctl.accounting.bench import (
-    MixItem,
-    RequestSample,
-    StepResult,
-    draw,
-    next_concurrency,
-    prompt_text,
-    saturation,
-    summarise_step,
-)
 from spotctl.config import HyperstackTier
 from spotctl.errors import SpotctlError, UsageError
 
 if TYPE_CHECKING:
     import httpx
 
+    from spotctl.accounting.bench import MixItem, RequestSample, StepResult
     from spotctl.config import Config, TierConfig
 
-# httpx and asyncio are imported by the functions that drive the load (bench): `cost`, which
-# imports this module for the hosted-API comparison, must not pay for them at start-up.
+    # progress(fraction 0..1, concurrency, last step or None)
+    BenchProgress = Callable[[float, int, StepResult | None], None]
 
-# progress(fraction 0..1, concurrency, last step or None)
-BenchProgress = Callable[[float, int, StepResult | None], None]
+# httpx, asyncio and the load model are imported by the functions that drive the load (bench):
+# `cost`, which imports this module for the hosted-API comparison, must not pay for them.
 
 
 @dataclass
@@ -96,6 +87,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model
     import httpx
     from httpx_sse import aconnect_sse
 
+    from spotctl.accounting.bench import prompt_text
+
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": item.output_tokens,
             # vLLM: generate exactly max_tokens, so the mix is the mix (ignored elsewhere)
@@ -140,6 +133,8 @@ async def _step(client: httpx.AsyncClient, url: str, headers: dict, model: str,
                 mix: list[MixItem], concurrency: int, seconds: float, rng: random.Random
                 ) -> StepResult:
     import asyncio
+
+    from spotctl.accounting.bench import RequestSample, draw, summarise_step
 
     started = time.monotonic()  # clock-ok
     deadline = started + seconds
@@ -197,6 +192,7 @@ def run_bench(
 
     import httpx
 
+    from spotctl.accounting.bench import next_concurrency, saturation
     from spotctl.clock import get_clock, to_ms
 
     if step_s <= 0 or duration_s < step_s:
