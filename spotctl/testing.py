@@ -183,16 +183,17 @@ def running_gateway(cfg: Any, clock: Any = None, runtime: Any = None, *,
     the block ends). ``runtime`` defaults to fixed engines only (no fleet)."""
     from spotctl.clock import get_clock
     from spotctl.gateway.app import Gateway
-    from spotctl.gateway.server import listen_socket, uvicorn_config
+    from spotctl.gateway.server import listen_socket, serving
     from spotctl.gateway.upstreams import RoutingRuntime
 
     app = Gateway(cfg, clock or get_clock(), runtime or RoutingRuntime(None), refresh_s=refresh_s)
     sock = listen_socket("127.0.0.1", 0, reuse_port=False)
     port = sock.getsockname()[1]
     try:
-        with serve_uvicorn(uvicorn_config(app, cfg.gateway), f"http://127.0.0.1:{port}", port,
-                           sockets=[sock]) as served:
-            yield RunningGateway(served.url, app, served, cfg.ledger_path)
+        with serving(app, cfg.gateway, sock) as server:
+            url = f"http://127.0.0.1:{port}"
+            yield RunningGateway(url, app, Served(url, port, server, server.thread),
+                                 cfg.ledger_path)
     finally:
         sock.close()
 

@@ -61,19 +61,17 @@ class GatewayHandle:
 
 
 def start_gateway(cfg, clock, runtime=None) -> GatewayHandle:
-    """The gateway on a real loopback socket, served as ``spotctl gateway`` serves it (the
-    guarded protocol, its limits and timeouts), in a thread of this process."""
-    import uvicorn
-
+    """The gateway on a real loopback socket, served as ``spotctl gateway`` serves it (our
+    server, its limits and timeouts), in a thread of this process."""
     from spotctl.gateway.app import Gateway
-    from spotctl.gateway.server import listen_socket, uvicorn_config
+    from spotctl.gateway.server import Server, listen_socket
     from spotctl.gateway.upstreams import RoutingRuntime
 
     app = Gateway(cfg, clock, runtime or RoutingRuntime(None), refresh_s=0.05)
     sock = listen_socket("127.0.0.1", 0, reuse_port=False)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, cfg.gateway))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server = Server(app, cfg.gateway)
+    thread = threading.Thread(target=server.run, args=([sock],), daemon=True)
     thread.start()
     deadline = time.monotonic() + 15  # clock-ok
     while not server.started and time.monotonic() < deadline:  # clock-ok

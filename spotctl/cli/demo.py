@@ -106,23 +106,23 @@ def register(app: typer.Typer) -> None:
         cfg = str(d.config_path)
         for args in (["cost", "--window", "24h"], ["events", "--since", "24h"]):
             c.print(f"$ spotctl --config {cfg} {' '.join(args)}", style="dim")
-            c.print(_run_plain(cfg, args), end="", markup=False, highlight=False)
+            c.print(_run_plain(cfg, args, c.width), end="", markup=False, highlight=False)
         c.print("\nExplore the workspace next:")
         for cmd in ("cost --window 6h", "cost --window 24h --plot", "events", "status",
                     "billing status", "report --window 24h --out report.html"):
             c.print(f"  spotctl --config {cfg} {cmd}")
         c.print("(The local cloud stopped with the demo: from 15 simulated minutes after its "
-                "end, billing for this workspace reads 'known up to' the end of the day, "
+                "end, billing for this workspace reads 'unknown since' the end of the day, "
                 "never $0.)")
 
 
-def _run_plain(cfg: str, args: list[str]) -> str:
+def _run_plain(cfg: str, args: list[str], width: int) -> str:
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("SPOTCTL_CLOCK",)}
-    env["COLUMNS"] = "110"
+    env["COLUMNS"] = str(width)  # the tables fit the console they are printed into
     out = subprocess.run([sys.executable, "-m", "spotctl", "--config", cfg, *args],  # noqa: S603
                          capture_output=True, text=True, env=env, check=False, timeout=120)
     return out.stdout + out.stderr

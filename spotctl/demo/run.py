@@ -26,11 +26,13 @@ import httpx
 
 from spotctl.clock import FileClock, from_ms, iso, real_epoch, to_ms
 from spotctl.demo.scenario import DAY, DayScenario
+from spotctl.errors import UsageError
 from spotctl.localcloud.engines import free_port
 
 TIER = "llama-demo"
 MODEL = "llama-demo"
-CONFIG = """# Written by `spotctl demo`: a spot-first tier on the embedded local cloud.
+CONFIG_MARK = "# Written by `spotctl demo`"
+CONFIG = CONFIG_MARK + """: a spot-first tier on the embedded local cloud.
 [ledger]
 path = "spotctl.db"
 
@@ -68,6 +70,11 @@ timezone = "UTC"
 listen = "127.0.0.1:{gateway_port}"
 wake_timeout_s = 30
 gate_cache_s = 0.1
+
+[fleet]
+# simulated seconds: at 1441x the gateways publish their open requests every ~2.4 simulated
+# minutes (gate_cache_s of real time), so a drain must be able to wait longer than that
+drain_timeout_s = 1800
 """
 
 
@@ -101,7 +108,12 @@ class Demo:
     def prepare(self) -> None:
         import shutil
 
-        if self.dir.exists():
+        if self.dir.exists():  # only a previous demo workspace is replaced, never anything else
+            cfg = self.dir / "spotctl.toml"
+            ours = cfg.is_file() and cfg.read_text(encoding="utf-8").startswith(CONFIG_MARK)
+            if not ours and (not self.dir.is_dir() or any(self.dir.iterdir())):
+                raise UsageError(f"{self.dir} exists and is not a demo workspace; give "
+                                 "another --dir")
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         self.cloud_port, self.gateway_port = free_port(), free_port()

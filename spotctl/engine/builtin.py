@@ -6,7 +6,16 @@ realistic (prompt tokens from a whitespace tokenisation plus per-message overhea
 tokens up to ``max_tokens``), and ``/metrics`` carries vLLM's counter names.
 
     python -m spotctl.engine.builtin --host 127.0.0.1 --port 8001 --model tiny \
-        [--api-key KEY] [--ttft-ms 50] [--tokens-per-s 200] [--fail-after-tokens N]
+        [--api-key KEY] [--ttft-ms 50] [--tokens-per-s 200] [--fail-after-tokens N] \
+        [--enable-log-requests]
+
+With ``--enable-log-requests`` (vLLM's flag of that name logs each request), every request
+that ran prints one line when it ends, ``request {"request_id": ..., "prompt_tokens": P,
+"generation_tokens": G, "finished": true|false}``, flushed at once: the request id is the
+``X-Request-Id`` header when the client sent one (vLLM takes its request id from that header
+too), ``generation_tokens`` what the engine produced, ``finished`` whether it produced all of it.
+A line printed survives a ``kill -9`` of the engine, so the lines of every engine process add up
+to what the engines produced (what the chaos bench compares the ledger with).
 
 The API key may also come from ``$SPOTCTL_ENGINE_API_KEY`` (so it is not visible in ``ps``).
 Prints ``READY http://HOST:PORT`` on stdout once listening.
@@ -39,6 +48,7 @@ class EngineConfig:
     tokens_per_s: float = 200.0
     max_tokens_default: int = 64
     fail_after_tokens: int | None = None
+    log_requests: bool = False
 
 
 @dataclass
@@ -121,7 +131,8 @@ class BuiltinEngine:
                 return await self._json(send, 404, {"error": {
                     "message": f"The model `{req.get('model')}` does not exist.",
                     "type": "NotFoundError", "code": 404}})
-            return await self._complete(send, req, chat=path.endswith("chat/completions"))
+            return await self._complete(send, req, chat=path.endswith("chat/completions"),
+                                        request_id=_header(scope, b"x-request-id"))
         return await self._json(send, 404, {"error": {"message": "not found",
                                                       "type": "NotFoundError", "code": 404}})
 
@@ -147,10 +158,13 @@ class BuiltinEngine:
             f'vllm:num_requests_waiting{{engine="0",model_name="{m}"}} 0.0\n'
         )
 
-    async def _complete(self, send, req: dict, *, chat: bool) -> None:
+    async def _complete(self, send, req: dict, *, chat: bool,
+                        request_id: str | None = None) -> None:
         cfg = self.cfg
         self._n += 1
         rid = f"{'chatcmpl' if chat else 'cmpl'}-builtin-{self._n}"
+        produced = 0
+        finished = False
         prompt_tokens = count_prompt_tokens(req)
         n_tokens = completion_length(req, cfg)
         seed = int(hashlib.sha256(rid.encode()).hexdigest()[:6], 16) % 97
@@ -169,6 +183,7 @@ class BuiltinEngine:
                     await asyncio.sleep(per_token * n_tokens)  # clock-ok
                 text = "".join(token_text(i, seed) for i in range(n_tokens))
                 self.counters.generation_tokens += n_tokens
+                produced, finished = n_tokens, True
                 choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                            "finish_reason": "length", "logprobs": None} if chat else
                           {"index": 0, "text": text, "finish_reason": "length",
@@ -194,6 +209,8 @@ class BuiltinEngine:
                 if i == n_tokens - 1:
                     delta["finish_reason"] = "length"
                 self.counters.generation_tokens += 1
+                produced += 1
+                finished = produced == n_tokens
                 await self._event(send, {"id": rid, "object": obj_chunk, "created": created,
                                          "model": cfg.model, "choices": [delta]})
             if include_usage:
@@ -204,6 +221,10 @@ class BuiltinEngine:
             self.counters.requests_ok += 1
         finally:
             self.counters.running -= 1
+            if cfg.log_requests:
+                print("request " + orjson.dumps({
+                    "request_id": request_id or rid, "prompt_tokens": prompt_tokens,
+                    "generation_tokens": produced, "finished": finished}).decode(), flush=True)
 
     @staticmethod
     async def _event(send, payload: dict) -> None:
@@ -219,6 +240,13 @@ class BuiltinEngine:
 
     async def _json(self, send, status: int, payload: dict) -> None:
         await self._send(send, status, orjson.dumps(payload))
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 async def _read_body(receive) -> bytes:
@@ -240,10 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens-per-s", type=float, default=200.0)
     ap.add_argument("--max-tokens-default", type=int, default=64)
     ap.add_argument("--fail-after-tokens", type=int, default=None)
+    ap.add_argument("--enable-log-requests", action="store_true",
+                    help="print one line per request when it ends (id, tokens, finished)")
     args = ap.parse_args(argv)
     cfg = EngineConfig(args.model, args.api_key or os.environ.get("SPOTCTL_ENGINE_API_KEY"),
                        args.ttft_ms, args.tokens_per_s, args.max_tokens_default,
-                       args.fail_after_tokens)
+                       args.fail_after_tokens, args.enable_log_requests)
     import uvicorn
 
     config = uvicorn.Config(BuiltinEngine(cfg), host=args.host, port=args.port,

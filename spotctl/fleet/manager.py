@@ -376,6 +376,11 @@ class FleetManager:
         if current.state == TierState.PROVISIONING and last is not None and \
                 last.event in UNFINISHED:
             return self.finish(tier, last, progress)
+        if current.state == TierState.PREEMPTED and last is not None and \
+                last.event in ("preempted", "fell_back"):
+            # the daemon already journalled this loss: carry on with its recovery (one spot
+            # loss is one `preempted` entry, whoever finds the tier gone first)
+            return self._up(tier, progress, op or last.operation_id, operation)
         op = op or new_op()
         if current.state == TierState.PREEMPTED:
             self.journal(tier.name, "preempted", op, current,

@@ -46,7 +46,7 @@ from spotctl.gateway.gate import (
 )
 from spotctl.gateway.h1client import H1Client
 from spotctl.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from spotctl.gateway.proxy import BODY_WRITER, Proxy
+from spotctl.gateway.proxy import BODY_WRITER, Proxy, request_id_header
 from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.recorder import UsageRecorder
 from spotctl.gateway.spool import Spool
@@ -401,7 +401,7 @@ class Gateway:
             if not rec.sent_bytes:
                 rec.overhead_s = time.perf_counter() - t_start - rec.upstream_s  # clock-ok
                 await _respond(send, exc.status, error_body(exc.status, exc.code, exc.message),
-                               JSON + exc.headers)
+                               [*JSON, *exc.headers, request_id_header(rec)])
         except asyncio.CancelledError:
             rec.status = rec.status or "gateway_shutdown"
             raise

@@ -45,6 +45,11 @@ def _overhead_header(rec: RequestRecord, t_start: float) -> tuple[bytes, bytes]:
     return (b"x-spotctl-overhead-ms", b"%.2f" % (spent * 1000))
 
 
+def request_id_header(rec: RequestRecord) -> tuple[bytes, bytes]:
+    """The request's id (its usage row's id in the ledger), as OpenAI and vLLM name it."""
+    return (b"x-request-id", rec.rid.encode())
+
+
 class Proxy:
     def __init__(self, cfg: Config, clock: Clock, board: TierBoard, client: UpstreamClient,
                  log: Callable[[str], None]) -> None:
@@ -103,17 +108,20 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _headers(self, up: Upstream) -> dict[str, str]:
+    def _headers(self, up: Upstream, rid: str) -> dict[str, str]:
+        """The engine gets the request's id too (vLLM takes it as its own request id), so its
+        logs name the same request as the ledger."""
         if up.api_key:
-            return {"Content-Type": "application/json", "Authorization": f"Bearer {up.api_key}"}
-        return {"Content-Type": "application/json"}
+            return {"Content-Type": "application/json", "Authorization": f"Bearer {up.api_key}",
+                    "X-Request-Id": rid}
+        return {"Content-Type": "application/json", "X-Request-Id": rid}
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
                      t_start: float) -> None:
         t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up))
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid))
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -144,7 +152,7 @@ class Proxy:
         await send({"type": "http.response.start", "status": resp.status, "headers": [
             (b"content-type", resp.content_type),
             (b"content-length", str(len(body)).encode()),
-            _overhead_header(rec, t_start)]})
+            _overhead_header(rec, t_start), request_id_header(rec)]})
         await send({"type": "http.response.body", "body": body})
 
     async def _stream(self, path: str, receive, send, raw: bytes, up: Upstream,
@@ -153,7 +161,7 @@ class Proxy:
         t_up = time.perf_counter()  # clock-ok
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up))
+            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid))
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -170,7 +178,8 @@ class Proxy:
             rec.sent_bytes = True
             await send({"type": "http.response.start", "status": resp.status, "headers": [
                 (b"content-type", resp.content_type),
-                (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start)]})
+                (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start),
+                request_id_header(rec)]})
             await send({"type": "http.response.body", "body": body})
             return
         tap = rec.tap = UsageTap(strip_usage=added_usage)
@@ -282,4 +291,5 @@ class Proxy:
     async def _start_sse(send, rec: RequestRecord, t_start: float) -> None:
         rec.sent_bytes = True
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*SSE_HEADERS, _overhead_header(rec, t_start)]})
+                    "headers": [*SSE_HEADERS, _overhead_header(rec, t_start),
+                                request_id_header(rec)]})

@@ -1,17 +1,28 @@
-"""Serving the gateway: uvicorn with limits for unauthenticated clients, and worker processes.
+"""Serving the gateway: an HTTP/1.1 server of our own (asyncio + httptools), and worker processes.
 
-uvicorn's httptools protocol has no limit on header size, no deadline for a request's headers
-and no cap on connections (issue 11 §7: four connections sending endless headers grew a
-gateway to 2 GB; idle sockets exhausted its file descriptors). :func:`guarded_protocol` adds:
+Why our own (issue 15): uvicorn's per-request layer (its request cycle object, scope, flow
+control, keep-alive and header timers armed and cancelled per request, one write for the head
+and another for the body) was the largest share of the gateway's CPU per request after the
+upstream client (py-spy, bench/gateway_overhead.py). This server speaks the small subset of
+ASGI the gateway needs (http and lifespan; no websockets, no trailers) and keeps the limits of
+issue 11 §7 in one place:
 
 - a deadline for the request line and headers (``[gateway] header_timeout_s``): 408, closed;
 - limits on header bytes and header fields (``max_header_bytes``, ``max_headers``): 431, closed;
-- a cap on open connections per worker (``max_connections``): a connection past it gets 503
-  and is closed at once, before a byte is parsed.
+- a deadline for the body (``body_timeout_s``): 408, closed (the app has its own as well);
+- idle keep-alive connections close after ``keep_alive_s``;
+- a cap on open connections per worker (``max_connections``): a connection past it gets 503 and
+  is closed at once, before a byte is parsed.
 
-The body has its own deadline in the app (``body_timeout_s``), idle keep-alive connections close
-after ``keep_alive_s``, and requests in flight are capped by the app (``overloaded``). Run it
-behind a reverse proxy for per-client limits (docs/notes/gateway.md).
+Deadlines are checked by one sweep per server every ``tick`` (a tenth of a second or less)
+instead of a timer armed and cancelled per request. Requests in flight are capped by the app
+(``overloaded``). On SIGTERM the server stops accepting, closes idle connections, lets requests
+in flight finish for ``shutdown_grace_s``, cancels the rest (their usage rows are recorded by the
+app's ``finally``), then runs the app's lifespan shutdown (pending usage rows are flushed).
+
+Streams: the cycle object is also the ``BODY_WRITER`` scope extension (see
+:mod:`spotctl.gateway.proxy`): a stream's pieces are written to the client socket from the
+engine's read callback, with no ASGI ``send`` and no task switch per piece.
 
 ``--workers N`` starts N processes that each bind the port with ``SO_REUSEPORT`` (the kernel
 spreads connections); they share the gate, keys and tier state through the ledger and take one
@@ -23,171 +34,594 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import http
 import multiprocessing
 import os
 import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
+import traceback
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+import httptools
 
 from spotctl.gateway.proxy import BODY_WRITER
 
+STATUS_LINE = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in http.HTTPStatus}
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+DISCONNECT = {"type": "http.disconnect"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+BODY_HIGH_WATER = 1 << 16  # pause reading a request body the app has not taken past 64 KiB
+HEAD, BODY, BUSY, IDLE = 1, 2, 3, 4  # what a connection is waiting for (its deadline's kind)
+ERROR_CODES = {400: b"invalid_request", 408: b"request_timeout", 431: b"headers_too_large",
+               500: b"internal_error", 503: b"overloaded"}
+
+
+def _status_line(status: int) -> bytes:
+    line = STATUS_LINE.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
 
 def _reject(transport, status: int, message: bytes) -> None:
+    """Answer ``status`` with an OpenAI-shaped error body and close the connection."""
     if transport is None or transport.is_closing():
         return
-    body = b'{"error":{"message":"' + message + b'","type":"invalid_request_error",' + \
-        b'"param":null,"code":"' + {408: b"request_timeout", 431: b"headers_too_large",
-                                     503: b"overloaded"}[status] + b'"}}'
-    transport.write(STATUS_LINE[status] + b"content-type: application/json\r\ncontent-length: "
-                    + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+    body = (b'{"error":{"message":"' + message + b'","type":"invalid_request_error",'
+            b'"param":null,"code":"' + ERROR_CODES.get(status, b"error") + b'"}}')
+    transport.write(_status_line(status) + b"content-type: application/json\r\n"
+                    b"content-length: " + str(len(body)).encode() +
+                    b"\r\nconnection: close\r\n\r\n" + body)
     transport.close()
 
 
-class BodyWriter:
-    """Writes body pieces of a started chunked response straight to the client socket, in the
-    caller's callback (no ASGI ``send`` and no task switch per piece). ``write`` returns False
-    when the client is gone or reads slower than we write (then wait for ``drain``)."""
+class Limits:
+    """The per-connection limits (``[gateway]``)."""
 
-    __slots__ = ("cycle",)
+    __slots__ = ("body_timeout_s", "header_timeout_s", "keep_alive_s", "max_connections",
+                 "max_header_bytes", "max_headers", "shutdown_grace_s")
 
-    def __init__(self, cycle) -> None:
-        self.cycle = cycle
+    def __init__(self, gw) -> None:
+        self.max_header_bytes = gw.max_header_bytes
+        self.max_headers = gw.max_headers
+        self.header_timeout_s = gw.header_timeout_s
+        self.body_timeout_s = gw.body_timeout_s
+        self.keep_alive_s = gw.keep_alive_s
+        self.max_connections = gw.max_connections
+        self.shutdown_grace_s = gw.shutdown_grace_s
 
+
+# -- one request ------------------------------------------------------------------------------------
+class Cycle:
+    """One request and its response: the ASGI ``receive``/``send`` pair, and the
+    ``BODY_WRITER`` of a started chunked response (``write``/``gone``/``drain``)."""
+
+    __slots__ = ("body", "body_complete", "buffered", "chunked", "conn", "delivered",
+                 "expect_continue", "head_only", "headers", "keep_alive", "response_complete",
+                 "scope", "started", "status", "task", "waiter")
+
+    def __init__(self, conn: Connection, scope: dict, keep_alive: bool,
+                 expect_continue: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head_only = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.body_complete = False
+        self.delivered = False  # the whole body went to the app
+        self.waiter: asyncio.Future | None = None
+        self.status = 0
+        self.headers: list = []
+        self.started = False  # the head is written
+        self.chunked = False
+        self.response_complete = False
+        self.task: asyncio.Task | None = None
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- ASGI --------------------------------------------------------------------------------
+    async def receive(self) -> dict:
+        conn = self.conn
+        while True:
+            if conn.lost or self.response_complete:
+                return DISCONNECT
+            if self.body or (self.body_complete and not self.delivered):
+                parts = self.body
+                body = parts[0] if len(parts) == 1 else b"".join(parts)
+                self.body = []
+                self.buffered = 0
+                more = not self.body_complete
+                if not more:
+                    self.delivered = True
+                elif conn.paused and not conn.pipeline:
+                    conn.resume()
+                return {"type": "http.request", "body": body, "more_body": more}
+            if self.expect_continue:
+                self.expect_continue = False
+                conn.transport.write(CONTINUE)
+            if conn.paused and not conn.pipeline:
+                conn.resume()
+            self.waiter = conn.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started or self.status:
+                raise RuntimeError("the response was already started")
+            self.status = message["status"]
+            self.headers = message.get("headers") or []
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.status:
+            raise RuntimeError("http.response.body before http.response.start")
+        if self.response_complete:
+            raise RuntimeError("the response is already complete")
+        conn = self.conn
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if conn.lost:
+            if not more:
+                self.response_complete = True
+            return
+        transport = conn.transport
+        if not self.started:
+            transport.write(self._head(body, more))
+        elif self.head_only:
+            pass
+        elif self.chunked:
+            if body:
+                transport.write(b"%x\r\n%s\r\n" % (len(body), body) if more else
+                                b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            elif not more:
+                transport.write(b"0\r\n\r\n")
+        elif body:
+            transport.write(body)
+        if not more:
+            self.response_complete = True
+            conn.cycle_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+    def _head(self, body: bytes, more: bool) -> bytes:
+        """Status line, headers and the first body piece, framed: one write."""
+        self.started = True
+        out = [_status_line(self.status)]
+        length = False
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = True
+            elif name == b"connection" and value.lower() == b"close":
+                self.keep_alive = False
+            out += (name, b": ", value, b"\r\n")
+        if not length and not self.head_only and self.status not in (204, 304):
+            if more:
+                self.chunked = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                out += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        if not self.keep_alive:
+            out.append(b"connection: close\r\n")
+        out.append(b"\r\n")
+        if body and not self.head_only:
+            if self.chunked:
+                out.append(b"%x\r\n%s\r\n" % (len(body), body))
+                if not more:
+                    out.append(b"0\r\n\r\n")
+            else:
+                out.append(body)
+        elif self.chunked and not more:
+            out.append(b"0\r\n\r\n")
+        return b"".join(out)
+
+    # -- BODY_WRITER ----------------------------------------------------------------------
     def write(self, data: bytes) -> bool:
-        c = self.cycle
-        if c.disconnected or c.response_complete:
+        """Write a body piece of the started chunked response now; False when the client is
+        gone or reads slower than we write (then wait for :meth:`drain`)."""
+        conn = self.conn
+        if conn.lost or self.response_complete:
             return False
-        if not (c.response_started and c.chunked_encoding):
-            raise RuntimeError("BodyWriter needs a started chunked response")
-        c.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        return not c.flow.write_paused
+        if not (self.started and self.chunked):
+            raise RuntimeError("write() needs a started chunked response")
+        conn.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return not conn.write_paused
 
     @property
     def gone(self) -> bool:
-        return bool(self.cycle.disconnected)
+        return self.conn.lost
 
     async def drain(self) -> None:
-        await self.cycle.flow.drain()
+        await self.conn.drain()
+
+    # -- the app's task ended -----------------------------------------------------------------
+    def done(self, task: asyncio.Task) -> None:
+        conn = self.conn
+        conn.server.busy -= 1
+        if task.cancelled():
+            exc: BaseException | None = None
+        else:
+            exc = task.exception()
+            if exc is not None:
+                conn.server.log("error in the request handler: " + "".join(
+                    traceback.format_exception_only(type(exc), exc)).strip())
+        if self.response_complete or conn.lost:
+            return
+        if not self.started:
+            _reject(conn.transport, 500, b"internal error")
+        else:
+            conn.transport.close()  # a response the app did not finish
 
 
-def guarded_protocol(*, max_header_bytes: int, max_headers: int, header_timeout_s: float,
-                     max_connections: int, body_timeout_s: float = 30.0
-                     ) -> type[HttpToolsProtocol]:
-    class GuardedProtocol(HttpToolsProtocol):
-        _timer: asyncio.TimerHandle | None = None
-        _body_timer: asyncio.TimerHandle | None = None
-        _in_headers = True
-        _header_bytes = 0
-        _header_fields = 0
-        _rejected = False
+# -- one connection -----------------------------------------------------------------------------
+class Connection(asyncio.Protocol):
+    __slots__ = ("client", "cycle", "deadline", "drainers", "hbytes", "headers", "in_headers",
+                 "local", "loop", "lost", "nheaders", "parser", "parsing", "paused", "phase",
+                 "pipeline", "rejected", "server", "transport", "url", "write_paused")
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
-            if len(self.connections) >= max_connections:
-                self.transport = transport
-                self._rejected = True
-                _reject(transport, 503, b"too many connections")
-                return
-            super().connection_made(transport)
-            self._arm()
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.cycle: Cycle | None = None  # the request the app is answering
+        self.parsing: Cycle | None = None  # the request the parser is reading (pipelining)
+        self.pipeline: deque[Cycle] = deque()
+        self.lost = False
+        self.rejected = False
+        self.paused = False
+        self.write_paused = False
+        self.drainers: list[asyncio.Future] = []
+        self.in_headers = True
+        self.hbytes = self.nheaders = 0
+        self.url = b""
+        self.headers: list = []
+        self.phase = HEAD
+        self.deadline = 0.0
+        self.client = self.local = None
 
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-            if self._rejected and self.flow is None:
-                self.connections.discard(self)
-                return
-            super().connection_lost(exc)
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        server = self.server
+        if len(server.conns) >= server.limits.max_connections or server.stopping:
+            self.rejected = True
+            _reject(transport, 503, b"too many connections")
+            return
+        server.conns.add(self)
+        self.deadline = self.loop.time() + server.limits.header_timeout_s
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
+        self.local = tuple(local[:2]) if isinstance(local, tuple) else None
 
-        def _arm(self) -> None:
-            if self._timer is None:
-                self._timer = self.loop.call_later(header_timeout_s, self._headers_late)
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        self.server.conns.discard(self)
+        if self.cycle is not None:
+            self.cycle.wake()
+        self._wake_drainers()
 
-        def _disarm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+    def eof_received(self) -> bool | None:
+        return None  # the client closed its side: close ours (a response in flight is cut)
 
-        def _headers_late(self) -> None:
-            self._timer = None
-            if self._in_headers and (self.cycle is None or self.cycle.response_complete):
-                self._rejected = True
-                _reject(self.transport, 408, b"the request headers did not arrive in time")
+    def pause_writing(self) -> None:
+        self.write_paused = True
 
-        def data_received(self, data: bytes) -> None:
-            if self._rejected:
-                return
-            was_in_headers = self._in_headers
-            super().data_received(data)
-            if self._rejected:
-                return
-            if was_in_headers and self._in_headers:
-                self._header_bytes += len(data)
-                if self._header_bytes > max_header_bytes:
-                    self._too_large()
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drainers()
 
-        def _too_large(self) -> None:
-            self._rejected = True
-            self._disarm()
-            _reject(self.transport, 431, b"request headers too large")
+    def _wake_drainers(self) -> None:
+        for f in self.drainers:
+            if not f.done():
+                f.set_result(None)
+        self.drainers.clear()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_headers = True
-            self._header_bytes = 0
-            self._header_fields = 0
-            self._arm()
+    async def drain(self) -> None:
+        if self.write_paused and not self.lost:
+            f = self.loop.create_future()
+            self.drainers.append(f)
+            await f
 
-        def on_url(self, url: bytes) -> None:
-            if not self._rejected:
-                super().on_url(url)
+    def data_received(self, data: bytes) -> None:
+        if self.rejected:
+            return
+        was_in_headers = self.in_headers
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, b"protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError:
+            if not self.rejected:
+                self._refuse(400, b"malformed HTTP request")
+            return
+        if was_in_headers and self.in_headers and not self.rejected:
+            self.hbytes += len(data)
+            if self.hbytes > self.server.limits.max_header_bytes:
+                self._refuse(431, b"request headers too large")
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._header_fields += 1
-            self._header_bytes += len(name) + len(value) + 4
-            if self._header_fields > max_headers or self._header_bytes > max_header_bytes:
-                if not self._rejected:
-                    self._too_large()
-                return
-            super().on_header(name, value)
+    def _refuse(self, status: int, message: bytes) -> None:
+        self.rejected = True
+        if self.cycle is not None and self.cycle.started:
+            self.transport.close()
+        else:
+            _reject(self.transport, status, message)
 
-        def on_headers_complete(self) -> None:
-            self._in_headers = False
-            self._disarm()
-            if self._rejected:
-                return
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not None:
-                cycle.scope.setdefault("extensions", {})[BODY_WRITER] = BodyWriter(cycle)
-            if self._body_timer is None:
-                self._body_timer = self.loop.call_later(body_timeout_s, self._body_late)
+    def pause(self) -> None:
+        if not self.paused and not self.lost:
+            self.paused = True
+            self.transport.pause_reading()
 
-        def _body_late(self) -> None:
-            self._body_timer = None
-            cycle = self.cycle
-            if cycle is not None and cycle.more_body and not cycle.response_started:
-                self._rejected = True
-                _reject(self.transport, 408, b"the request body did not arrive in time")
+    def resume(self) -> None:
+        if self.paused and not self.lost:
+            self.paused = False
+            self.transport.resume_reading()
 
-        def on_body(self, body: bytes) -> None:
-            if not self._rejected:
-                super().on_body(body)
+    # -- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_headers = True
+        self.url = b""
+        self.headers = []
+        self.hbytes = self.nheaders = 0
+        if self.cycle is None:
+            self.phase = HEAD
+            self.deadline = self.loop.time() + self.server.limits.header_timeout_s
 
-        def on_message_complete(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-            if not self._rejected:
-                super().on_message_complete()
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
-    return GuardedProtocol
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.nheaders += 1
+        self.hbytes += len(name) + len(value) + 4
+        limits = self.server.limits
+        if self.nheaders > limits.max_headers or self.hbytes > limits.max_header_bytes:
+            if not self.rejected:
+                self._refuse(431, b"request headers too large")
+            return
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        if self.rejected:
+            return
+        parser = self.parser
+        url = self.url
+        if url[:1] != b"/":
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        else:
+            q = url.find(b"?")
+            raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        headers = self.headers
+        expect = False
+        for name, value in headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        scope = {"type": "http", "asgi": ASGI, "http_version": parser.get_http_version(),
+                 "server": self.local, "client": self.client, "scheme": "http",
+                 "method": parser.get_method().decode("ascii"), "root_path": "", "path": path,
+                 "raw_path": raw_path, "query_string": query, "headers": headers,
+                 "extensions": {}}
+        cycle = Cycle(self, scope, parser.should_keep_alive(), expect)
+        scope["extensions"][BODY_WRITER] = cycle
+        self.parsing = cycle
+        if self.cycle is None:
+            self._start(cycle)
+        else:  # pipelined: wait for the response in flight, read no further meanwhile
+            self.pipeline.append(cycle)
+            self.pause()
+
+    def on_body(self, body: bytes) -> None:
+        c = self.parsing
+        if c is None or c.response_complete or self.rejected:
+            return
+        c.body.append(body)
+        c.buffered += len(body)
+        if c.buffered > BODY_HIGH_WATER:
+            self.pause()
+        c.wake()
+
+    def on_message_complete(self) -> None:
+        c = self.parsing
+        if c is None or self.rejected:
+            return
+        c.body_complete = True
+        if c is self.cycle and self.phase == BODY:
+            self.phase = BUSY
+            self.deadline = 0.0
+        c.wake()
+
+    # -- requests -----------------------------------------------------------------------------
+    def _start(self, cycle: Cycle) -> None:
+        self.cycle = cycle
+        server = self.server
+        if cycle.body_complete:
+            self.phase, self.deadline = BUSY, 0.0
+        else:
+            self.phase = BODY
+            self.deadline = self.loop.time() + server.limits.body_timeout_s
+        server.busy += 1
+        task = cycle.task = self.loop.create_task(server.app(cycle.scope, cycle.receive,
+                                                              cycle.send))
+        task.add_done_callback(cycle.done)
+
+    def cycle_done(self, cycle: Cycle) -> None:
+        """The response of ``cycle`` is complete: next request, keep-alive or close."""
+        cycle.wake()
+        if not cycle.keep_alive or not cycle.body_complete or self.server.stopping:
+            self.transport.close()
+            return
+        self.cycle = None
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+            if not self.pipeline:
+                self.resume()
+            return
+        self.phase = IDLE
+        self.deadline = self.loop.time() + self.server.limits.keep_alive_s
+        self.resume()
+
+    def expire(self) -> None:
+        """The sweep found this connection past its deadline."""
+        self.deadline = 0.0
+        phase = self.phase
+        if phase == HEAD and self.cycle is None:
+            self.rejected = True
+            _reject(self.transport, 408, b"the request headers did not arrive in time")
+        elif phase == BODY and self.cycle is not None and not self.cycle.started:
+            self.rejected = True
+            _reject(self.transport, 408, b"the request body did not arrive in time")
+        elif phase == IDLE:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        if self.cycle is None:
+            self.transport.close()
+        else:
+            self.cycle.keep_alive = False
+
+
+# -- the server ---------------------------------------------------------------------------------
+class Server:
+    """Serves an ASGI app (``http`` and ``lifespan``) on given sockets until asked to stop.
+
+    ``run(sockets)`` blocks (its own event loop: uvloop when installed); ``started`` turns True
+    once the app's startup completed and the sockets accept; ``should_exit = True`` (from any
+    thread) or SIGTERM/SIGINT (in the main thread) stop it gracefully."""
+
+    def __init__(self, app, gw, log: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self.limits = Limits(gw)
+        self.log = log or _stderr
+        self.conns: set[Connection] = set()
+        self.busy = 0  # requests whose handler is running
+        self.started = False
+        self.should_exit = False
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None  # serving(): the thread it runs in
+        lim = self.limits
+        self.tick = min(0.1, max(0.01, min(lim.header_timeout_s, lim.body_timeout_s,
+                                           lim.keep_alive_s) / 5))
+
+    def run(self, sockets: list[socket.socket]) -> None:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(self.serve(sockets))
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        lifespan = _Lifespan(self.app)
+        if not await lifespan.startup():
+            self.log(f"startup failed: {lifespan.error}")
+            return
+        servers = []
+        stop = asyncio.Event()
+        handlers = threading.current_thread() is threading.main_thread()
+        if handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            for sock in sockets:
+                servers.append(await loop.create_server(lambda: Connection(self), sock=sock,
+                                                        backlog=2048))
+            self.started = True
+            while not stop.is_set() and not self.should_exit:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tick):
+                        await stop.wait()
+                self._sweep()
+            await self._shutdown(servers)
+        finally:
+            if handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await lifespan.shutdown()
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.conns if c.deadline and now >= c.deadline]:
+            conn.expire()
+
+    async def _shutdown(self, servers) -> None:
+        self.stopping = True
+        for s in servers:
+            s.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        deadline = time.monotonic() + self.limits.shutdown_grace_s  # clock-ok: real grace
+        while self.busy and time.monotonic() < deadline:  # clock-ok
+            await asyncio.sleep(0.05)
+        tasks = [c.cycle.task for c in list(self.conns)
+                 if c.cycle is not None and c.cycle.task is not None and not c.cycle.task.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for conn in list(self.conns):
+            conn.transport.close()
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+        self.error = ""
+
+    async def startup(self) -> bool:
+        self.task = asyncio.create_task(self.app({"type": "lifespan", "asgi": ASGI},
+                                                 self.inbox.get, self.outbox.put))
+        await self.inbox.put({"type": "lifespan.startup"})
+        got = asyncio.ensure_future(self.outbox.get())
+        await asyncio.wait([got, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if not got.done():
+            got.cancel()
+            exc = None if self.task.cancelled() else self.task.exception()
+            self.error = f"{type(exc).__name__}: {exc}" if exc else "the app ended"
+            self.task = None
+            return False
+        msg = got.result()
+        if msg["type"] != "lifespan.startup.complete":
+            self.error = msg.get("message", "")
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait([self.task], timeout=60)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def _stderr(msg: str) -> None:
+    print(f"gateway[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -202,34 +636,48 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app, gw) -> object:
-    import uvicorn
+@contextlib.contextmanager
+def serving(app, gw, sock: socket.socket, *, timeout_s: float = 30.0):
+    """Serve ``app`` on ``sock`` in a thread of this process for the ``with`` block, as
+    ``spotctl gateway`` serves it (tests); yields the :class:`Server`."""
+    server = Server(app, gw)
+    failure: list[BaseException] = []
 
-    return uvicorn.Config(
-        app, http=guarded_protocol(max_header_bytes=gw.max_header_bytes,
-                                   max_headers=gw.max_headers,
-                                   header_timeout_s=gw.header_timeout_s,
-                                   max_connections=gw.max_connections,
-                                   body_timeout_s=gw.body_timeout_s),
-        lifespan="on", ws="none", log_level="warning", access_log=False,
-        timeout_keep_alive=gw.keep_alive_s, timeout_graceful_shutdown=gw.shutdown_grace_s,
-        server_header=False, date_header=False, proxy_headers=False)
+    def run() -> None:
+        try:
+            server.run([sock])
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    thread = server.thread = threading.Thread(target=run, name="gateway-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s  # clock-ok: real waiting for a real server
+    while not server.started:
+        if failure or not thread.is_alive():
+            raise RuntimeError(f"the gateway did not start: {failure or 'exited'}")
+        if time.monotonic() > deadline:  # clock-ok
+            server.should_exit = True
+            raise TimeoutError(f"the gateway did not start in {timeout_s:g} s")
+        time.sleep(0.01)  # clock-ok
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
 
 
 def serve_one(app, gw, host: str, port: int, *, reuse_port: bool) -> int:
     """Serve ``app`` in this process until SIGTERM/SIGINT; 1 when it could not start."""
     import gc
 
-    import uvicorn
-
     sock = listen_socket(host, port, reuse_port=reuse_port)
-    server = uvicorn.Server(uvicorn_config(app, gw))
+    server = Server(app, gw)
     # fewer, cheaper collections on the request path: the start-up objects live forever, and
     # a request's objects are freed by reference counting
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    server.run(sockets=[sock])
+    server.run([sock])
     return 0 if server.started else 1
 
 

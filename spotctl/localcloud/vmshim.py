@@ -394,8 +394,10 @@ def vllm(args: list[str]) -> int:
         env["SPOTCTL_ENGINE_API_KEY"] = env.pop("VLLM_API_KEY")
     # "--host 0.0.0.0" or "127.0.0.1" on a VM are the VM's own addresses: here, its loopback IP
     host = os.environ.get("SPOTCTL_VM_IP", "127.0.0.1")
+    # vLLM's per-request log, kept by the built-in engine (one line per request, its tokens)
+    extra = ["--enable-log-requests"] if opts.get("--enable-log-requests") is True else []
     os.execve(sys.executable, [sys.executable, "-m", "spotctl.engine.builtin", "--host", host,  # noqa: S606
-                               "--port", port, "--model", model], env)
+                               "--port", port, "--model", model, *extra], env)
     return 0  # not reached
 
 

@@ -6,14 +6,11 @@ measures what clients get: engine, network, tunnel and gateway together.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import httpx
 
 from spotctl.accounting.bench import (
     MixItem,
@@ -29,7 +26,12 @@ from spotctl.config import HyperstackTier
 from spotctl.errors import SpotctlError, UsageError
 
 if TYPE_CHECKING:
+    import httpx
+
     from spotctl.config import Config, TierConfig
+
+# httpx and asyncio are imported by the functions that drive the load (bench): `cost`, which
+# imports this module for the hosted-API comparison, must not pay for them at start-up.
 
 # progress(fraction 0..1, concurrency, last step or None)
 BenchProgress = Callable[[float, int, StepResult | None], None]
@@ -91,6 +93,7 @@ def default_engine_version(tier: TierConfig) -> str | None:
 async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model: str,
                        item: MixItem, rng: random.Random, deadline: float,
                        sample: RequestSample) -> None:
+    import httpx
     from httpx_sse import aconnect_sse
 
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
@@ -136,6 +139,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, headers: dict, model
 async def _step(client: httpx.AsyncClient, url: str, headers: dict, model: str,
                 mix: list[MixItem], concurrency: int, seconds: float, rng: random.Random
                 ) -> StepResult:
+    import asyncio
+
     started = time.monotonic()  # clock-ok
     deadline = started + seconds
     samples: list[RequestSample] = []
@@ -164,6 +169,10 @@ async def _step(client: httpx.AsyncClient, url: str, headers: dict, model: str,
 async def _wait_for_key(client: httpx.AsyncClient, base: str, headers: dict,
                         timeout_s: float = 20.0) -> None:
     """A key created just now is known to the gateway after its next refresh."""
+    import asyncio
+
+    import httpx
+
     deadline = time.monotonic() + timeout_s  # clock-ok
     while True:
         try:
@@ -184,6 +193,10 @@ def run_bench(
     progress: BenchProgress | None = None, seed: int = 0,
 ) -> BenchOutcome:
     """Ramp concurrency through the gateway until TTFT p90 breaks the SLO (or time runs out)."""
+    import asyncio
+
+    import httpx
+
     from spotctl.clock import get_clock, to_ms
 
     if step_s <= 0 or duration_s < step_s:
