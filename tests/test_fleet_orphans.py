@@ -141,6 +141,42 @@ def test_orphans_are_reported_recorded_and_deleted_on_request(localcloud_engines
     assert "serving" in daemon.check_tier(tier)  # a note, not a state change
 
 
+def test_billing_status_shows_orphans_and_exits_4_while_one_is_unresolved(localcloud_engines,
+                                                                          tmp_path):
+    """`billing status` names the orphan machines the daemon recorded (table column, JSON field
+    per provider) and exits 4 while one is unresolved, though billing itself is fresh; once
+    `down --orphans` deleted it, the orphan reads resolved and the exit is 0."""
+    import json
+
+    from spotctl.cli.main import app
+
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    tier = cfg.tiers[0]
+    FleetManager(cfg, lc.clock).up(tier)
+    orphan = f"vm:{lc.control('POST', '/vms', name='spotctl-big', flavor='n3-A100x1')['id']}"
+    lc.clock.advance(120)
+    FleetDaemon(cfg, lc.clock, lambda line: None).check_tiers()
+    runner = CliRunner()
+
+    def cli(*args):
+        return runner.invoke(app, ["--config", str(cfg.source), *args])
+
+    assert cli("poll-billing").exit_code == 0
+    result = cli("billing", "status", "--json")
+    assert result.exit_code == 4, result.output
+    (lc_row,) = json.loads(result.stdout)["providers"]
+    assert lc_row["status"] == "fresh"  # the exit 4 is the orphan's
+    assert [(o["resource_id"], o["resolved"]) for o in lc_row["orphans"]] == [(orphan, False)]
+    table = cli("billing", "status")
+    assert table.exit_code == 4 and f"1 unresolved: {orphan}" in table.output
+    assert cli("down", "big", "--orphans").exit_code == 0
+    result = cli("billing", "status", "--json")
+    assert result.exit_code == 0, result.output
+    (lc_row,) = json.loads(result.stdout)["providers"]
+    assert [(o["resource_id"], o["resolved"]) for o in lc_row["orphans"]] == [(orphan, True)]
+
+
 def test_a_preemption_found_by_a_wake_is_journaled(localcloud_engines, tmp_path):
     """The gateway wakes a tier whose spot VM vanished before the daemon noticed: `events`
     shows the preemption, then the relaunch."""

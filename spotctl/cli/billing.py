@@ -53,22 +53,27 @@ def register(app: typer.Typer) -> None:
     @billing.command("status")
     @json_option
     def status(ctx: typer.Context, json_out: bool = False) -> None:
-        """Per provider: fresh / stale / failing / regressed, last good sample, last error, and
-        a billed rate off its launch quote (rate_mismatch). Exit 4 when any provider is not
-        fresh."""
+        """Per provider: fresh / stale / failing / regressed, last good sample, last error, a
+        billed rate off its launch quote (rate_mismatch), and orphan machines (billing for a
+        tier in no journal state, recorded by the daemon; resolved once deleted or ended). Exit
+        4 when any provider is not fresh or an orphan is unresolved."""
         from spotctl.clock import from_ms, get_clock, iso, to_ms
         from spotctl.services import billing as service
 
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
             rows = service.health(cfg, ledger, to_ms(get_clock().now()))
+            orphans = service.orphans(ledger)
+        unresolved = [o for found in orphans.values() for o in found if not o.resolved]
         if json_out:
-            emit_json({"providers": [r.to_json() for r in rows]})
+            emit_json({"providers": [{**r.to_json(), "orphans": [
+                o.to_json() for o in orphans.get(r.provider, [])]} for r in rows]})
         else:
             from rich.table import Table
 
             table = Table(title="Billing health", title_justify="left")
-            for col in ("provider", "health", "last good sample", "last error", "price"):
+            for col in ("provider", "health", "last good sample", "last error", "price",
+                        "orphans"):
                 table.add_column(col)
             colours = {"fresh": "green", "regressed": "yellow"}
             for r in rows:
@@ -78,11 +83,19 @@ def register(app: typer.Typer) -> None:
                     f"[yellow]rate {mm.off_pct:+.1f}% vs quote[/yellow] ({mm.resource_id}: "
                     f"${mm.billed_micros_per_h / 1e6:.4f}/h billed, "
                     f"${mm.quoted_micros_per_h / 1e6:.4f}/h quoted)")
+                open_ = [o.resource_id for o in orphans.get(r.provider, []) if not o.resolved]
+                done = sum(o.resolved for o in orphans.get(r.provider, []))
+                orphan_cell = (f"[red]{len(open_)} unresolved: {', '.join(open_)}[/red]"
+                               if open_ else "") + (
+                    f"{'; ' if open_ else ''}{done} resolved" if done else "")
                 table.add_row(r.provider, f"[{c}]{r.status}[/{c}]",
                               iso(from_ms(r.last_good_ms)) if r.last_good_ms else "never",
-                              r.last_error or "", price)
+                              r.last_error or "", price, orphan_cell)
             console().print(table)
-        if any(r.status != "fresh" for r in rows):
+            if unresolved:
+                err_console().print("orphan machines bill for a tier in no journal state: "
+                                    "`spotctl down TIER --orphans` deletes them")
+        if unresolved or any(r.status != "fresh" for r in rows):
             raise typer.Exit(int(ExitCode.OBSERVABILITY))
 
     @app.command()

@@ -2,9 +2,10 @@
 
 The gateway asks a :class:`TierRuntime` for a tier's current upstream (in a small thread pool,
 with a timeout: a hung call keeps the last known state); when every tier of a model is
-hibernated it calls ``wake`` (blocking, in a thread, one wake per tier across every gateway
-process). Fixed engines (``endpoint = ...``) are served by :class:`StaticRuntime`;
-fleet-managed tiers by ``spotctl.fleet.runtime.FleetRuntime``.
+hibernated it calls ``wake`` (blocking, in a thread). Fixed engines (``endpoint = ...``) are
+served by :class:`StaticRuntime`; fleet-managed tiers by
+:class:`spotctl.services.fleet.FleetRuntime` (its ``wake`` runs under the tier's lease in the
+ledger, so one wake acts per tier across every gateway, daemon and host; the others wait).
 """
 
 from __future__ import annotations

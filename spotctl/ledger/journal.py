@@ -171,3 +171,16 @@ def orphan_anomalies(ledger: Ledger, provider: str | None = None) -> list[tuple[
         args.append(provider)
     return [(r[0], r[1], int(r[2]), r[3])
             for r in ledger.conn.execute(sql + " ORDER BY observed_ms, id", args)]
+
+
+def resolved_orphans(ledger: Ledger) -> frozenset[tuple[str, str]]:
+    """Recorded orphans that no longer bill: ``(provider, resource_id)`` of each one that
+    ``spotctl down TIER --orphans`` deleted since it was recorded (journal ``orphan_deleted``),
+    or that the provider's billing shows ended (``deleted`` / ``terminated``)."""
+    rows = ledger.conn.execute(
+        "SELECT a.provider, a.resource_id FROM billing_anomalies a WHERE a.kind = ? AND ("
+        "EXISTS (SELECT 1 FROM billing_series s WHERE s.provider = a.provider AND "
+        "s.resource_id = a.resource_id AND s.last_state IN ('deleted', 'terminated')) OR "
+        "EXISTS (SELECT 1 FROM fleet_events e WHERE e.event = 'orphan_deleted' AND "
+        "e.resource_id = a.resource_id AND e.ts_ms >= a.observed_ms))", (ORPHAN_KIND,))
+    return frozenset((r[0], r[1]) for r in rows)

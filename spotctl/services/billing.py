@@ -3,6 +3,7 @@ health, and reconciling the ledger against the provider's own daily figure."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -80,3 +81,33 @@ def health(cfg: Config, ledger: Ledger, now_ms: int) -> list:
     from spotctl.billing.health import provider_health
 
     return provider_health(ledger, cfg, now_ms)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A machine that billed for a tier in no journal state, as the daemon recorded it.
+    ``resolved``: deleted since (``down TIER --orphans``) or ended in the provider's billing."""
+
+    provider: str
+    resource_id: str
+    observed_ms: int
+    detail: str | None
+    resolved: bool
+
+    def to_json(self) -> dict:
+        from spotctl.clock import from_ms, iso
+
+        return {"resource_id": self.resource_id, "observed_at": iso(from_ms(self.observed_ms)),
+                "detail": self.detail, "resolved": self.resolved}
+
+
+def orphans(ledger: Ledger) -> dict[str, list[Orphan]]:
+    """Recorded orphan machines per provider, oldest first (never counted in spend)."""
+    from spotctl.ledger.journal import orphan_anomalies, resolved_orphans
+
+    done = resolved_orphans(ledger)
+    out: dict[str, list[Orphan]] = {}
+    for provider, rid, observed, detail in orphan_anomalies(ledger):
+        out.setdefault(provider, []).append(
+            Orphan(provider, rid, observed, detail, (provider, rid) in done))
+    return out
