@@ -61,6 +61,10 @@ JSON = [(b"content-type", b"application/json")]
 CLOSE = (b"connection", b"close")
 DAY_MS = 86_400_000
 BUSY_PUBLISH_S = 0.25
+# The gate thread's connection waits at most this long for the ledger's write lock (its
+# heartbeat write, publish_tiers): under another writer's long lock, a 15 s wait per cycle
+# left the gate uncomputed, and open, for 15 s after billing went stale.
+GATE_BUSY_MS = 250
 
 
 class Gateway:
@@ -172,6 +176,7 @@ class Gateway:
         try:
             if self._gate_ledger is None:
                 self._gate_ledger = Ledger(self.ledger_target)
+                self._gate_ledger.set_busy_timeout(GATE_BUSY_MS)
             led = self._gate_ledger
             keys = list_keys(led)
             self.keys.load(keys)
@@ -209,6 +214,8 @@ class Gateway:
         try:
             if self._gate_ledger is None or final:
                 with Ledger(self.ledger_target) as led:
+                    if not final:
+                        led.set_busy_timeout(GATE_BUSY_MS)
                     publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
             else:
                 publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)
