@@ -111,6 +111,7 @@ class Gateway:
         # connection another thread is using crashes the process (seen: a segfault in a read).
         self._gate_lock = threading.RLock()
         self._last_good: GateState | None = None  # the last gate computed from the ledger
+        self._last_good_mono = 0.0  # when, on the monotonic clock (a wall clock may step back)
         self._publish_error: str | None = None
 
     def _state_dir(self, what: str) -> Path:
@@ -182,6 +183,7 @@ class Gateway:
             self.keys.load(keys)
             self.gate = evaluate_gate(led, self.cfg, self.clock, watch=self.watch, keys=keys)
             self._last_good = self.gate
+            self._last_good_mono = self.clock.monotonic()
             events = latest_tier_events(led, list(self.board.tiers))
             self.board.draining = frozenset(t for t, ev in events.items() if ev == "draining")
         except Exception as exc:
@@ -191,7 +193,8 @@ class Gateway:
                 self._gate_ledger = None
             now = to_ms(self.clock.now())
             last = self._last_good
-            if last is not None and now - last.checked_ms <= self.cfg.billing.stale_after_s * 1000:
+            age_s = self.clock.monotonic() - self._last_good_mono
+            if last is not None and age_s <= self.cfg.billing.stale_after_s:
                 # a shared ledger restarting: serve from the last gate state for at most
                 # [billing] stale_after_s (the same staleness billing itself is allowed)
                 self.gate = last
