@@ -953,6 +953,9 @@ def accounting(world: World, traffic: Traffic, oracle: BillingOracle, rows: dict
         "rows_in_ledger": len(rows),
         "ok_without_row": len(missing), "ok_without_row_ids": missing[:10],
         "ok_rows_lost_at_gateway_kill": len(lost_at_kill),
+        "ok_rows_lost_at_gateway_kill_max_s_before_kill": max(
+            (min(k - r.t1 for k in kills if k >= r.t1) for r in ok if r.rid in lost_at_kill),
+            default=None),
         "ok_without_request_id": len(no_rid),
         "ok_row_not_ok_or_estimated": len(estimated_ok),
         "ok_tokens_differ": len(mismatched), "ok_tokens_differ_examples": mismatched[:5],
