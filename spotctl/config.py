@@ -293,6 +293,10 @@ class FleetConfig(_Section):
     # tier (restart the engine, else replace the machine); 0 never recovers; the probe timeout
     probe_failures: Annotated[int, Field(ge=0, le=100)] = 3
     probe_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # (lease) the tier lease's period, seconds: one process acts on a tier at a time across
+    # hosts (daemons, CLI, gateways' wakes); renewed every third of it; a holder that dies is
+    # replaced within one period (spotctl.fleet.lease)
+    lease_ttl_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
 
 
 class FixedCostConfig(_Section):

@@ -20,8 +20,7 @@ from spotctl.cli.main import GLOBAL_VALUE_OPTIONS, app, hoist_global_options
 from spotctl.clock import to_ms
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.records import FleetEvent
-from spotctl.ledger.writes import record_fleet_event
+from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.testing import free_port, installed_clock, write_config
 
 END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -334,7 +333,7 @@ def test_piped_tables_are_not_cut_and_events_grep(ws, tmp_path):
     long_detail = "spot capacity returned in eu-north-1 after 37 minutes on on-demand " * 3
     with Ledger(led) as ledger:
         for i, event in enumerate(["launching", "ready", "preempted", "fell_back"]):
-            record_fleet_event(ledger, FleetEvent(
+            append_fleet_event(ledger, FleetEntry(
                 ts_ms=to_ms(END) - 60_000 * (4 - i), tier="llama-70b-instruct-awq-long-name",
                 event=event, operation_id="op1", capacity="spot", cloud="aws",
                 region="eu-north-1", resource_id="vm:318442", endpoint=None, phases={},

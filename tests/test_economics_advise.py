@@ -7,14 +7,14 @@ import json
 
 from spotctl.accounting.advise import Rates, replay
 from spotctl.ledger.db import Ledger
+from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.ledger.records import (
     BillingSample,
     CumulativeKind,
-    FleetEvent,
     PollRecord,
     UsageRecord,
 )
-from spotctl.ledger.writes import record_fleet_event, record_poll, record_usage
+from spotctl.ledger.writes import record_poll, record_usage
 from tests.test_economics_compare import cli
 
 MIN = 60_000
@@ -75,7 +75,7 @@ def _workspace(tmp_path):
         for t, ev in ((-5 * MIN, "ready"), (30 * MIN, "hibernated"), (60 * MIN, "waking"),
                       (61 * MIN, "woke"), (100 * MIN, "hibernated"), (300 * MIN, "waking"),
                       (301 * MIN, "woke"), (335 * MIN, "hibernated")):
-            record_fleet_event(led, FleetEvent(H0 + t, "big", ev, capacity="spot",
+            append_fleet_event(led, FleetEntry(H0 + t, "big", ev, capacity="spot",
                                                resource_id="vm:1",
                                                phases={"restore": 40.0, "engine": 20.0}
                                                if ev == "woke" else {}))

@@ -5,14 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 from spotctl.config import parse_config
+from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.ledger.records import (
     BillingSample,
     CumulativeKind,
-    FleetEvent,
     PollRecord,
     UsageRecord,
 )
-from spotctl.ledger.writes import record_fleet_event, record_poll, record_usage
+from spotctl.ledger.writes import record_poll, record_usage
 from spotctl.services.cost import cost_report
 
 MIN = 60_000
@@ -47,7 +47,7 @@ def _preempted_day(ledger, od_samples: bool = True):
                                                            "vm:1"),
                             (62 * MIN, "fell_back", "on-demand", "vm:2"),
                             (65 * MIN, "ready", "on-demand", "vm:2")):
-        record_fleet_event(ledger, FleetEvent(H0 + t, "big", ev, capacity=cap, resource_id=rid))
+        append_fleet_event(ledger, FleetEntry(H0 + t, "big", ev, capacity=cap, resource_id=rid))
     rows = [UsageRecord(f"x{i}", H0 + (61 + i) * MIN, H0 + (61 + i) * MIN + 5, "no_upstream",
                         tier="big") for i in range(3)]
     rows.append(UsageRecord("early", H0 + 30 * MIN, H0 + 30 * MIN + 5, "no_upstream", tier="big"))
@@ -84,7 +84,7 @@ def test_interruption_tax_and_net_spot_savings(ledger):
 
 def test_a_preemption_journalled_twice_is_one_interruption(ledger):
     _preempted_day(ledger)
-    record_fleet_event(ledger, FleetEvent(H0 + 61 * MIN, "big", "preempted", capacity="spot",
+    append_fleet_event(ledger, FleetEntry(H0 + 61 * MIN, "big", "preempted", capacity="spot",
                                           resource_id="vm:1"))  # a gateway wake saw it too
     tax = cost_report(ledger, CFG, H0, H0 + 120 * MIN, min_tokens=1).to_json()["interruption_tax"]
     assert tax["preemptions"] == 1 and tax["minutes"] == "4.8"

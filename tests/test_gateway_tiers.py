@@ -11,9 +11,8 @@ from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.gateway.upstreams import HIBERNATED, SERVING, Upstream
 from spotctl.ledger.db import Ledger
-from spotctl.ledger.records import FleetEvent
+from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.ledger.usage import last_request_ms, open_requests
-from spotctl.ledger.writes import record_fleet_event
 from tests.fixtures_engines import (
     Script,
     ScriptedEngine,
@@ -65,7 +64,7 @@ def test_open_requests_are_published_while_a_stream_runs(tmp_path, clock):
 
 def _drain(ledger_path, tier, clock):
     with Ledger(ledger_path) as led:
-        record_fleet_event(led, FleetEvent(ts_ms=to_ms(clock.now()), tier=tier,
+        append_fleet_event(led, FleetEntry(ts_ms=to_ms(clock.now()), tier=tier,
                                            event="draining", operation_id="op-1"))
 
 

@@ -78,24 +78,22 @@ def test_migrate_is_exact_and_idempotent(example_dir, pg_url):
     assert series == [("DELETED",)] and led_count == (0,)
     assert all(t.exact for t in fourth.tables)
     # new writes on PostgreSQL continue after the copied ids
-    from spotctl.ledger.records import FleetEvent
-    from spotctl.ledger.writes import record_fleet_event
+    from spotctl.ledger.journal import FleetEntry, append_fleet_event
 
     with Ledger(pg_url) as led:
         top = led.conn.execute("SELECT max(id) FROM fleet_events").fetchone()[0] or 0
-        assert record_fleet_event(led, FleetEvent(1, "t", "down")) == top + 1
+        assert append_fleet_event(led, FleetEntry(1, "t", "down")) == top + 1
 
 
 def test_migrate_refuses_to_overwrite_a_journal_row_written_on_postgres(example_dir, pg_url):
     src = example_dir / "spotctl.db"
     migrate_sqlite_to_postgres(src, pg_url)
-    from spotctl.ledger.records import FleetEvent
-    from spotctl.ledger.writes import record_fleet_event
+    from spotctl.ledger.journal import FleetEntry, append_fleet_event
 
     with Ledger(pg_url) as led:  # PostgreSQL's next event...
-        new_id = record_fleet_event(led, FleetEvent(5, "t", "written-on-pg"))
+        new_id = append_fleet_event(led, FleetEntry(5, "t", "written-on-pg"))
     with Ledger(src) as led:  # ...and the old SQLite ledger's next one share an id
-        assert record_fleet_event(led, FleetEvent(6, "t", "written-on-sqlite")) == new_id
+        assert append_fleet_event(led, FleetEntry(6, "t", "written-on-sqlite")) == new_id
     with pytest.raises(LedgerError, match=f"fleet_events id {new_id}"):
         migrate_sqlite_to_postgres(src, pg_url)
     with Ledger(pg_url) as led:

@@ -28,6 +28,18 @@ def _progress():
     return report
 
 
+def _waiting(tier: str):
+    """Told once when the tier's lease is held by another process: say whom we wait for."""
+    def told(lease) -> None:
+        from spotctl.clock import from_ms, iso
+
+        err_console().print(f"tier {tier}: waiting for {lease.holder}, which is operating on "
+                            f"it (its lease runs to {iso(from_ms(lease.expires_ms))} unless "
+                            "renewed)", markup=False, highlight=False)
+
+    return told
+
+
 def _print_phases(status, verb: str) -> None:
     console().print(f"tier {status.tier}: {verb} — {status.state.value}"
                     + (f" on {status.capacity}" if status.capacity else "")
@@ -53,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 console().print(fleet.dry_run(get_config(ctx), tier), markup=False,
                                 highlight=False)
             return
-        _print_phases(fleet.up(get_config(ctx), tier, _progress()), "up")
+        _print_phases(fleet.up(get_config(ctx), tier, _progress(), _waiting(tier)), "up")
 
     @app.command()
     def hibernate(ctx: typer.Context, tier: str) -> None:
@@ -61,14 +73,14 @@ def register(app: typer.Typer) -> None:
         first: waits for the gateways' open requests, up to [fleet] drain_timeout_s."""
         from spotctl.services import fleet
 
-        _print_phases(fleet.hibernate(get_config(ctx), tier), "hibernated")
+        _print_phases(fleet.hibernate(get_config(ctx), tier, _waiting(tier)), "hibernated")
 
     @app.command()
     def wake(ctx: typer.Context, tier: str) -> None:
         """Restore or relaunch a tier and wait until it serves."""
         from spotctl.services import fleet
 
-        _print_phases(fleet.wake(get_config(ctx), tier, _progress()), "awake")
+        _print_phases(fleet.wake(get_config(ctx), tier, _progress(), _waiting(tier)), "awake")
 
     @app.command()
     def down(ctx: typer.Context, tier: str,
@@ -88,7 +100,7 @@ def register(app: typer.Typer) -> None:
         if orphans:
             if delete_storage:
                 raise UsageError("--orphans and --delete-storage do not go together")
-            report = fleet.delete_orphans(cfg, tier)
+            report = fleet.delete_orphans(cfg, tier, _waiting(tier))
             console().print(f"tier {tier}: " + (
                 f"deleted {len(report.deleted)} orphan machine(s): {', '.join(report.deleted)}"
                 if report.deleted else "no orphan machine"))
@@ -97,7 +109,7 @@ def register(app: typer.Typer) -> None:
         if delete_storage and not yes and not typer.confirm(
                 f"Delete the weights storage of {tier!r} too? The next up re-downloads them."):
             raise typer.Exit(1)
-        fleet.down(cfg, tier, delete_storage)
+        fleet.down(cfg, tier, delete_storage, _waiting(tier))
         console().print(f"tier {tier}: down" + (" (storage deleted)" if delete_storage else
                                                 " (weights storage kept)"))
 
@@ -165,9 +177,10 @@ def register(app: typer.Typer) -> None:
     def daemon(ctx: typer.Context,
                once: bool = typer.Option(False, "--once", help="One pass, then exit.")) -> None:
         """Every minute: poll billing, detect preemption, recover, probe engines, hibernate
-        idle tiers, report orphan machines. One daemon per ledger: a second one exits 2. Exits 1
-        if its billing thread dies (so that systemd restarts it). --once exits 1 when a fleet
-        step failed, 4 when a billing poll failed."""
+        idle tiers, report orphan machines. Several daemons may share a ledger (hosts): one acts
+        on each tier at a time (a lease in the ledger), the others stand by and take over within
+        [fleet] lease_ttl_s when it dies. Exits 1 if its billing thread dies (so that systemd
+        restarts it). --once exits 1 when a fleet step failed, 4 when a billing poll failed."""
         import signal
         import threading
 

@@ -9,6 +9,7 @@ undoes, never a machine nobody knows about. The SQL is in :mod:`spotctl.ledger.j
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,12 @@ class Journal:
 
     def record(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,
                phases: dict[str, float] | None = None, detail: str | None = None, *,
-               operation: str | None = None) -> JournalEntry:
+               operation: str | None = None,
+               fence: Callable[[Any], None] | None = None) -> JournalEntry:
+        """Append one entry. ``fence`` (the tier lease's check, see
+        :mod:`spotctl.fleet.lease`) runs inside the write's transaction: when the lease was
+        taken by another process it raises :class:`~spotctl.errors.LeaseLost` and nothing is
+        written."""
         if event not in EVENTS:
             raise ValueError(f"unknown fleet event {event!r}")
         if operation is None and op is not None:
@@ -81,7 +87,7 @@ class Journal:
             detail=detail,
             quoted_rate_micros_per_h=status.quoted_rate_micros_per_h if status else None)
         with Ledger(self.ledger_path) as led:
-            new_id = append_fleet_event(led, entry)
+            new_id = append_fleet_event(led, entry, fence=fence)
         return JournalEntry(**{**entry.__dict__, "id": new_id})
 
     def last(self, tier: str, events: frozenset[str] | None = None) -> JournalEntry | None:

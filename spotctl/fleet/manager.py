@@ -8,8 +8,11 @@ Two rules keep machines from billing unseen:
   *before* it asks the provider for anything (``launching``, ``returning_to_spot``,
   ``draining``, ``relaunching``); a process killed at any point leaves an unfinished operation
   that :meth:`FleetManager.finish` completes or undoes from the machines the provider lists;
-- **one operation per tier**: a re-entrant lock per tier, across processes, held for the whole
-  operation; state is re-read under it, so whoever comes second finds the work done.
+- **one operation per tier**: the tier's lease in the ledger (:mod:`spotctl.fleet.lease`),
+  across processes and hosts, re-entrant within a thread, held for the whole operation; state is
+  re-read under it, so whoever comes second finds the work done. Every call that makes a
+  provider launch, wake, hibernate or delete something is fenced by it (:class:`_Acting`), and so
+  is every journal write: a process whose lease another has taken can do neither.
 
 Every machine of a tier is considered (:class:`~spotctl.fleet.base.EnumeratesMachines`): ``down``
 deletes all of them, and a machine the journal does not account for is an *orphan*.
@@ -17,7 +20,6 @@ deletes all of them, and a machine the journal does not account for is an *orpha
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import uuid
@@ -25,8 +27,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from spotctl.clock import Clock, to_ms
+from spotctl.clock import Clock, SystemClock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.engine.readiness import Probe, probe_engine
 from spotctl.errors import FleetError, NoSpotCapacity, SpotctlError, UsageError
@@ -56,9 +59,11 @@ from spotctl.fleet.journal import (
     JournalEntry,
     derived_state,
 )
+from spotctl.fleet.lease import TierLease, Waiting
 from spotctl.fleet.policy import TierPolicy, launch_capacity
 from spotctl.fleet.registry import Backends
 from spotctl.fleet.tunnel import EngineReach
+from spotctl.ledger.coordination import new_holder_id, tier_lease_name
 from spotctl.ledger.db import Ledger
 
 SPOT_RETRY_SLEEP_S = 60.0
@@ -99,48 +104,40 @@ class OrphanReport:
     settled: bool  # False: an operation is under way; orphans cannot be told apart yet
 
 
-# -- one lock per tier, re-entrant within a process, exclusive across processes ----------------
-class _TierLock:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._rlock = threading.RLock()
-        self._depth = 0
-        self._fd: int | None = None
+class _Acting:
+    """The provider calls that start or stop billing (launch, wake, hibernate, delete), each
+    preceded by the tier lease's fence: a process whose lease was taken asks the provider for
+    nothing. Reads (``status``, ``machines``) go to the backend itself."""
 
-    def acquire(self, blocking: bool = True) -> bool:
-        if not self._rlock.acquire(blocking=blocking):
-            return False
-        if self._depth == 0:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
-                self._rlock.release()
-                return False
-            self._fd = fd
-        self._depth += 1
-        return True
+    def __init__(self, backend: Any, lease: TierLease) -> None:
+        self._backend = backend
+        self._lease = lease
 
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self._rlock.release()
+    def up(self, tier: TierConfig, capacity: CapacityKind, progress: Progress = no_progress
+           ) -> tuple[TierStatus, PhaseTimings]:
+        self._lease.fence()
+        return self._backend.up(tier, capacity, progress)
 
+    def wake(self, tier: TierConfig, progress: Progress = no_progress
+             ) -> tuple[TierStatus, PhaseTimings]:
+        self._lease.fence()
+        return self._backend.wake(tier, progress)
 
-_LOCKS: dict[Path, _TierLock] = {}
-_LOCKS_GUARD = threading.Lock()
+    def hibernate(self, tier: TierConfig) -> tuple[TierStatus, PhaseTimings]:
+        self._lease.fence()
+        return self._backend.hibernate(tier)
 
+    def down(self, tier: TierConfig, *, delete_storage: bool = False) -> TierStatus:
+        self._lease.fence()
+        return self._backend.down(tier, delete_storage=delete_storage)
 
-def _tier_lock(path: Path) -> _TierLock:
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(path)
-        if lock is None:
-            lock = _LOCKS[path] = _TierLock(path)
-        return lock
+    def delete_machine(self, tier: TierConfig, resource_id: str) -> None:
+        self._lease.fence()
+        self._backend.delete_machine(tier, resource_id)
+
+    def restart_engine(self, tier: TierConfig) -> TierStatus:
+        self._lease.fence()
+        return self._backend.restart_engine(tier)
 
 
 class FleetManager:
@@ -153,18 +150,26 @@ class FleetManager:
     def __init__(self, cfg: Config, clock: Clock,
                  backends: Backends | Mapping[str, FleetBackend] | None = None,
                  ledger_path: Path | None = None, *,
-                 open_requests: Callable[[TierConfig], int] | None = None) -> None:
+                 open_requests: Callable[[TierConfig], int] | None = None,
+                 holder: str | None = None, lease_clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
         if not isinstance(backends, Backends):
             backends = Backends(cfg, clock, backends)
         self.backends = backends
-        self.ledger_path = Path(ledger_path or cfg.ledger_path)  # lock files beside it
+        self.ledger_path = Path(ledger_path or cfg.ledger_path)
         # what Ledger() opens: the given path, else [ledger] (a SQLite path or PostgreSQL url)
         self.ledger_target = ledger_path if ledger_path is not None else cfg.ledger_target
         self.journal_ = Journal(self.ledger_target, clock)
         self.open_requests = open_requests or self._ledger_open_requests
         self.reach = EngineReach()
+        # this actor's name in the tiers' leases (host:pid:random); one per manager
+        self.holder = holder or new_holder_id()
+        self.lease_ttl_ms = int(cfg.fleet.lease_ttl_s * 1000)
+        self.lease_clock = lease_clock or SystemClock()  # leases are real time (fleet/lease.py)
+        self.on_wait: Waiting | None = None  # told who holds a tier's lease we wait for
+        self._leases: dict[str, TierLease] = {}
+        self._leases_guard = threading.Lock()
 
     # -- what the gateways are doing ---------------------------------------------------------
     def _ledger_open_requests(self, tier: TierConfig) -> int:
@@ -205,13 +210,16 @@ class FleetManager:
                     else None
             self.clock.sleep(DRAIN_POLL_S)
             threading.Event().wait(DRAIN_POLL_REAL_S)  # the gateways run in real time
+            self.keepalive(tier)
 
     # -- journal --------------------------------------------------------------------------
     def journal(self, tier: str, event: str, op: str | None, status: TierStatus | None = None,
                 timings: PhaseTimings | None = None, detail: str | None = None, *,
                 operation: str | None = None) -> JournalEntry:
+        lease = self._leases.get(tier)
         return self.journal_.record(tier, event, op, status, timings.phases if timings else None,
-                                    detail, operation=operation)
+                                    detail, operation=operation,
+                                    fence=lease.journal_fence() if lease is not None else None)
 
     def last_entry(self, tier: str) -> JournalEntry | None:
         return self.journal_.last(tier)
@@ -219,32 +227,47 @@ class FleetManager:
     def backend(self, tier: TierConfig) -> FleetBackend:
         return self.backends.for_tier(tier)
 
-    # -- locking ----------------------------------------------------------------------------
-    def _lock_path(self, tier: TierConfig) -> Path:
-        return Path(f"{self.ledger_path}.{tier.name}.fleet.lock")
+    def _act(self, tier: TierConfig) -> _Acting:
+        """The tier's backend for calls that start or stop billing, fenced by the lease."""
+        return _Acting(self.backend(tier), self.lease(tier))
+
+    # -- the tier's lease -------------------------------------------------------------------
+    def lease(self, tier: TierConfig) -> TierLease:
+        with self._leases_guard:
+            lease = self._leases.get(tier.name)
+            if lease is None:
+                lease = self._leases[tier.name] = TierLease(
+                    self.ledger_target, tier_lease_name(tier.name), self.holder,
+                    self.lease_clock, self.lease_ttl_ms)
+            return lease
 
     @contextmanager
     def tier_lock(self, tier: TierConfig) -> Iterator[None]:
-        """One fleet operation per tier at a time, across processes (CLI, daemon, gateway):
-        whoever comes second waits, then finds the work done instead of doing it twice.
-        Re-entrant within a thread."""
-        lock = _tier_lock(self._lock_path(tier).resolve())
-        lock.acquire()
+        """One fleet operation per tier at a time, across processes and hosts (CLI, daemons,
+        gateways): whoever comes second waits for the holder (``on_wait`` is told who it is),
+        then finds the work done instead of doing it twice. Re-entrant within a thread."""
+        lease = self.lease(tier)
+        lease.acquire(blocking=True, on_wait=self.on_wait)
         try:
             yield
         finally:
-            lock.release()
+            lease.release()
 
     @contextmanager
     def try_tier_lock(self, tier: TierConfig) -> Iterator[bool]:
-        """The tier's lock if nobody holds it (yields True), else yields False at once."""
-        lock = _tier_lock(self._lock_path(tier).resolve())
-        got = lock.acquire(blocking=False)
+        """The tier's lease if nobody holds it (yields True), else yields False at once."""
+        lease = self.lease(tier)
+        got = lease.acquire(blocking=False)
         try:
             yield got
         finally:
             if got:
-                lock.release()
+                lease.release()
+
+    def keepalive(self, tier: TierConfig) -> None:
+        """Renew the tier's lease if due, during a long wait on the clock (a drain, a spot
+        retry): :class:`LeaseLost` when another process has taken it."""
+        self.lease(tier).keepalive()
 
     # -- reading ----------------------------------------------------------------------------
     def status(self, tier: TierConfig) -> TierStatus:
@@ -302,7 +325,7 @@ class FleetManager:
                 self.journal(tier.name, "launched", op, st, detail=f"{capacity}; now {phase}")
             progress(phase, fraction, message)
 
-        status, timings = backend.up(tier, capacity, watch)
+        status, timings = self._act(tier).up(tier, capacity, watch)
         timings.phases["total"] = self.clock.monotonic() - start
         self.journal(tier.name, "ready", op, status, timings)
         return status
@@ -353,6 +376,11 @@ class FleetManager:
         if current.state == TierState.PROVISIONING and last is not None and \
                 last.event in UNFINISHED:
             return self.finish(tier, last, progress)
+        if current.state == TierState.PREEMPTED and last is not None and \
+                last.event in ("preempted", "fell_back"):
+            # the daemon already journalled this loss: carry on with its recovery (one spot
+            # loss is one `preempted` entry, whoever finds the tier gone first)
+            return self._up(tier, progress, op or last.operation_id, operation)
         op = op or new_op()
         if current.state == TierState.PREEMPTED:
             self.journal(tier.name, "preempted", op, current,
@@ -383,6 +411,7 @@ class FleetManager:
                         tier.capacity == "spot" or tier.spot_retry_minutes > 0):
                     progress("provisioning", None, f"no spot capacity; retrying ({exc.message})")
                     self.clock.sleep(SPOT_RETRY_SLEEP_S)
+                    self.keepalive(tier)
                     continue
                 self.journal(tier.name, "failed", op, detail=exc.message)
                 raise
@@ -400,12 +429,12 @@ class FleetManager:
         cannot list machines (SkyPilot: one cluster per tier) downs the tier instead."""
         backend = self.backend(tier)
         if not isinstance(backend, EnumeratesMachines):
-            backend.down(tier)
+            self._act(tier).down(tier)
             return []
         deleted = []
         for m in backend.machines(tier):
             if only is None or m.resource_id == only:
-                backend.delete_machine(tier, m.resource_id)
+                self._act(tier).delete_machine(tier, m.resource_id)
                 deleted.append(m.resource_id)
         return deleted
 
@@ -460,7 +489,7 @@ class FleetManager:
                         detail: str | None = None) -> TierStatus:
         self.journal(tier.name, "hibernating", op, current, detail=detail)
         try:
-            status, timings = self.backend(tier).hibernate(tier)
+            status, timings = self._act(tier).hibernate(tier)
         except SpotctlError as exc:
             self.journal(tier.name, "failed", op, detail=exc.message)
             raise
@@ -481,7 +510,7 @@ class FleetManager:
         self.journal(tier.name, "waking", op, operation=OP_WAKE)
         t0 = self.clock.monotonic()
         try:
-            status, timings = self.backend(tier).wake(tier, progress)
+            status, timings = self._act(tier).wake(tier, progress)
         except SpotctlError as exc:
             current = self.status(tier)
             if current.state in (TierState.ABSENT, TierState.PREEMPTED):
@@ -508,7 +537,7 @@ class FleetManager:
         backend = self.backend(tier)
         deleted = self._delete_tier_machines(tier) if isinstance(backend, EnumeratesMachines) \
             else []
-        status = backend.down(tier, delete_storage=delete_storage)
+        status = self._act(tier).down(tier, delete_storage=delete_storage)
         left = self.machines(tier)
         if left:
             raise FleetError(f"tier {tier.name!r}: {len(left)} machine(s) still listed after "
@@ -526,7 +555,7 @@ class FleetManager:
             report = self.orphans(tier)
             deleted = []
             for m in report.machines:
-                self.backend(tier).delete_machine(tier, m.resource_id)  # type: ignore[attr-defined]
+                self._act(tier).delete_machine(tier, m.resource_id)
                 self.journal(tier.name, "orphan_deleted", op, machine_status(tier, m),
                              detail=f"{m.name} ({m.state.value}) billed in no journal state",
                              operation=OP_ORPHANS)
@@ -561,7 +590,7 @@ class FleetManager:
             current = self.backend(tier).status(tier)
             if last.event == "hibernating":
                 if current.state != TierState.HIBERNATED:
-                    status, timings = self.backend(tier).hibernate(tier)
+                    status, timings = self._act(tier).hibernate(tier)
                     self.journal(tier.name, "hibernated", op, status, timings,
                                  detail="finished after a restart")
                     return status
@@ -573,7 +602,7 @@ class FleetManager:
                 self.journal(tier.name, end, op, current, detail="finished after a restart")
                 return current
             t0 = self.clock.monotonic()
-            status, timings = self.backend(tier).wake(tier, progress)
+            status, timings = self._act(tier).wake(tier, progress)
             timings.phases["total"] = self.clock.monotonic() - t0
             self.journal(tier.name, end, op, status, timings, detail="finished after a restart")
             return status
@@ -622,7 +651,7 @@ class FleetManager:
                 self.journal(tier.name, "restarting_engine", op, status)
                 t0 = self.clock.monotonic()
                 try:
-                    st = backend.restart_engine(tier)
+                    st = self._act(tier).restart_engine(tier)
                 except SpotctlError as exc:
                     self.journal(tier.name, "relaunching", op, status,
                                  detail=f"engine restart failed ({exc.message}): replacing "
@@ -669,7 +698,7 @@ class FleetManager:
                          detail=f"launching spot beside on-demand {current.resource_id}",
                          operation=OP_RETURN)
             try:
-                spot, timings = backend.up(tier, "spot", progress)
+                spot, timings = self._act(tier).up(tier, "spot", progress)
             except SpotctlError as exc:
                 gone = self._delete_spot_attempts(tier, backend, current.resource_id)
                 why = "no spot capacity" if no_spot(exc) else f"spot launch failed: {exc.message}"
@@ -687,7 +716,7 @@ class FleetManager:
                            on_demand_id: str | None, note: str | None = None) -> TierStatus:
         for m in backend.machines(tier):
             if m.resource_id == on_demand_id and m.resource_id != spot.resource_id:
-                backend.delete_machine(tier, m.resource_id)
+                self._act(tier).delete_machine(tier, m.resource_id)
         self.journal(tier.name, "returned_to_spot", op, spot, timings,
                      detail=f"released on-demand {on_demand_id}" + (f"; {note}" if note else ""))
         return spot
@@ -697,7 +726,7 @@ class FleetManager:
         gone = []
         for m in backend.machines(tier):
             if m.resource_id != keep:
-                backend.delete_machine(tier, m.resource_id)
+                self._act(tier).delete_machine(tier, m.resource_id)
                 gone.append(m.resource_id)
         return gone
 
@@ -716,11 +745,11 @@ class FleetManager:
             spot = max(serving, key=lambda m: m.created_ms or 0)
             for m in others:
                 if m.resource_id != spot.resource_id:
-                    backend.delete_machine(tier, m.resource_id)
+                    self._act(tier).delete_machine(tier, m.resource_id)
             return self._release_on_demand(tier, backend, op, machine_status(tier, spot), None,
                                            on_demand)
         for m in others:
-            backend.delete_machine(tier, m.resource_id)
+            self._act(tier).delete_machine(tier, m.resource_id)
         current = self.backend(tier).status(tier)
         gone = ", ".join(m.resource_id for m in others)
         self.journal(tier.name, "stayed_on_demand", op, current,

@@ -30,8 +30,13 @@ another process takes the lease once it has expired, so within one lease period.
 The bound: a provider API call cannot carry our token, so the guarantee for the cloud side is
 "no holder starts a launch/delete with less than ``min_left_ms`` of its lease left"; with
 ``min_left_ms`` above the longest launch/delete call, two holders never act on a tier at once.
-Lease times are the caller's clock (the one injectable clock), so hosts' clocks must agree to
-well within ``min_left_ms``.
+Lease times are the caller's; the fleet passes real time (:mod:`spotctl.fleet.lease`: a lease
+measures whether a process is alive), so hosts' clocks must agree to well within the lease.
+
+The fleet (:mod:`spotctl.fleet.lease`) renews instead of checking the time left: right before a
+provider call and inside every journal write it runs :func:`hold_lease`, which keeps a lease its
+holder still has (even one that lapsed but that nobody took) and raises :class:`LeaseLost` once
+another holder has taken it.
 """
 
 from __future__ import annotations
@@ -149,7 +154,15 @@ def new_holder_id() -> str:
 
 
 def tier_lease_name(tier: str) -> str:
+    """The lease of an operation on a tier (held by whoever acts on it: a daemon's step, the
+    CLI's ``up/hibernate/wake/down``, a gateway's wake)."""
     return f"fleet:{tier}"
+
+
+def daemon_lease_name(tier: str) -> str:
+    """The lease naming the one daemon that looks after a tier (its passes, probes, recoveries)
+    while several daemons run on one ledger; the others stand by."""
+    return f"daemon:{tier}"
 
 
 def acquire_lease(ledger: Ledger, name: str, holder: str, now_ms: int, ttl_ms: int
@@ -195,6 +208,33 @@ def release_lease(ledger: Ledger, lease: Lease, now_ms: int) -> bool:
                            "holder = ? AND expires_ms > ?",
                            (now_ms, lease.name, lease.token, lease.holder, now_ms))
         return cur.rowcount == 1
+
+
+def hold_lease(conn: Any, lease: Lease, now_ms: int, ttl_ms: int) -> Lease:
+    """Keep ``lease`` for ``ttl_ms`` more, inside the caller's write transaction ``conn``, or
+    raise :class:`LeaseLost` when another holder has taken it since.
+
+    A lease is its holder's until someone else *takes* it: one that lapsed (the holder was slow
+    to renew: a clock jump, a long pause) but that nobody took is renewed under the same token,
+    since no other holder can have acted in between (taking it changes the holder and the
+    token). This is the fence the fleet runs right before every provider call and inside every
+    journal write."""
+    cur = conn.execute(
+        "UPDATE leases SET expires_ms = CASE WHEN expires_ms > ? THEN expires_ms ELSE ? END "
+        "WHERE name = ? AND holder = ? AND token = ?",
+        (now_ms + ttl_ms, now_ms + ttl_ms, lease.name, lease.holder, lease.token))
+    if cur.rowcount != 1:
+        row = conn.execute("SELECT holder, token FROM leases WHERE name = ?",
+                           (lease.name,)).fetchone()
+        who = "nobody" if row is None else f"{row[0]} (token {row[1]})"
+        raise LeaseLost(f"lease {lease.name} lost: now held by {who}; not acting")
+    return Lease(lease.name, lease.holder, lease.token, max(lease.expires_ms, now_ms + ttl_ms))
+
+
+def keep_lease(ledger: Ledger, lease: Lease, now_ms: int, ttl_ms: int) -> Lease:
+    """:func:`hold_lease` in a transaction of its own (a renewal, a fence before a call)."""
+    with ledger.transaction() as conn:
+        return hold_lease(conn, lease, now_ms, ttl_ms)
 
 
 def current_lease(ledger: Ledger, name: str, now_ms: int) -> Lease | None:

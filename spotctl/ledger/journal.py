@@ -8,7 +8,9 @@ backend to come. Every write is one short transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from spotctl.ledger.db import Ledger
 
@@ -57,9 +59,13 @@ def _entry(row: tuple) -> FleetEntry:
 
 
 # -- the journal ------------------------------------------------------------------------------
-def append_fleet_event(ledger: Ledger, e: FleetEntry) -> int:
-    """Append one entry; returns its id."""
+def append_fleet_event(ledger: Ledger, e: FleetEntry, *,
+                       fence: Callable[[Any], None] | None = None) -> int:
+    """Append one entry; returns its id. ``fence(conn)`` runs first in the same transaction
+    (the tier lease's check: it raises, and nothing is written, when the lease was lost)."""
     with ledger.transaction() as conn:
+        if fence is not None:
+            fence(conn)
         row = conn.execute(
             "INSERT INTO fleet_events (ts_ms, tier, event, operation_id, operation, capacity, "
             "cloud, region, resource_id, endpoint, phases_json, detail, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -94,16 +94,4 @@ class UsageRecord:
     tokens_estimated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class FleetEvent:
-    ts_ms: int
-    tier: str
-    event: str
-    operation_id: str | None = None
-    capacity: str | None = None
-    cloud: str | None = None
-    region: str | None = None
-    resource_id: str | None = None
-    endpoint: str | None = None
-    phases: dict[str, float] = field(default_factory=dict)
-    detail: str | None = None
+# The fleet journal's row is spotctl.ledger.journal.FleetEntry (written by append_fleet_event).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -11,12 +10,11 @@ from spotctl.ledger.records import (
     Anomaly,
     BillingSample,
     CreditEvent,
-    FleetEvent,
     PollRecord,
 )
 from spotctl.ledger.usage import record_usage, touch_tiers  # moved to ledger/usage.py
 
-__all__ = ["record_fleet_event", "record_poll", "record_usage", "touch_tiers"]
+__all__ = ["record_poll", "record_usage", "touch_tiers"]
 
 _SAMPLE_SQL = """
 INSERT INTO billing_samples (
@@ -94,18 +92,6 @@ def record_poll(
               a.current_micros, a.detail) for a in anomalies],
         )
     return poll_id, inserted
-
-
-def record_fleet_event(ledger: Ledger, ev: FleetEvent) -> int:
-    with ledger.transaction() as conn:
-        cur = conn.execute(
-            "INSERT INTO fleet_events (ts_ms, tier, event, operation_id, capacity, cloud, region, "
-            "resource_id, endpoint, phases_json, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ev.ts_ms, ev.tier, ev.event, ev.operation_id, ev.capacity, ev.cloud, ev.region,
-             ev.resource_id, ev.endpoint,
-             json.dumps(ev.phases, sort_keys=True) if ev.phases else None, ev.detail),
-        )
-        return int(cur.lastrowid or 0)
 
 
 def _detect_decreases(conn: sqlite3.Connection, samples: Sequence[BillingSample]) -> list[Anomaly]:

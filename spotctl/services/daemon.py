@@ -4,69 +4,59 @@ capacity returns), probe engines and recover dead ones, hibernate idle tiers (ne
 open requests), finish any operation a previous process left half done, and report machines
 that bill for a tier in no journal state (orphans).
 
-Each pass takes each tier's lock (skipping a tier another process is operating on), gathers
-:class:`~spotctl.fleet.policy.Facts` from the journal, the gateways' activity, the backend and
-an engine probe *under that lock*, asks the pure :func:`~spotctl.fleet.policy.decide`, and takes
-at most one bounded step (one launch attempt, not a blocking retry loop) through
-:class:`~spotctl.fleet.manager.FleetManager`. State lives in the ledger and the backends only,
-so a restart at any moment resumes correctly. One daemon per ledger (:func:`daemon_lock`).
+Several daemons may run on one ledger (on one host or several, SQLite or PostgreSQL): each tier
+is looked after by one of them at a time, the holder of the tier's *daemon lease*
+(:func:`~spotctl.ledger.coordination.daemon_lease_name`), renewed every ttl/3 by a thread of its
+own (``[fleet] lease_ttl_s``); the others stand by, and one of them takes a tier over once its
+daemon stops renewing (killed, hung, cut off from the ledger), so within one lease period.
 
-Exit statuses of :func:`run_daemon`: 0 stopped by SIGTERM/SIGINT; 1 the billing thread died
-(:class:`DaemonDied`: the supervisor restarts the daemon); 2 another daemon holds the ledger
-(:class:`DaemonAlreadyRunning`). ``--once``: 1 when a fleet step failed, 4 when a billing poll
-failed.
+Each pass, for each tier it leads, the daemon takes the tier's *operation lease*
+(:mod:`spotctl.fleet.lease`; a tier the CLI or a gateway is operating on is skipped and retried
+when that lease ends), gathers :class:`~spotctl.fleet.policy.Facts` from the journal, the
+gateways' activity, the backend and an engine probe *under that lease*, asks the pure
+:func:`~spotctl.fleet.policy.decide`, and takes at most one bounded step (one launch attempt, not
+a blocking retry loop) through :class:`~spotctl.fleet.manager.FleetManager`. Every provider call
+and journal write of the step is fenced by the lease: a daemon whose lease was taken (it stalled
+past the lease period) stops acting on the tier with one log line
+(:class:`~spotctl.errors.LeaseLost`) and re-reads it under a new lease on its next pass. State
+lives in the ledger and the backends only, so a restart at any moment resumes correctly.
+
+Exit statuses of :func:`run_daemon`: 0 stopped by SIGTERM/SIGINT (its leases are released, so a
+standing-by daemon takes over at once); 1 the billing thread died (:class:`DaemonDied`: the
+supervisor restarts the daemon); 2 bad configuration. ``--once``: 1 when a fleet step failed, 4
+when a billing poll failed.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, TierConfig
-from spotctl.errors import SpotctlError, UsageError
+from spotctl.errors import LeaseLost, SpotctlError
 from spotctl.fleet.base import TierState, TierStatus
 from spotctl.fleet.journal import OP_RECOVER, SERVING, STARTED_SERVING, JournalEntry
 from spotctl.fleet.manager import FleetManager, new_op, tier_policy
 from spotctl.fleet.policy import Action, Decision, Facts, decide
+from spotctl.ledger.coordination import (
+    Lease,
+    acquire_lease,
+    current_lease,
+    daemon_lease_name,
+    release_lease,
+    tier_lease_name,
+)
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.journal import record_orphan
 
 SERVING_OR_FAILED = SERVING | {"failed"}
 
 
-class DaemonAlreadyRunning(UsageError):
-    """Another ``spotctl daemon`` holds this ledger's daemon lock (exit 2)."""
-
-
 class DaemonDied(SpotctlError):
     """A part of the daemon (the billing thread) died: the process exits 1 so that its
     supervisor (systemd ``Restart=always``) starts a fresh one."""
-
-
-@contextmanager
-def daemon_lock(ledger_path: Path) -> Iterator[None]:
-    """One daemon per ledger: two would each take the same decision and launch twice."""
-    path = Path(f"{ledger_path}.daemon.lock")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise DaemonAlreadyRunning(
-                f"another spotctl daemon already runs for {ledger_path} (pid {holder}); "
-                "one daemon per ledger") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @dataclass
@@ -90,6 +80,55 @@ class FleetDaemon:
         self.log = log
         self.manager = manager or FleetManager(cfg, clock)
         self._probe_failures: dict[str, tuple[int, str]] = {}
+        self.holder = self.manager.holder
+        self.ttl_ms = self.manager.lease_ttl_ms
+        self._leads: dict[str, Lease] = {}  # tier -> this daemon's daemon lease
+        self._next_try: dict[str, int] = {}  # tier -> when the keeper looks at its lease again
+        self._retry_at: dict[str, int] = {}  # tier -> when to retry a step a busy lease stopped
+        self._guard = threading.Lock()
+        self._kick = threading.Event()
+        self._kicked: set[str] = set()
+
+    # -- which daemon looks after a tier ----------------------------------------------------
+    def _lease_now(self) -> int:
+        return to_ms(self.manager.lease_clock.now())  # leases are real time (fleet/lease.py)
+
+    def lead(self, tier: TierConfig) -> tuple[Lease | None, Lease | None]:
+        """Take or keep this daemon's lead on the tier: ``(our lease, None)``, or ``(None, the
+        other daemon's)`` while another daemon leads it. A change is logged once."""
+        now = self._lease_now()
+        name = daemon_lease_name(tier.name)
+        with Ledger(self.manager.ledger_target) as led:
+            lease = acquire_lease(led, name, self.holder, now, self.ttl_ms)
+            other = None if lease is not None else current_lease(led, name, now)
+        with self._guard:
+            had = self._leads.get(tier.name)
+            if lease is not None:
+                self._leads[tier.name] = lease
+            else:
+                self._leads.pop(tier.name, None)
+        if lease is not None and had is None:
+            self.log(f"tier {tier.name}: this daemon ({self.holder}) acts on the tier now "
+                     f"(lease token {lease.token})")
+        elif lease is None and had is not None:
+            self.log(f"tier {tier.name}: lease lost to {other.holder if other else 'nobody'}; "
+                     "standing by")
+        return lease, other
+
+    def release_leads(self) -> None:
+        """Give up every tier this daemon leads (a clean stop: a standing-by daemon takes them
+        over at its next look instead of waiting out the lease)."""
+        with self._guard:
+            leads, self._leads = dict(self._leads), {}
+        if not leads:
+            return
+        try:
+            with Ledger(self.manager.ledger_target) as led:
+                for lease in leads.values():
+                    release_lease(led, lease, self._lease_now())
+        except SpotctlError as exc:
+            self.log(f"daemon: could not release its leases ({exc.message}); they expire "
+                     "on their own")
 
     # -- facts ------------------------------------------------------------------------------
     def facts(self, tier: TierConfig) -> tuple[Facts, TierStatus, JournalEntry | None]:
@@ -115,12 +154,36 @@ class FleetDaemon:
 
     # -- one tier ---------------------------------------------------------------------------
     def check_tier(self, tier: TierConfig) -> str:
-        """One pass over one tier under its lock; returns what was done (for the log)."""
+        """One pass over one tier, if this daemon leads it, under the tier's operation lease;
+        returns what was done (for the log)."""
+        lead, other = self.lead(tier)
+        if lead is None:
+            return (f"standing by: daemon {other.holder if other else '(unknown)'} acts on the "
+                    "tier")
         with self.manager.try_tier_lock(tier) as got:
             if not got:
-                return "another process is operating on the tier; next pass"
-            what = self._step(tier)
-            return what + self._report_orphans(tier)
+                busy = self._busy(tier)
+                return (f"another process ({busy.holder if busy else 'unknown'}) is operating "
+                        "on the tier; retried when it is done")
+            with self._guard:
+                self._retry_at.pop(tier.name, None)
+            try:
+                what = self._step(tier)
+                return what + self._report_orphans(tier)
+            except LeaseLost as exc:
+                self._probe_failures.pop(tier.name, None)
+                return (f"{exc.message}: stopped acting on the tier (it is read afresh under a "
+                        "new lease next time)")
+
+    def _busy(self, tier: TierConfig) -> Lease | None:
+        """Who holds the tier's operation lease; its step is retried when that lease ends."""
+        now = self._lease_now()
+        with Ledger(self.manager.ledger_target) as led:
+            busy = current_lease(led, tier_lease_name(tier.name), now)
+        with self._guard:
+            self._retry_at[tier.name] = min(busy.expires_ms if busy else now,
+                                            now + self.ttl_ms // 3)
+        return busy
 
     def _probed(self, tier: TierConfig, facts: Facts, status: TierStatus,
                 last: JournalEntry | None) -> Facts:
@@ -226,19 +289,24 @@ class FleetDaemon:
                             result.billing_errors.append(line)
 
     def run_once(self) -> PassResult:
-        """One pass: billing, then every tier; billing again if the fleet work took time."""
+        """One pass: billing, then every tier; billing again if the fleet work took time. The
+        tiers' leads are given up at the end (``daemon --once`` from cron)."""
         result = PassResult()
         self.poll_billing(result)
         before = self.clock.monotonic()
-        self.check_tiers(result)
+        try:
+            self.check_tiers(result)
+        finally:
+            self.release_leads()
         if self.clock.monotonic() - before >= 30:
             self.poll_billing(result)
         return result
 
-    def check_tiers(self, result: PassResult | None = None) -> PassResult:
+    def check_tiers(self, result: PassResult | None = None,
+                    only: set[str] | None = None) -> PassResult:
         result = result if result is not None else PassResult()
         for tier in sorted(self.cfg.tiers, key=lambda t: t.priority):
-            if not tier.fleet_managed:
+            if not tier.fleet_managed or (only is not None and tier.name not in only):
                 continue
             try:
                 what = self.check_tier(tier)
@@ -260,21 +328,80 @@ class FleetDaemon:
         billing = threading.Thread(target=self._billing_loop, args=(stop, run_daemon, died),
                                    name="billing", daemon=True)
         billing.start()
+        keeper = threading.Thread(target=self._keep_leases, args=(stop,), name="leases",
+                                  daemon=True)
+        keeper.start()
         interval_ms = self.cfg.billing.poll_interval_s * 1000
-        while not stop.is_set():
-            self.check_tiers()
-            now = to_ms(self.clock.now())
-            remaining = (interval_ms - now % interval_ms) / 1000
-            while remaining > 0 and not stop.is_set():
-                step = min(remaining, 0.5)
-                self.clock.sleep(step)
-                remaining -= step
+        only: set[str] | None = None
+        try:
+            while not stop.is_set():
+                self.check_tiers(only=only)
+                only = None
+                now = to_ms(self.clock.now())
+                remaining = (interval_ms - now % interval_ms) / 1000
+                while remaining > 0 and not stop.is_set():
+                    if self._kick.is_set():  # a tier taken over, or a busy one free again
+                        with self._guard:
+                            only, self._kicked = self._kicked, set()
+                            self._kick.clear()
+                        break
+                    step = min(remaining, 0.5)
+                    self.clock.sleep(step)
+                    remaining -= step
+        finally:
+            stop.set()
+            keeper.join(timeout=30)
+            self.release_leads()
         billing.join(timeout=30)
         if died:
             exc = died[0]
             raise DaemonDied(f"the billing thread died ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); exiting "
                              "so that the supervisor restarts the daemon")
+
+    def _keep_leases(self, stop: threading.Event) -> None:
+        """Renew this daemon's leads every ttl/3; try a tier another daemon leads when its
+        lease ends (so a dead daemon's tiers are taken over within one lease period) and kick
+        the main loop to act on a tier taken over, or on one whose busy operation lease ended.
+        Short real-time ticks; times are the clock's."""
+        from spotctl.fleet.lease import TICK_S
+
+        tiers = [t for t in self.cfg.tiers if t.fleet_managed]
+        while not stop.wait(TICK_S):
+            now = self._lease_now()
+            for tier in tiers:
+                with self._guard:
+                    due = self._next_try.get(tier.name, 0)
+                    retry = self._retry_at.get(tier.name)
+                    leading = tier.name in self._leads
+                if retry is not None and now >= retry and leading:
+                    with self._guard:
+                        self._retry_at.pop(tier.name, None)
+                    self._kick_tier(tier.name)
+                if now < due:
+                    continue
+                try:
+                    lease, other = self.lead(tier)
+                except Exception as exc:  # the ledger is unreachable: try again shortly
+                    with self._guard:
+                        self._next_try[tier.name] = now + min(1_000, self.ttl_ms // 3)
+                    if leading:
+                        self.log(f"tier {tier.name}: could not renew the lease ("
+                                 f"{type(exc).__name__}); retrying")
+                    continue
+                if lease is not None:
+                    nxt = now + self.ttl_ms // 3
+                    if not leading:
+                        self._kick_tier(tier.name)
+                else:
+                    nxt = min(other.expires_ms, now + self.ttl_ms // 3) if other else now
+                with self._guard:
+                    self._next_try[tier.name] = nxt
+
+    def _kick_tier(self, name: str) -> None:
+        with self._guard:
+            self._kicked.add(name)
+        self._kick.set()
 
     def _billing_loop(self, stop: threading.Event, run_daemon,
                       died: list[BaseException]) -> None:
@@ -293,20 +420,19 @@ class FleetDaemon:
 def run_daemon(cfg: Config, clock: Clock, log: Callable[[str], None], *, once: bool = False,
                stop: threading.Event | None = None) -> int:
     """``spotctl daemon [--once]``: returns the process exit status (see the module doc);
-    raises :class:`DaemonAlreadyRunning` / :class:`DaemonDied`."""
+    raises :class:`DaemonDied`."""
     from spotctl.errors import ExitCode
 
-    with daemon_lock(cfg.ledger_path):
-        d = FleetDaemon(cfg, clock, log)
-        if once:
-            result = d.run_once()
-            if result.fleet_errors:
-                return int(ExitCode.ERROR)
-            if result.billing_errors:
-                return int(ExitCode.OBSERVABILITY)
-            return int(ExitCode.OK)
-        stop = stop or threading.Event()
-        log(f"daemon: {len(cfg.tiers)} tier(s), {len(cfg.providers)} provider(s)")
-        d.run(stop)
-        log("daemon: stopped")
+    d = FleetDaemon(cfg, clock, log)
+    if once:
+        result = d.run_once()
+        if result.fleet_errors:
+            return int(ExitCode.ERROR)
+        if result.billing_errors:
+            return int(ExitCode.OBSERVABILITY)
         return int(ExitCode.OK)
+    stop = stop or threading.Event()
+    log(f"daemon {d.holder}: {len(cfg.tiers)} tier(s), {len(cfg.providers)} provider(s)")
+    d.run(stop)
+    log("daemon: stopped")
+    return int(ExitCode.OK)

@@ -15,6 +15,7 @@ from spotctl.clock import Clock, get_clock, parse_iso, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.errors import FleetError, SpotctlError, UsageError
 from spotctl.fleet.base import Progress, TierState, TierStatus, no_progress
+from spotctl.fleet.lease import Waiting
 from spotctl.fleet.manager import FleetManager, OrphanReport
 from spotctl.fleet.registry import Backends
 from spotctl.ledger.db import Ledger
@@ -24,10 +25,15 @@ from spotctl.money import usd_str
 
 
 def fleet_manager(cfg: Config, clock: Clock | None = None,
-                  backends: Backends | None = None) -> FleetManager:
-    """The fleet manager of a configuration, with its backends (built on first use)."""
+                  backends: Backends | None = None, on_wait: Waiting | None = None
+                  ) -> FleetManager:
+    """The fleet manager of a configuration, with its backends (built on first use).
+    ``on_wait`` is told, once per operation, who holds a tier's lease this one waits for (a
+    daemon or another host operating on the tier)."""
     clock = clock or get_clock()
-    return FleetManager(cfg, clock, backends or Backends(cfg, clock))
+    manager = FleetManager(cfg, clock, backends or Backends(cfg, clock))
+    manager.on_wait = on_wait
+    return manager
 
 
 def fleet_tier(cfg: Config, name: str) -> TierConfig:
@@ -40,8 +46,9 @@ def fleet_tier(cfg: Config, name: str) -> TierConfig:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def up(cfg: Config, name: str, progress: Progress = no_progress) -> TierStatus:
-    return fleet_manager(cfg).up(fleet_tier(cfg, name), progress)
+def up(cfg: Config, name: str, progress: Progress = no_progress,
+       on_wait: Waiting | None = None) -> TierStatus:
+    return fleet_manager(cfg, on_wait=on_wait).up(fleet_tier(cfg, name), progress)
 
 
 def dry_run(cfg: Config, name: str) -> str:
@@ -58,21 +65,23 @@ def dry_run_json(cfg: Config, name: str) -> dict:
     return as_json(fleet_tier(cfg, name), cfg)
 
 
-def hibernate(cfg: Config, name: str) -> TierStatus:
-    return fleet_manager(cfg).hibernate(fleet_tier(cfg, name))
+def hibernate(cfg: Config, name: str, on_wait: Waiting | None = None) -> TierStatus:
+    return fleet_manager(cfg, on_wait=on_wait).hibernate(fleet_tier(cfg, name))
 
 
-def wake(cfg: Config, name: str, progress: Progress = no_progress) -> TierStatus:
-    return fleet_manager(cfg).wake(fleet_tier(cfg, name), progress)
+def wake(cfg: Config, name: str, progress: Progress = no_progress,
+         on_wait: Waiting | None = None) -> TierStatus:
+    return fleet_manager(cfg, on_wait=on_wait).wake(fleet_tier(cfg, name), progress)
 
 
-def down(cfg: Config, name: str, delete_storage: bool = False) -> TierStatus:
-    return fleet_manager(cfg).down(fleet_tier(cfg, name), delete_storage)
+def down(cfg: Config, name: str, delete_storage: bool = False,
+         on_wait: Waiting | None = None) -> TierStatus:
+    return fleet_manager(cfg, on_wait=on_wait).down(fleet_tier(cfg, name), delete_storage)
 
 
-def delete_orphans(cfg: Config, name: str) -> OrphanReport:
+def delete_orphans(cfg: Config, name: str, on_wait: Waiting | None = None) -> OrphanReport:
     """``down TIER --orphans``: delete the tier's machines that bill in no journal state."""
-    report = fleet_manager(cfg).delete_orphans(fleet_tier(cfg, name))
+    report = fleet_manager(cfg, on_wait=on_wait).delete_orphans(fleet_tier(cfg, name))
     if not report.settled:
         raise FleetError(f"tier {name}: an operation is under way; its machines cannot be told "
                          "from orphans yet (try again once it has ended)")
@@ -140,7 +149,9 @@ def events(cfg: Config, tier: str | None = None, since: str | None = None) -> li
 class FleetRuntime:
     """The fleet as the gateway sees it (the gateway's ``TierRuntime`` Protocol): where a
     tier's engine is (through its SSH tunnel when it has one) and how to wake it. A wake that
-    finds the tier gone journals the preemption (issue 11 §11)."""
+    finds the tier gone journals the preemption (issue 11 §11). A wake runs under the tier's
+    lease like any fleet operation: while a daemon or another host operates on the tier, it
+    waits for it and then finds the tier serving (one machine, never a second)."""
 
     def __init__(self, cfg: Config, clock: Clock, manager: FleetManager | None = None) -> None:
         from spotctl.gateway import upstreams as up
