@@ -61,6 +61,10 @@ JSON = [(b"content-type", b"application/json")]
 CLOSE = (b"connection", b"close")
 DAY_MS = 86_400_000
 BUSY_PUBLISH_S = 0.25
+# The gate thread's connection waits at most this long for the ledger's write lock (its
+# heartbeat write, publish_tiers): under another writer's long lock, a 15 s wait per cycle
+# left the gate uncomputed, and open, for 15 s after billing went stale.
+GATE_BUSY_MS = 250
 
 
 class Gateway:
@@ -107,6 +111,7 @@ class Gateway:
         # connection another thread is using crashes the process (seen: a segfault in a read).
         self._gate_lock = threading.RLock()
         self._last_good: GateState | None = None  # the last gate computed from the ledger
+        self._last_good_mono = 0.0  # when, on the monotonic clock (a wall clock may step back)
         self._publish_error: str | None = None
 
     def _state_dir(self, what: str) -> Path:
@@ -172,11 +177,13 @@ class Gateway:
         try:
             if self._gate_ledger is None:
                 self._gate_ledger = Ledger(self.ledger_target)
+                self._gate_ledger.set_busy_timeout(GATE_BUSY_MS)
             led = self._gate_ledger
             keys = list_keys(led)
             self.keys.load(keys)
             self.gate = evaluate_gate(led, self.cfg, self.clock, watch=self.watch, keys=keys)
             self._last_good = self.gate
+            self._last_good_mono = self.clock.monotonic()
             events = latest_tier_events(led, list(self.board.tiers))
             self.board.draining = frozenset(t for t, ev in events.items() if ev == "draining")
         except Exception as exc:
@@ -186,7 +193,8 @@ class Gateway:
                 self._gate_ledger = None
             now = to_ms(self.clock.now())
             last = self._last_good
-            if last is not None and now - last.checked_ms <= self.cfg.billing.stale_after_s * 1000:
+            age_s = self.clock.monotonic() - self._last_good_mono
+            if last is not None and age_s <= self.cfg.billing.stale_after_s:
                 # a shared ledger restarting: serve from the last gate state for at most
                 # [billing] stale_after_s (the same staleness billing itself is allowed)
                 self.gate = last
@@ -209,6 +217,8 @@ class Gateway:
         try:
             if self._gate_ledger is None or final:
                 with Ledger(self.ledger_target) as led:
+                    if not final:
+                        led.set_busy_timeout(GATE_BUSY_MS)
                     publish_tiers(led, self.gateway_id, to_ms(self.clock.now()), tiers)
             else:
                 publish_tiers(self._gate_ledger, self.gateway_id, to_ms(self.clock.now()), tiers)

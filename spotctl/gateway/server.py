@@ -638,7 +638,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _stderr(msg: str) -> None:
-    print(f"gateway[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+    """One log line; never raises (a full disk refuses log lines too)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"gateway[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -34,7 +35,10 @@ def build_gateway(cfg: Config, clock: Clock | None = None,
 
 
 def _stderr_log(msg: str) -> None:
-    print(f"gateway[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+    """One log line; never raises: a full disk refuses log lines too, and a failed log write
+    must not kill the usage writer or the gate thread that called it (issue 11 §1)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"gateway[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
 def _build_in_worker(cfg: Config):
