@@ -20,12 +20,22 @@ exception or searches an error's text.
     │   ├── ProviderNotFound          the resource does not exist (any more)
     │   ├── ProviderBadState          the resource is in a state that forbids the call
     │   ├── ProviderUnavailable       unreachable, timed out, 429/5xx after the retries
+    │   │   ├── ProviderTimeout       no answer within the timeout
+    │   │   ├── ProviderUnreachable   the connection failed (DNS, refused, reset, TLS)
+    │   │   ├── ProviderRateLimited   429: ``retry_after_s`` is the provider's Retry-After
+    │   │   ├── ProviderServerError   5xx: ``retry_after_s`` as for 429
+    │   │   └── AmbiguousWrite        a state-changing call's outcome is unknown: read back
+    │   ├── ProviderRequestError      any other 4xx (bad request, unknown field, ...)
+    │   ├── ProviderMalformed         the answer is not the JSON the provider's API defines
+    │   │   └── GraphQLRejected       a GraphQL answer carrying ``errors`` (RunPod)
     │   └── NoSpotCapacity            spot capacity refused: worth retrying later, or on demand
     ├── FleetError                    a fleet operation failed (VM error, not ready in time, ...)
     │   └── LeaseLost                 this process no longer holds the tier's lease: do not act
     ├── ThresholdCrossed              exit 3: --fail-over, a closed budget, reconcile drift
     └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
 
+The HTTP mapping (status and transport failure → class) is in :mod:`spotctl.clients.http`.
+Classes with a ``kind`` name the poll outcome a failed billing poll records.
 ``spotctl.billing.base.BillingError`` is the poller's classification of one failed poll (its
 ``kind`` is stored as the poll outcome); it is a :class:`ProviderError`.
 """
@@ -33,6 +43,7 @@ exception or searches an error's text.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import ClassVar
 
 
 class ExitCode(IntEnum):
@@ -107,6 +118,47 @@ class ProviderBadState(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     pass
+
+
+class ProviderTimeout(ProviderUnavailable):
+    kind: ClassVar[str] = "timeout"
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    kind: ClassVar[str] = "unreachable"
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    kind: ClassVar[str] = "http_429"
+    retry_after_s: float | None = None  # what the provider's Retry-After asked for
+
+
+class ProviderServerError(ProviderUnavailable):
+    kind: ClassVar[str] = "http_5xx"
+    retry_after_s: float | None = None
+
+
+class AmbiguousWrite(ProviderUnavailable):
+    """A state-changing call whose outcome is unknown (timeout, connection lost, 5xx): it may
+    have happened. Never retried; the caller reads the state back."""
+
+    kind: ClassVar[str] = "unreachable"
+
+
+class ProviderRequestError(ProviderError):
+    """A 4xx the provider gave no more specific meaning to (bad request, unknown field...)."""
+
+    kind: ClassVar[str] = "http_4xx"
+
+
+class ProviderMalformed(ProviderError):
+    """The provider answered something that is not the JSON its API defines."""
+
+    kind: ClassVar[str] = "malformed"
+
+
+class GraphQLRejected(ProviderMalformed):
+    """A GraphQL answer with ``errors`` (RunPod's SDK raises QueryError: graphql.py:45-51)."""
 
 
 class NoSpotCapacity(ProviderError):

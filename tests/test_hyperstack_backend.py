@@ -168,7 +168,8 @@ def test_user_data_has_no_secret_but_the_engine_key_in_a_root_only_file(tmp_path
 def test_an_ambiguous_create_is_read_back_never_retried(localcloud, tmp_path, monkeypatch):
     """A create whose answer is lost (the VM exists): the backend finds it by reading back, and
     never sends the create twice."""
-    from spotctl.clients.http import HttpClient, ProviderTimeout
+    from spotctl.clients.http import HttpClient
+    from spotctl.errors import ProviderTimeout
 
     monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
     cfg = _cfg(localcloud, tmp_path)

@@ -22,10 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spotctl.billing.base import BillingError
-from spotctl.clients.http import outcome_kind
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, ProviderConfig
-from spotctl.errors import ConfigError, ExitCode, LedgerError, SpotctlError
+from spotctl.errors import (
+    AmbiguousWrite,
+    ConfigError,
+    ExitCode,
+    LedgerError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderMalformed,
+    ProviderQuotaError,
+    ProviderRateLimited,
+    ProviderServerError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    SpotctlError,
+)
 from spotctl.ledger.billing_reads import prior_state, record_poll_mapped
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import PollRecord
@@ -73,7 +87,18 @@ def classify(exc: SpotctlError) -> str:
         return "ledger"
     if isinstance(exc, ConfigError):
         return "config"
-    return outcome_kind(exc)
+    for cls, kind in _OUTCOMES:
+        if isinstance(exc, cls):
+            return kind
+    return "http_4xx" if isinstance(exc, ProviderError) else "error"
+
+
+# the first class an error is an instance of names its outcome (subclasses before their bases)
+_OUTCOMES: tuple[tuple[type[SpotctlError], str], ...] = (
+    (ProviderAuthError, "auth"), (ProviderTimeout, "timeout"), (ProviderRateLimited, "http_429"),
+    (ProviderServerError, "http_5xx"), (ProviderUnreachable, "unreachable"),
+    (AmbiguousWrite, "unreachable"), (ProviderMalformed, "malformed"),
+    (ProviderQuotaError, "http_4xx"), (ProviderUnavailable, "unreachable"))
 
 
 def poll_provider(prov: ProviderConfig, cfg: Config, ledger: Ledger, clock: Clock,

@@ -17,12 +17,11 @@ from spotctl.clients.bearer import (
     RUNPOD_ACCOUNT,
     RUNPOD_PODS,
     RUNPOD_UNVERIFIED,
-    GraphQLRejected,
     RunPodClient,
 )
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, ProviderConfig
-from spotctl.errors import ProviderUnavailable
+from spotctl.errors import GraphQLRejected, ProviderUnavailable
 from spotctl.ledger.records import BillingSample, CumulativeKind
 
 DEFAULT_BASE = "https://api.runpod.io"

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
-from spotctl.clients.http import Fetched, HttpClient, ProviderMalformed
+from spotctl.clients.http import Fetched, HttpClient
 from spotctl.clock import Clock
+from spotctl.errors import GraphQLRejected, ProviderMalformed
 
 # -- RunPod ------------------------------------------------------------------------------------
 RUNPOD_GRAPHQL = "https://api.runpod.io"
@@ -22,10 +23,6 @@ RUNPOD_PODS = "query { myself { pods { id name desiredStatus podType costPerHr }
 # Unverified fields (third-party clients only), in their own query: if RunPod removed one,
 # GraphQL rejects this whole document and only these extras are lost (defect D5).
 RUNPOD_UNVERIFIED = "query { myself { clientLifetimeSpend pods { id adjustedCostPerHr } } }"
-
-
-class GraphQLRejected(ProviderMalformed):
-    """A GraphQL answer with ``errors`` (RunPod's SDK raises QueryError: graphql.py:45-51)."""
 
 
 class RunPodClient:

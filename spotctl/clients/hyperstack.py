@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 
-from spotctl.clients.http import Fetched, HttpClient, ProviderMalformed, Sent
+from spotctl.clients.http import Fetched, HttpClient, Sent
 from spotctl.clock import Clock
-from spotctl.errors import ProviderError, ProviderQuotaError
+from spotctl.errors import ProviderError, ProviderMalformed, ProviderQuotaError
 
 DEFAULT_BASE = "https://infrahub-api.nexgencloud.com/v1"
 PAGE_SIZE = 100

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from spotctl.billing.base import TIER_LABEL_PREFIX, resource_name_for
-from spotctl.clients.http import AmbiguousWrite, Sent
+from spotctl.clients.http import Sent
 from spotctl.clients.hyperstack import Flavor, HyperstackClient, Vm, Volume
 from spotctl.clock import Clock
 from spotctl.config import Config, ProviderConfig, TierConfig
 from spotctl.engine.readiness import NotReady, wait_ready
 from spotctl.errors import (
+    AmbiguousWrite,
     ConfigError,
     ExitCode,
     FleetError,
