@@ -215,3 +215,41 @@ def test_preemption_then_fallback_keeps_the_same_volume_through_hibernate_and_wa
     assert [v.id for v in cloud.list_volumes()] == [vol.id]
     assert cloud.get_vm(int(st2.resource_id.split(":")[1])).volume_ids == [vol.id]
     assert (data / "marker").read_text() == "spot VM"
+
+
+def test_a_failed_hibernate_or_restore_is_read_back_never_retried():
+    from spotctl.clients.hyperstack import Vm
+    from spotctl.errors import AmbiguousWrite, ProviderBadState
+    from spotctl.fleet.hyperstack import _change_state
+
+    class Client:  # only the read-back: the call under test is passed in
+        def __init__(self, status):
+            self.status, self.reads = status, 0
+
+        def get_vm(self, vm_id):
+            self.reads += 1
+            return Vm.parse({"id": vm_id, "status": self.status})
+
+    vm = Vm.parse({"id": 7, "status": "ACTIVE"})
+    sent = []
+
+    def fails(exc):
+        def call(vm_id):
+            sent.append(vm_id)
+            raise exc
+        return call
+
+    # the outcome is unknown but the VM is hibernating: the change happened
+    c = Client("HIBERNATING")
+    got = _change_state(c, vm, fails(AmbiguousWrite("lost", provider="hyperstack")),
+                        ("HIBERNATING", "HIBERNATED"))
+    assert got.status == "HIBERNATING" and c.reads == 1 and sent == [7]
+    # refused and the VM did not change: the provider's error stands, sent once
+    c = Client("ACTIVE")
+    with pytest.raises(ProviderBadState):
+        _change_state(c, vm, fails(ProviderBadState("409", provider="hyperstack")),
+                      ("HIBERNATING", "HIBERNATED"))
+    assert sent == [7, 7] and c.reads == 1
+    # it worked: no read back, the VM as it was
+    c = Client("ACTIVE")
+    assert _change_state(c, vm, sent.append, ("RESTORING", "ACTIVE")) is vm and c.reads == 0
