@@ -36,7 +36,7 @@ from spotctl.billing.base import (
     rate_check,
     tier_for_resource,
 )
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clients.hyperstack import DEFAULT_BASE, HyperstackClient
 from spotctl.clock import Clock, parse_iso, to_ms
 from spotctl.config import Config, ProviderConfig

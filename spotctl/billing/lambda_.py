@@ -12,7 +12,7 @@ closed. Each running total is an *estimate* (listed price × minutes, never invo
 from __future__ import annotations
 
 from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
-from spotctl.billing.http import need
+from spotctl.billing.parse import need
 from spotctl.clients.bearer import LambdaClient
 from spotctl.clock import to_ms
 from spotctl.ledger.records import BillingSample, CumulativeKind

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from spotctl.billing.balance import advance
 from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clients.bearer import (
     RUNPOD_ACCOUNT,
     RUNPOD_PODS,

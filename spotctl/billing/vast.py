@@ -22,7 +22,7 @@ from spotctl.billing.base import (
     PriorState,
     tier_for_resource,
 )
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clients.bearer import VastClient
 from spotctl.clock import to_ms
 from spotctl.ledger.records import BillingSample, CreditEvent, CumulativeKind
