@@ -35,7 +35,9 @@ exception or searches an error's text.
     └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
 
 The HTTP mapping (status and transport failure → class) is in :mod:`spotctl.clients.http`.
-Classes with a ``kind`` name the poll outcome a failed billing poll records.
+Every :class:`ProviderError` names in ``kind`` the outcome a billing poll that failed with it
+records (``billing_polls.outcome``: auth, timeout, unreachable, http_429, http_5xx, http_4xx,
+malformed); a subclass without its own inherits its base's.
 ``spotctl.billing.base.BillingError`` is the poller's classification of one failed poll (its
 ``kind`` is stored as the poll outcome); it is a :class:`ProviderError`.
 """
@@ -43,7 +45,6 @@ Classes with a ``kind`` name the poll outcome a failed billing poll records.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import ClassVar
 
 
 class ExitCode(IntEnum):
@@ -89,9 +90,11 @@ class LedgerUnavailable(LedgerError):
 
 
 class ProviderError(SpotctlError):
-    """A provider API call failed. ``provider`` is the configured provider's name (or kind)."""
+    """A provider API call failed. ``provider`` is the configured provider's name (or kind).
+    ``kind``: the outcome a billing poll that failed with this error records."""
 
     exit_code = ExitCode.ERROR
+    kind = "http_4xx"
 
     def __init__(self, message: str, exit_code: ExitCode | None = None, *,
                  provider: str | None = None, status: int | None = None) -> None:
@@ -102,6 +105,7 @@ class ProviderError(SpotctlError):
 
 class ProviderAuthError(ProviderError):
     exit_code = ExitCode.USAGE
+    kind = "auth"
 
 
 class ProviderQuotaError(ProviderError):
@@ -117,24 +121,24 @@ class ProviderBadState(ProviderError):
 
 
 class ProviderUnavailable(ProviderError):
-    pass
+    kind = "unreachable"
 
 
 class ProviderTimeout(ProviderUnavailable):
-    kind: ClassVar[str] = "timeout"
+    kind = "timeout"
 
 
 class ProviderUnreachable(ProviderUnavailable):
-    kind: ClassVar[str] = "unreachable"
+    kind = "unreachable"
 
 
 class ProviderRateLimited(ProviderUnavailable):
-    kind: ClassVar[str] = "http_429"
+    kind = "http_429"
     retry_after_s: float | None = None  # what the provider's Retry-After asked for
 
 
 class ProviderServerError(ProviderUnavailable):
-    kind: ClassVar[str] = "http_5xx"
+    kind = "http_5xx"
     retry_after_s: float | None = None
 
 
@@ -142,19 +146,19 @@ class AmbiguousWrite(ProviderUnavailable):
     """A state-changing call whose outcome is unknown (timeout, connection lost, 5xx): it may
     have happened. Never retried; the caller reads the state back."""
 
-    kind: ClassVar[str] = "unreachable"
+    kind = "unreachable"
 
 
 class ProviderRequestError(ProviderError):
     """A 4xx the provider gave no more specific meaning to (bad request, unknown field...)."""
 
-    kind: ClassVar[str] = "http_4xx"
+    kind = "http_4xx"
 
 
 class ProviderMalformed(ProviderError):
     """The provider answered something that is not the JSON its API defines."""
 
-    kind: ClassVar[str] = "malformed"
+    kind = "malformed"
 
 
 class GraphQLRejected(ProviderMalformed):

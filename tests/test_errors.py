@@ -58,3 +58,23 @@ def test_the_http_layer_raises_the_tree_and_defines_no_error_class_of_its_own():
         own = [name for name, c in inspect.getmembers(mod, inspect.isclass)
                if issubclass(c, BaseException) and c.__module__ == mod.__name__]
         assert own == [], mod.__name__
+
+
+def test_each_provider_error_names_its_poll_outcome():
+    import spotctl.errors as e
+    from spotctl.billing.poller import classify
+
+    expected = {  # what billing_polls.outcome has always recorded for each
+        e.ProviderError: "http_4xx", e.ProviderAuthError: "auth", e.ProviderQuotaError: "http_4xx",
+        e.ProviderNotFound: "http_4xx", e.ProviderBadState: "http_4xx",
+        e.ProviderUnavailable: "unreachable", e.ProviderTimeout: "timeout",
+        e.ProviderUnreachable: "unreachable", e.ProviderRateLimited: "http_429",
+        e.ProviderServerError: "http_5xx", e.AmbiguousWrite: "unreachable",
+        e.ProviderRequestError: "http_4xx", e.ProviderMalformed: "malformed",
+        e.GraphQLRejected: "malformed", e.NoSpotCapacity: "http_4xx",
+        e.LedgerError: "ledger", e.LedgerUnavailable: "ledger", e.ConfigError: "config",
+        e.SpotctlError: "error", e.FleetError: "error", e.UsageError: "error",
+    }
+    assert {cls: classify(cls("x")) for cls in expected} == expected
+    assert classify(BillingError("unsupported", "not credit-only")) == "unsupported"
+    assert all(k in BillingError.KINDS for k in expected.values() if k != "error")

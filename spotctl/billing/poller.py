@@ -19,23 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotctl.billing.base import BillingError
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, ProviderConfig
 from spotctl.errors import (
-    AmbiguousWrite,
     ConfigError,
     ExitCode,
     LedgerError,
-    ProviderAuthError,
     ProviderError,
-    ProviderMalformed,
-    ProviderQuotaError,
-    ProviderRateLimited,
-    ProviderServerError,
-    ProviderTimeout,
-    ProviderUnavailable,
-    ProviderUnreachable,
     SpotctlError,
 )
 from spotctl.ledger.billing_reads import prior_state, record_poll_mapped
@@ -66,25 +56,15 @@ def poll_lock(ledger_path: Path, wait_s: float = LOCK_WAIT_S):
 
 
 def classify(exc: SpotctlError) -> str:
-    """A failed poll's outcome class (``billing_polls.outcome``)."""
-    if isinstance(exc, BillingError):
-        return exc.kind
+    """A failed poll's outcome class (``billing_polls.outcome``). A provider error names its
+    own in ``kind`` (see :mod:`spotctl.errors`); a ``BillingError`` carries the adapter's."""
     if isinstance(exc, LedgerError):
         return "ledger"
     if isinstance(exc, ConfigError):
         return "config"
-    for cls, kind in _OUTCOMES:
-        if isinstance(exc, cls):
-            return kind
-    return "http_4xx" if isinstance(exc, ProviderError) else "error"
-
-
-# the first class an error is an instance of names its outcome (subclasses before their bases)
-_OUTCOMES: tuple[tuple[type[SpotctlError], str], ...] = (
-    (ProviderAuthError, "auth"), (ProviderTimeout, "timeout"), (ProviderRateLimited, "http_429"),
-    (ProviderServerError, "http_5xx"), (ProviderUnreachable, "unreachable"),
-    (AmbiguousWrite, "unreachable"), (ProviderMalformed, "malformed"),
-    (ProviderQuotaError, "http_4xx"), (ProviderUnavailable, "unreachable"))
+    if isinstance(exc, ProviderError):
+        return exc.kind
+    return "error"
 
 
 def poll_provider(prov: ProviderConfig, cfg: Config, ledger: Ledger, clock: Clock,
