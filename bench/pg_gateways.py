@@ -80,19 +80,6 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
 
 
-def _wait(url: str) -> None:
-    import httpx
-
-    for _ in range(400):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
 def drive(bases: list[str], key: str, seconds: float, clients: int) -> dict:
     procs = [subprocess.Popen([PY, __file__, "--client", b, key, str(seconds), str(clients)],
                               stdout=subprocess.PIPE, text=True) for b in bases]
@@ -109,7 +96,7 @@ def drive(bases: list[str], key: str, seconds: float, clients: int) -> dict:
 
 
 def run_backend(name: str, ledger_toml: str, engine_url: str, args, work: Path) -> dict:
-    from spotctl.localcloud.engines import free_port
+    from spotctl.testing import free_port, wait_http
 
     env = {**os.environ}
     env.pop("SPOTCTL_CLOCK", None)
@@ -129,7 +116,7 @@ def run_backend(name: str, ledger_toml: str, engine_url: str, args, work: Path) 
                             stderr=subprocess.DEVNULL) for c in cfgs]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
     for b in bases:
-        _wait(f"{b}/readyz")
+        wait_http(f"{b}/readyz", ready=lambda status: status == 200)
     since = datetime.now(UTC)
     res = drive(bases, key, args.seconds, args.clients)
     for gw in gws:
@@ -165,17 +152,12 @@ def main(argv: list[str] | None = None) -> None:
         client_main(base, key, float(seconds), int(clients))
         return
     from bench.pg_common import running_postgres
-    from spotctl.localcloud.engines import free_port
+    from spotctl.testing import running_engine
 
     work = Path(tempfile.mkdtemp(prefix="spotctl-pg-gw-"))
-    eport = free_port()
-    engine = subprocess.Popen([PY, "-m", "spotctl.engine.builtin", "--port", str(eport),
-                               "--model", "load", "--ttft-ms", "20", "--tokens-per-s", "400"],
-                              stdout=subprocess.PIPE, text=True)
-    engine.stdout.readline()
-    engine_url = f"http://127.0.0.1:{eport}"
     results: dict[str, dict] = {}
-    try:
+    with running_engine("load", ttft_ms=20, tokens_per_s=400) as engine:
+        engine_url = engine.url
         results["engine direct"] = drive([engine_url] * args.gateways, "none", args.seconds,
                                          args.clients)
         results["sqlite"] = run_backend("sqlite", f'[ledger]\npath = "{work / "spotctl.db"}"\n',
@@ -184,9 +166,6 @@ def main(argv: list[str] | None = None) -> None:
             url = pg.url(pg.create_database())
             results["postgresql"] = run_backend("postgresql", f'[ledger]\nurl = "{url}"\n',
                                                 engine_url, args, work)
-    finally:
-        engine.terminate()
-        engine.wait(30)
     print(f"{args.gateways} gateways x {args.clients} streaming clients, {args.seconds:.0f} s "
           "each, one built-in engine (ttft 20 ms, 400 tok/s, max_tokens 32)")
     print("| run | requests ok | errors | usage rows | engine tokens | ledger tokens | "

@@ -81,25 +81,19 @@ def main(argv: list[str] | None = None) -> None:
         b, k, s, c = args.client
         client_main(b, k, float(s), int(c))
         return
-    import httpx
-
     from bench.pg_common import running_postgres
     from spotctl.clock import SystemClock
     from spotctl.ledger.db import Ledger
-    from spotctl.localcloud.engines import free_port
     from spotctl.localcloud.runner import serve_in_thread
+    from spotctl.testing import free_port, running_engine, wait_http
 
     work = Path(tempfile.mkdtemp(prefix="spotctl-pg-over-"))
     lc = serve_in_thread(SystemClock(), "lc-key", dark_hang_s=5)
     lc.cloud.create_vm("spotctl-x", "n3-H100x1")
-    eport = free_port()
-    engine = subprocess.Popen([PY, "-m", "spotctl.engine.builtin", "--port", str(eport),
-                               "--model", "load", "--ttft-ms", "10", "--tokens-per-s", "800"],
-                              stdout=subprocess.PIPE, text=True)
-    engine.stdout.readline()
     procs: list[subprocess.Popen] = []
     try:
-        with running_postgres() as pg:
+        with running_engine("load", ttft_ms=10, tokens_per_s=800) as engine, \
+                running_postgres() as pg:
             env = {**os.environ, "LC_KEY": "lc-key"}  # PGPASSFILE is set now
             env.pop("SPOTCTL_CLOCK", None)
             url = pg.url(pg.create_database())
@@ -111,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                     f'[ledger]\nurl = "{url}"\n[billing]\npoll_interval_s = 5\n'
                     f'[[providers]]\nname = "lc"\nkind = "localcloud"\napi_key_env = "LC_KEY"\n'
                     f'base_url = "{lc.base_url}"\n[[tiers]]\nname = "load"\nmodel = "load"\n'
-                    f'endpoint = "http://127.0.0.1:{eport}"\nprovider = "lc"\n'
+                    f'endpoint = "{engine.url}"\nprovider = "lc"\n'
                     f'[gateway]\nlisten = "127.0.0.1:{port}"\nspool_dir = "{work / f"s{g}"}"\n')
                 cfgs.append(cfg)
                 bases.append(f"http://127.0.0.1:{port}")
@@ -126,15 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                 procs.append(subprocess.Popen([PY, "-m", "spotctl", "--config", str(c),
                                                "gateway"], env=env, stderr=subprocess.DEVNULL))
             for b in bases:
-                for _ in range(600):
-                    try:
-                        if httpx.get(f"{b}/readyz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.05)
-                else:
-                    raise SystemExit(f"{b} never became ready")
+                wait_http(f"{b}/readyz", timeout_s=60, ready=lambda status: status == 200)
             clients = [subprocess.Popen([PY, __file__, "--client", b, key, str(args.seconds),
                                          str(args.clients)], stdout=subprocess.PIPE, text=True)
                        for b in bases]
@@ -148,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
             p.terminate()
         for p in procs:
             p.wait(60)
-        engine.terminate()
         lc.stop()
     print(f"{args.gateways} gateways x {args.clients} clients of one key, gate_cache_s 2 "
           "(default), budget step at t*")

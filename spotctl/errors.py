@@ -20,12 +20,24 @@ exception or searches an error's text.
     │   ├── ProviderNotFound          the resource does not exist (any more)
     │   ├── ProviderBadState          the resource is in a state that forbids the call
     │   ├── ProviderUnavailable       unreachable, timed out, 429/5xx after the retries
+    │   │   ├── ProviderTimeout       no answer within the timeout
+    │   │   ├── ProviderUnreachable   the connection failed (DNS, refused, reset, TLS)
+    │   │   ├── ProviderRateLimited   429: ``retry_after_s`` is the provider's Retry-After
+    │   │   ├── ProviderServerError   5xx: ``retry_after_s`` as for 429
+    │   │   └── AmbiguousWrite        a state-changing call's outcome is unknown: read back
+    │   ├── ProviderRequestError      any other 4xx (bad request, unknown field, ...)
+    │   ├── ProviderMalformed         the answer is not the JSON the provider's API defines
+    │   │   └── GraphQLRejected       a GraphQL answer carrying ``errors`` (RunPod)
     │   └── NoSpotCapacity            spot capacity refused: worth retrying later, or on demand
     ├── FleetError                    a fleet operation failed (VM error, not ready in time, ...)
     │   └── LeaseLost                 this process no longer holds the tier's lease: do not act
     ├── ThresholdCrossed              exit 3: --fail-over, a closed budget, reconcile drift
     └── ObservabilityLost             exit 4: billing stale/failing, --fail-stale
 
+The HTTP mapping (status and transport failure → class) is in :mod:`spotctl.clients.http`.
+Every :class:`ProviderError` names in ``kind`` the outcome a billing poll that failed with it
+records (``billing_polls.outcome``: auth, timeout, unreachable, http_429, http_5xx, http_4xx,
+malformed); a subclass without its own inherits its base's.
 ``spotctl.billing.base.BillingError`` is the poller's classification of one failed poll (its
 ``kind`` is stored as the poll outcome); it is a :class:`ProviderError`.
 """
@@ -78,9 +90,11 @@ class LedgerUnavailable(LedgerError):
 
 
 class ProviderError(SpotctlError):
-    """A provider API call failed. ``provider`` is the configured provider's name (or kind)."""
+    """A provider API call failed. ``provider`` is the configured provider's name (or kind).
+    ``kind``: the outcome a billing poll that failed with this error records."""
 
     exit_code = ExitCode.ERROR
+    kind = "http_4xx"
 
     def __init__(self, message: str, exit_code: ExitCode | None = None, *,
                  provider: str | None = None, status: int | None = None) -> None:
@@ -91,6 +105,7 @@ class ProviderError(SpotctlError):
 
 class ProviderAuthError(ProviderError):
     exit_code = ExitCode.USAGE
+    kind = "auth"
 
 
 class ProviderQuotaError(ProviderError):
@@ -106,7 +121,48 @@ class ProviderBadState(ProviderError):
 
 
 class ProviderUnavailable(ProviderError):
-    pass
+    kind = "unreachable"
+
+
+class ProviderTimeout(ProviderUnavailable):
+    kind = "timeout"
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    kind = "unreachable"
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    kind = "http_429"
+    retry_after_s: float | None = None  # what the provider's Retry-After asked for
+
+
+class ProviderServerError(ProviderUnavailable):
+    kind = "http_5xx"
+    retry_after_s: float | None = None
+
+
+class AmbiguousWrite(ProviderUnavailable):
+    """A state-changing call whose outcome is unknown (timeout, connection lost, 5xx): it may
+    have happened. Never retried; the caller reads the state back."""
+
+    kind = "unreachable"
+
+
+class ProviderRequestError(ProviderError):
+    """A 4xx the provider gave no more specific meaning to (bad request, unknown field...)."""
+
+    kind = "http_4xx"
+
+
+class ProviderMalformed(ProviderError):
+    """The provider answered something that is not the JSON its API defines."""
+
+    kind = "malformed"
+
+
+class GraphQLRejected(ProviderMalformed):
+    """A GraphQL answer with ``errors`` (RunPod's SDK raises QueryError: graphql.py:45-51)."""
 
 
 class NoSpotCapacity(ProviderError):

@@ -174,10 +174,12 @@ def start_reaper(server: PgServer, parent: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL server for the session; its password reaches clients via PGPASSFILE."""
-    parent = Path(tempfile.mkdtemp(prefix="spotctl-pg-"))
+@contextlib.contextmanager
+def running_postgres(prefix: str = "spotctl-pg-") -> Iterator[PgServer]:
+    """A server for the ``with`` block (the session fixture below; the benches through
+    bench/pg_common.py): its password reaches clients via PGPASSFILE (PGPASSWORD is unset
+    meanwhile, both restored after); always stopped, by a reaper even if this process dies."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(parent, 0o755)  # the service user walks into its own directory below
     server = _start_server(parent / "pg")
     reaper = start_reaper(server, parent)
@@ -202,6 +204,13 @@ def pg_server() -> Iterator[PgServer]:
             else:
                 os.environ[k] = v
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session; its password reaches clients via PGPASSFILE."""
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,9 +1,21 @@
-"""Test helpers for the fleet: a backend wrapper that dies at a chosen step (as a process killed
-with -9 would: nothing after that point runs, the provider keeps what it was asked for)."""
+"""Test helpers for the fleet: a local-cloud config on disk, and a backend wrapper that dies at
+a chosen step (as a process killed with -9 would: nothing after that point runs, the provider
+keeps what it was asked for)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from spotctl.config import Config, parse_config
 from spotctl.fleet.base import Machine, PhaseTimings, Progress, TierStatus, no_progress
+
+
+def lc_config(lc, path: Path, extra: str = "") -> Config:
+    """The local cloud ``lc``'s config plus ``extra`` TOML (tiers, sections), written to
+    ``path`` (commands and daemons read the file) and parsed."""
+    text = lc.config_toml(extra=extra)
+    path.write_text(text)
+    return parse_config(text, path)
 
 
 class Killed(BaseException):

@@ -157,3 +157,20 @@ def test_the_daemon_survives_an_unexpected_error(localcloud, tmp_path, monkeypat
     with Ledger(cfg.ledger_target) as led:
         run_daemon(cfg, led, localcloud.clock, stop, log=log)
     assert "RuntimeError" in lines[0] and any("ok," in ln for ln in lines)
+
+
+def test_overlapping_one_shot_runs_take_turns_on_one_lock(tmp_path):
+    # poll_lock (whole run) and poll_slot (per provider, SQLite) share one lock file
+    from spotctl.billing.poller import poll_lock
+    from spotctl.errors import ExitCode, SpotctlError
+    from spotctl.ledger.coordination import file_lock, poll_lock_path
+
+    ledger_path = tmp_path / "ledger.db"
+    with poll_lock(ledger_path):
+        with pytest.raises(SpotctlError) as info, poll_lock(ledger_path, wait_s=0.2):
+            pass
+        assert info.value.exit_code == ExitCode.OK and "holds the lock" in info.value.message
+        with file_lock(poll_lock_path(ledger_path), 0.2) as got:
+            assert got is False
+    with poll_lock(ledger_path, wait_s=0.2):  # released: the next run gets it at once
+        pass

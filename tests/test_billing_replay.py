@@ -55,6 +55,13 @@ def _polls(cfg, clock, led, replay, n=3, step=60.0):
     return out
 
 
+def _polled_spend(cfg, clock, led, replay, n=3, step=60.0):
+    """``n`` polls, then the spend over all of them (from just before the first)."""
+    start = to_ms(clock.now()) - 1
+    outcomes = _polls(cfg, clock, led, replay, n, step)
+    return outcomes, spend_between(led, start, to_ms(clock.now()), cfg)
+
+
 def _runpod(lifetime: bool):
     """RunPod by GraphQL document: account, pods, and the unverified extras (rejected as a
     whole, as GraphQL does, when the field does not exist)."""
@@ -86,10 +93,9 @@ def test_runpod_lifetime_spend_is_the_account_running_total(tmp_path, monkeypatc
     replay = Replay(_runpod(lifetime=True))
     cfg = _cfg(tmp_path, monkeypatch, "runpod")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        assert all(o.ok for o in _polls(cfg, clock, led, replay))
-        spend = spend_between(led, start, to_ms(clock.now()), cfg)
+        outcomes, spend = _polled_spend(cfg, clock, led, replay)
+        assert all(o.ok for o in outcomes)
         tiers = {t for (t,) in led.conn.execute("SELECT DISTINCT tier FROM billing_samples")}
         spot = led.conn.execute("SELECT spot FROM billing_samples WHERE resource_id = "
                                 "'pod:xedezhzb9la3ye' LIMIT 1").fetchone()[0]
@@ -104,10 +110,9 @@ def test_runpod_without_lifetime_spend_still_polls_from_the_balance(tmp_path, mo
     replay = Replay(_runpod(lifetime=False))
     cfg = _cfg(tmp_path, monkeypatch, "runpod")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        assert all(o.ok for o in _polls(cfg, clock, led, replay))
-        spend = spend_between(led, start, to_ms(clock.now()), cfg)
+        outcomes, spend = _polled_spend(cfg, clock, led, replay)
+        assert all(o.ok for o in outcomes)
         credits = led.conn.execute("SELECT amount_micros, confirmed FROM credit_events"
                                    ).fetchall()
     # t0 -> t1: balance fell 0.0456 (spend); t1 -> t2: a top-up with no credit feed: the rise
@@ -206,10 +211,8 @@ def test_vast_account_not_credit_only_is_unknown_not_zero(tmp_path, monkeypatch)
     replay = Replay(_vast([user], [{"": {"results": [], "next_token": None}}]))
     cfg = _cfg(tmp_path, monkeypatch, "vast")
     clock = ManualClock(datetime.fromtimestamp(1791219000, UTC))
-    start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        outcomes = _polls(cfg, clock, led, replay, n=3)
-        spend = spend_between(led, start, to_ms(clock.now()), cfg)
+        outcomes, spend = _polled_spend(cfg, clock, led, replay, n=3)
     assert {(o.ok, o.kind) for o in outcomes} == {(False, "unsupported")}
     assert not spend.complete and spend.status != "ok"
 
@@ -232,10 +235,8 @@ def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_pat
     replay = Replay(answer)
     cfg = _cfg(tmp_path, monkeypatch, "lambda")
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    start = to_ms(clock.now()) - 1
     with Ledger(cfg.ledger_path) as led:
-        _polls(cfg, clock, led, replay, n=6, step=600)
-        spend = spend_between(led, start, to_ms(clock.now()), cfg)
+        _, spend = _polled_spend(cfg, clock, led, replay, n=6, step=600)
         rows = led.conn.execute("SELECT state, cumulative_micros FROM billing_samples "
                                 "ORDER BY observed_ms").fetchall()
     assert spend.micros == 0  # nothing invoice-true is known

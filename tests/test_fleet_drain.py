@@ -12,23 +12,19 @@ from __future__ import annotations
 import threading
 
 from spotctl.clock import to_ms
-from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.usage import publish_tiers
 from spotctl.services.daemon import FleetDaemon
-from tests.fleet_helpers import live_vms
+from tests.fleet_helpers import lc_config, live_vms
 
 
 def _cfg(lc, tmp_path, drain_s: int = 120):
-    text = lc.config_toml(extra=(
+    return lc_config(lc, tmp_path / "spotctl.toml", (
         '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "spot-first"\nspot_retry_minutes = 3\nidle_minutes = 10\n'
         f'flavor = "n3-A100x1"\n[fleet]\ndrain_timeout_s = {drain_s}\n'))
-    path = tmp_path / "spotctl.toml"
-    path.write_text(text)
-    return parse_config(text, path)
 
 
 def _publish(cfg, clock, in_flight: int, last_ms: int | None, gateway: str = "gw-1") -> None:

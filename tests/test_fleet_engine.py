@@ -11,23 +11,19 @@ import signal
 
 import httpx
 
-from spotctl.config import parse_config
 from spotctl.fleet.base import TierState, TierStatus
 from spotctl.fleet.localcloud import LocalCloudBackend
 from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
 from spotctl.services.daemon import FleetDaemon
-from tests.fleet_helpers import CrashingBackend, live_vms, signal_engine
+from tests.fleet_helpers import CrashingBackend, lc_config, live_vms, signal_engine
 
 
 def _cfg(lc, tmp_path):
-    text = lc.config_toml(extra=(
+    return lc_config(lc, tmp_path / "spotctl.toml", (
         '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "spot-first"\nspot_retry_minutes = 3\nidle_minutes = 0\n'
         'flavor = "n3-A100x1"\n[fleet]\nprobe_failures = 3\nprobe_timeout_s = 0.5\n'))
-    path = tmp_path / "spotctl.toml"
-    path.write_text(text)
-    return parse_config(text, path)
 
 
 def _events(cfg) -> list[tuple[str, str | None]]:

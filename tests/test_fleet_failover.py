@@ -10,26 +10,23 @@ import threading
 
 import openai
 
-from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
 from spotctl.fleet.manager import FleetManager
 from spotctl.gateway.upstreams import RoutingRuntime
 from spotctl.services.daemon import FleetDaemon
 from spotctl.services.fleet import FleetRuntime
 from tests.fixtures_engines import gateway_key, start_gateway
+from tests.fleet_helpers import lc_config
 
 
 def _cfg(lc, tmp_path):
-    text = lc.config_toml(extra=(
+    return lc_config(lc, tmp_path / "spotctl.toml", (
         '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "spot-first"\nspot_retry_minutes = 3\nidle_minutes = 0\npriority = 0\n'
         'flavor = "n3-A100x1"\n'
         '[[tiers]]\nname = "small"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "on-demand"\nidle_minutes = 0\npriority = 1\nflavor = "n3-L40x1"\n'
         '[gateway]\nwake_timeout_s = 600\n'))
-    path = tmp_path / "spotctl.toml"
-    path.write_text(text)
-    return parse_config(text, path)
 
 
 def test_a_preemption_under_load_fails_no_non_streaming_request(localcloud_engines, tmp_path):

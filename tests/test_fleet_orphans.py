@@ -16,17 +16,14 @@ from spotctl.fleet.manager import FleetManager
 from spotctl.ledger.db import Ledger
 from spotctl.services.daemon import FleetDaemon
 from spotctl.services.fleet import status_rows
-from tests.fleet_helpers import CrashingBackend, Killed, live_vms
+from tests.fleet_helpers import CrashingBackend, Killed, lc_config, live_vms
 
 
 def _cfg(lc, tmp_path, extra: str = ""):
-    text = lc.config_toml(extra=(
+    return lc_config(lc, tmp_path / "spotctl.toml", (
         '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "spot-first"\nspot_retry_minutes = 3\nidle_minutes = 0\n'
         'flavor = "n3-A100x1"\n' + extra))
-    path = tmp_path / "spotctl.toml"
-    path.write_text(text)
-    return parse_config(text, path)
 
 
 def _events(cfg) -> list[str]:

@@ -7,18 +7,15 @@ import json
 from typer.testing import CliRunner
 
 from spotctl.cli.main import app
-from spotctl.config import parse_config
 from spotctl.errors import ExitCode
+from tests.fleet_helpers import lc_config
 
 
 def _cfg(lc, tmp_path):
-    text = lc.config_toml(extra=(
+    return lc_config(lc, tmp_path / "spotctl.toml", (
         '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
         'capacity = "on-demand"\nidle_minutes = 0\nflavor = "n3-A100x1"\n'
         '[[tiers]]\nname = "fixed"\nmodel = "tiny"\nendpoint = "http://127.0.0.1:9"\n'))
-    path = tmp_path / "spotctl.toml"
-    path.write_text(text)
-    return parse_config(text, path)
 
 
 def _cli(cfg, *args):

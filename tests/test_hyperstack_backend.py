@@ -27,6 +27,13 @@ def _cfg(lc, tmp_path, extra: str = ""):
     return parse_config(lc.config_toml(extra=TIER + extra), tmp_path / "spotctl.toml")
 
 
+def _backend(lc, tmp_path, monkeypatch):
+    """The tier ``big`` (its engine key set) and its backend on the local cloud ``lc``."""
+    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
+    cfg = _cfg(lc, tmp_path)
+    return cfg.tiers[0], LocalCloudBackend(cfg, lc.clock)
+
+
 def _spotctl(cfg_path, *args, env=None):
     return subprocess.run([sys.executable, "-m", "spotctl", "--config", str(cfg_path), *args],
                           capture_output=True, text=True, timeout=120,
@@ -76,11 +83,10 @@ def test_discovery_exits_2_naming_what_is_missing(localcloud, tmp_path, extra, n
 
 
 def test_spot_refused_when_the_spot_flavor_is_out_of_stock(localcloud, tmp_path, monkeypatch):
-    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
-    cfg = _cfg(localcloud, tmp_path)
+    tier, backend = _backend(localcloud, tmp_path, monkeypatch)
     localcloud.control("POST", "/spot", available=False)
     with pytest.raises(NoSpotCapacity):
-        LocalCloudBackend(cfg, localcloud.clock).up(cfg.tiers[0], "spot")
+        backend.up(tier, "spot")
     assert localcloud.handle.cloud.list_vms() == []
 
 
@@ -89,10 +95,7 @@ def test_weights_volume_once_per_tier_kept_by_down_and_reused(localcloud_engines
     """D2: the volume is attached (and holds the weights and caches), a relaunch reuses it with
     its content, `down` keeps it, `down --delete-storage` deletes it."""
     lc = localcloud_engines
-    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
-    cfg = _cfg(lc, tmp_path)
-    tier = cfg.tiers[0]
-    backend = LocalCloudBackend(cfg, lc.clock)
+    tier, backend = _backend(lc, tmp_path, monkeypatch)
     st, _ = backend.up(tier, "spot")
     assert st.state == TierState.READY and st.capacity == "spot"
     assert st.quoted_rate_micros_per_h == 1_440_000  # the spot flavor's quote, $1.44/h
@@ -168,12 +171,10 @@ def test_user_data_has_no_secret_but_the_engine_key_in_a_root_only_file(tmp_path
 def test_an_ambiguous_create_is_read_back_never_retried(localcloud, tmp_path, monkeypatch):
     """A create whose answer is lost (the VM exists): the backend finds it by reading back, and
     never sends the create twice."""
-    from spotctl.clients.http import HttpClient, ProviderTimeout
+    from spotctl.clients.http import HttpClient
+    from spotctl.errors import ProviderTimeout
 
-    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
-    cfg = _cfg(localcloud, tmp_path)
-    tier = cfg.tiers[0]
-    backend = LocalCloudBackend(cfg, localcloud.clock)
+    tier, backend = _backend(localcloud, tmp_path, monkeypatch)
     real = HttpClient._once
     creates = []
 
@@ -195,10 +196,7 @@ def test_an_ambiguous_create_is_read_back_never_retried(localcloud, tmp_path, mo
 def test_preemption_then_fallback_keeps_the_same_volume_through_hibernate_and_wake(
         localcloud_engines, tmp_path, monkeypatch):
     lc = localcloud_engines
-    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
-    cfg = _cfg(lc, tmp_path)
-    tier = cfg.tiers[0]
-    backend = LocalCloudBackend(cfg, lc.clock)
+    tier, backend = _backend(lc, tmp_path, monkeypatch)
     st, _ = backend.up(tier, "spot")
     cloud = lc.handle.cloud
     [vol] = cloud.list_volumes()
@@ -214,3 +212,41 @@ def test_preemption_then_fallback_keeps_the_same_volume_through_hibernate_and_wa
     assert [v.id for v in cloud.list_volumes()] == [vol.id]
     assert cloud.get_vm(int(st2.resource_id.split(":")[1])).volume_ids == [vol.id]
     assert (data / "marker").read_text() == "spot VM"
+
+
+def test_a_failed_hibernate_or_restore_is_read_back_never_retried():
+    from spotctl.clients.hyperstack import Vm
+    from spotctl.errors import AmbiguousWrite, ProviderBadState
+    from spotctl.fleet.hyperstack import _change_state
+
+    class Client:  # only the read-back: the call under test is passed in
+        def __init__(self, status):
+            self.status, self.reads = status, 0
+
+        def get_vm(self, vm_id):
+            self.reads += 1
+            return Vm.parse({"id": vm_id, "status": self.status})
+
+    vm = Vm.parse({"id": 7, "status": "ACTIVE"})
+    sent = []
+
+    def fails(exc):
+        def call(vm_id):
+            sent.append(vm_id)
+            raise exc
+        return call
+
+    # the outcome is unknown but the VM is hibernating: the change happened
+    c = Client("HIBERNATING")
+    got = _change_state(c, vm, fails(AmbiguousWrite("lost", provider="hyperstack")),
+                        ("HIBERNATING", "HIBERNATED"))
+    assert got.status == "HIBERNATING" and c.reads == 1 and sent == [7]
+    # refused and the VM did not change: the provider's error stands, sent once
+    c = Client("ACTIVE")
+    with pytest.raises(ProviderBadState):
+        _change_state(c, vm, fails(ProviderBadState("409", provider="hyperstack")),
+                      ("HIBERNATING", "HIBERNATED"))
+    assert sent == [7, 7] and c.reads == 1
+    # it worked: no read back, the VM as it was
+    c = Client("ACTIVE")
+    assert _change_state(c, vm, sent.append, ("RESTORING", "ACTIVE")) is vm and c.reads == 0

@@ -10,14 +10,16 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from spotctl.clients.http import AmbiguousWrite, ProviderMalformed, ProviderRateLimited
 from spotctl.clients.hyperstack import PAGE_SIZE, HyperstackClient
 from spotctl.clock import ManualClock
 from spotctl.errors import (
+    AmbiguousWrite,
     NoSpotCapacity,
     ProviderAuthError,
     ProviderBadState,
+    ProviderMalformed,
     ProviderNotFound,
+    ProviderRateLimited,
     ProviderUnavailable,
 )
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from spotctl.clock import SystemClock, to_ms
-from spotctl.config import parse_config
 from spotctl.errors import LeaseLost
 from spotctl.fleet.base import TierState
 from spotctl.fleet.journal import Journal
@@ -27,7 +26,7 @@ from spotctl.ledger.db import Ledger
 from spotctl.services.daemon import FleetDaemon
 from spotctl.services.fleet import FleetRuntime
 from tests.fixtures_localcloud import _serve
-from tests.fleet_helpers import live_vms
+from tests.fleet_helpers import lc_config, live_vms
 
 TIER = (
     '[[tiers]]\nname = "big"\nmodel = "tiny"\nbackend = "localcloud"\nprovider = "lc"\n'
@@ -54,10 +53,7 @@ def host_config(lc, tmp_path: Path, host: str):
     """The configuration of one host: its own directory and file, the shared ledger."""
     d = tmp_path / host
     d.mkdir(exist_ok=True)
-    path = d / "spotctl.toml"
-    text = lc.config_toml(extra=TIER)
-    path.write_text(text)
-    return parse_config(text, path)
+    return lc_config(lc, d / "spotctl.toml", TIER)
 
 
 def events(cfg) -> list[str]:

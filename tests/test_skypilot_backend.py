@@ -153,6 +153,11 @@ def test_errors_map_to_one_line_messages():
     assert "not up" in err.message and "\n" not in err.message
     assert map_sky_error(exc.NoCloudAccessError("none"), "big").exit_code == 2
     assert map_sky_error(exc.ClusterDoesNotExist("x"), "big").exit_code == 2
+    # mapped by type, not by a word in the text
+    assert "API server unreachable" in map_sky_error(
+        exc.ApiServerConnectionError("http://127.0.0.1:46580"), "big").message
+    assert "unreachable" not in map_sky_error(
+        RuntimeError("Failed to upload files to API server."), "big").message
 
 
 def test_importing_the_cli_and_backend_does_not_import_sky():

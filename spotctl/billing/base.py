@@ -13,14 +13,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
+from spotctl.clock import Clock
 from spotctl.config import Config, ProviderConfig
 from spotctl.errors import ProviderError
 from spotctl.ledger.billing_reads import LastSample, PreviousAccount, PriorState
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
 
-__all__ = ["BillingAdapter", "BillingError", "Capability", "LastSample", "PollResult",
+__all__ = ["BillingAdapter", "BillingError", "Capability", "ClientAdapter", "LastSample", "PollResult",
            "PreviousAccount", "PriorState", "api_key_for", "rate_check", "resource_name_for",
            "tier_for_resource"]
 
@@ -58,6 +59,25 @@ class BillingAdapter(Protocol):
     def poll(self, now_ms: int, prior: PriorState) -> PollResult: ...
 
     def close(self) -> None: ...
+
+
+class ClientAdapter:
+    """What every adapter starts with: the provider's config, the clock and one API client of
+    ``client_class`` (the key read from the environment, the ``[billing]`` timeout, and the
+    test ``transport``), closed by :meth:`close`. A subclass sets ``capability`` and
+    ``client_class`` and writes ``poll``."""
+
+    client_class: ClassVar[type]
+
+    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
+                 transport=None) -> None:
+        self.provider, self.cfg, self.clock = provider, cfg, clock
+        self.client: Any = self.client_class(provider.base_url, api_key_for(provider), clock,
+                                             timeout_s=cfg.billing.timeout_s,
+                                             transport=transport)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def rate_check(provider: str, account: str, resource_id: str, observed_ms: int,

@@ -30,13 +30,13 @@ import hashlib
 from spotctl.billing.base import (
     BillingError,
     Capability,
+    ClientAdapter,
     PollResult,
     PriorState,
-    api_key_for,
     rate_check,
     tier_for_resource,
 )
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clients.hyperstack import DEFAULT_BASE, HyperstackClient
 from spotctl.clock import Clock, parse_iso, to_ms
 from spotctl.config import Config, ProviderConfig
@@ -45,20 +45,15 @@ from spotctl.ledger.records import Anomaly, BillingSample, CumulativeKind
 __all__ = ["DEFAULT_BASE", "HyperstackAdapter"]
 
 
-class HyperstackAdapter:
+class HyperstackAdapter(ClientAdapter):
     capability = Capability.PER_RESOURCE_CUMULATIVE
+    client_class = HyperstackClient
+    client: HyperstackClient
 
     def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
                  transport=None) -> None:
-        self.provider = provider
-        self.cfg = cfg
-        self.clock = clock
-        self.client = HyperstackClient(provider.base_url, api_key_for(provider), clock,
-                                       timeout_s=cfg.billing.timeout_s, transport=transport)
+        super().__init__(provider, cfg, clock, transport=transport)
         self.account = provider.account or "default"
-
-    def close(self) -> None:
-        self.client.close()
 
     def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
         prior = prior or PriorState()

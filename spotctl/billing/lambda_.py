@@ -11,11 +11,10 @@ closed. Each running total is an *estimate* (listed price × minutes, never invo
 
 from __future__ import annotations
 
-from spotctl.billing.base import Capability, PollResult, PriorState, api_key_for, tier_for_resource
-from spotctl.billing.http import need
+from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
+from spotctl.billing.parse import need
 from spotctl.clients.bearer import LambdaClient
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
+from spotctl.clock import to_ms
 from spotctl.ledger.records import BillingSample, CumulativeKind
 
 DEFAULT_BASE = "https://cloud.lambda.ai/api/v1"
@@ -32,17 +31,10 @@ def accrue(prev_cum: int, rate: int | None, from_ms: int, to_ms_: int) -> int:
     return prev_cum + rate * minutes // 60
 
 
-class LambdaAdapter:
+class LambdaAdapter(ClientAdapter):
     capability = Capability.ESTIMATE_ONLY
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
-                 transport=None) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        self.client = LambdaClient(provider.base_url, api_key_for(provider), clock,
-                                   timeout_s=cfg.billing.timeout_s, transport=transport)
-
-    def close(self) -> None:
-        self.client.close()
+    client_class = LambdaClient
+    client: LambdaClient
 
     def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
         prior = prior or PriorState()

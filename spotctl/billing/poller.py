@@ -14,23 +14,24 @@ give up cleanly.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotctl.billing.base import BillingError
-from spotctl.clients.http import outcome_kind
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config, ProviderConfig
-from spotctl.errors import ConfigError, ExitCode, LedgerError, SpotctlError
+from spotctl.errors import (
+    ConfigError,
+    ExitCode,
+    LedgerError,
+    ProviderError,
+    SpotctlError,
+)
 from spotctl.ledger.billing_reads import prior_state, record_poll_mapped
+from spotctl.ledger.coordination import LOCK_WAIT_S, file_lock, poll_lock_path
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import PollRecord
-
-LOCK_WAIT_S = 30.0
 
 
 @dataclass
@@ -45,35 +46,25 @@ class PollOutcome:
 
 @contextmanager
 def poll_lock(ledger_path: Path, wait_s: float = LOCK_WAIT_S):
-    """An advisory lock so that overlapping cron runs take turns instead of racing."""
-    path = Path(f"{ledger_path}.poll.lock")
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        waited = 0.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if waited >= wait_s:
-                    raise SpotctlError("another poll-billing run holds the lock; skipped this "
-                                       "run", ExitCode.OK) from None
-                threading.Event().wait(0.1)  # real time: the other process runs in real time
-                waited += 0.1
+    """An advisory lock so that overlapping cron runs take turns instead of racing (the same
+    lock file :func:`spotctl.ledger.coordination.poll_slot` takes per provider on SQLite)."""
+    with file_lock(poll_lock_path(ledger_path), wait_s) as got:
+        if not got:
+            raise SpotctlError("another poll-billing run holds the lock; skipped this run",
+                               ExitCode.OK)
         yield
-    finally:
-        os.close(fd)
 
 
 def classify(exc: SpotctlError) -> str:
-    """A failed poll's outcome class (``billing_polls.outcome``)."""
-    if isinstance(exc, BillingError):
-        return exc.kind
+    """A failed poll's outcome class (``billing_polls.outcome``). A provider error names its
+    own in ``kind`` (see :mod:`spotctl.errors`); a ``BillingError`` carries the adapter's."""
     if isinstance(exc, LedgerError):
         return "ledger"
     if isinstance(exc, ConfigError):
         return "config"
-    return outcome_kind(exc)
+    if isinstance(exc, ProviderError):
+        return exc.kind
+    return "error"
 
 
 def poll_provider(prov: ProviderConfig, cfg: Config, ledger: Ledger, clock: Clock,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import date
 
 from spotctl.billing.base import BillingError, api_key_for
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clock import get_clock
 from spotctl.config import Config
 

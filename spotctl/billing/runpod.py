@@ -11,34 +11,25 @@ unconfirmed credit). Pods give current rates for attribution and display only.
 from __future__ import annotations
 
 from spotctl.billing.balance import advance
-from spotctl.billing.base import Capability, PollResult, PriorState, api_key_for, tier_for_resource
-from spotctl.billing.http import money, need
+from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
+from spotctl.billing.parse import money, need
 from spotctl.clients.bearer import (
     RUNPOD_ACCOUNT,
     RUNPOD_PODS,
     RUNPOD_UNVERIFIED,
-    GraphQLRejected,
     RunPodClient,
 )
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
-from spotctl.errors import ProviderUnavailable
+from spotctl.clock import to_ms
+from spotctl.errors import GraphQLRejected, ProviderUnavailable
 from spotctl.ledger.records import BillingSample, CumulativeKind
 
 DEFAULT_BASE = "https://api.runpod.io"
 
 
-class RunPodAdapter:
+class RunPodAdapter(ClientAdapter):
     capability = Capability.ACCOUNT_CUMULATIVE
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
-                 transport=None) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        self.client = RunPodClient(provider.base_url, api_key_for(provider), clock,
-                                   timeout_s=cfg.billing.timeout_s, transport=transport)
-
-    def close(self) -> None:
-        self.client.close()
+    client_class = RunPodClient
+    client: RunPodClient
 
     def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
         prior = prior or PriorState()

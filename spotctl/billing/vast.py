@@ -17,31 +17,23 @@ from spotctl.billing.balance import advance
 from spotctl.billing.base import (
     BillingError,
     Capability,
+    ClientAdapter,
     PollResult,
     PriorState,
-    api_key_for,
     tier_for_resource,
 )
-from spotctl.billing.http import money, need
+from spotctl.billing.parse import money, need
 from spotctl.clients.bearer import VastClient
-from spotctl.clock import Clock, to_ms
-from spotctl.config import Config, ProviderConfig
+from spotctl.clock import to_ms
 from spotctl.ledger.records import BillingSample, CreditEvent, CumulativeKind
 
 DEFAULT_BASE = "https://console.vast.ai"
 
 
-class VastAdapter:
+class VastAdapter(ClientAdapter):
     capability = Capability.BALANCE_ONLY
-
-    def __init__(self, provider: ProviderConfig, cfg: Config, clock: Clock, *,
-                 transport=None) -> None:
-        self.provider, self.cfg, self.clock = provider, cfg, clock
-        self.client = VastClient(provider.base_url, api_key_for(provider), clock,
-                                 timeout_s=cfg.billing.timeout_s, transport=transport)
-
-    def close(self) -> None:
-        self.client.close()
+    client_class = VastClient
+    client: VastClient
 
     def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
         prior = prior or PriorState()

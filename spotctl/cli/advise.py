@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, json_option, open_ledger_for
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    get_config,
+    json_option,
+    open_ledger_for,
+    window_options,
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @json_option
+    @window_options
     def advise(
         ctx: typer.Context,
-        window: str = typer.Option("7d", "--window", "-w", help="Window ending now: 24h, 7d."),
-        until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
+        window: str = "7d",
+        until: str | None = None,
         tier: str = typer.Option(None, "--tier", help="Only this tier."),
         json_out: bool = False,
     ) -> None:

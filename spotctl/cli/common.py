@@ -78,6 +78,30 @@ def require_ledger(ctx: typer.Context) -> None:
 
 
 # -- shared options ----------------------------------------------------------------------------
+# A shared option is declared once here (names, help); a command names the parameter with its
+# plain default and a decorator below turns it into the option (the sqlite-utils way).
+_SHARED: dict[str, tuple[tuple[str, ...], str]] = {
+    "json_out": (("--json",), JSON_HELP),
+    "window": (("--window", "-w"), "Window ending now (or at --until): 90m, 24h, 7d, 30d."),
+    "since": (("--since",), "Window start, ISO 8601 (instead of --window)."),
+    "until": (("--until",), "Window end, ISO 8601 (default: now)."),
+}
+
+
+def _shared_options(fn: F, names: tuple[str, ...], *, required: tuple[str, ...] = ()) -> F:
+    """Turn ``fn``'s parameters among ``names`` into their shared options, keeping each
+    parameter's default; a parameter in ``required`` must be declared."""
+    sig = inspect.signature(fn)
+    missing = [n for n in required if n not in sig.parameters]
+    if missing:
+        raise TypeError(f"{fn.__name__}: needs the parameter(s) {', '.join(missing)}")
+    params = [p.replace(default=typer.Option(p.default, *_SHARED[p.name][0],
+                                             help=_SHARED[p.name][1]))
+              if p.name in names else p for p in sig.parameters.values()]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
 def json_option(fn: F) -> F:
     """Give a command the shared ``--json`` flag (one name, one help line everywhere).
 
@@ -88,13 +112,19 @@ def json_option(fn: F) -> F:
         @json_option
         def status(ctx: typer.Context, json_out: bool = False) -> None: ...
     """
-    sig = inspect.signature(fn)
-    if "json_out" not in sig.parameters:
-        raise TypeError(f"{fn.__name__}: @json_option needs a parameter json_out: bool = False")
-    params = [p.replace(default=typer.Option(False, "--json", help=JSON_HELP))
-              if p.name == "json_out" else p for p in sig.parameters.values()]
-    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    return fn
+    return _shared_options(fn, ("json_out",), required=("json_out",))
+
+
+def window_options(fn: F) -> F:
+    """Give a command the shared window options ``--window/-w``, ``--since`` and ``--until``
+    (whichever of the parameters ``window``, ``since``, ``until`` it declares, with its own
+    default), to be read with :func:`spotctl.cli.cost._window_bounds`::
+
+        @app.command()
+        @window_options
+        def advise(ctx: typer.Context, window: str = "7d", until: str = None) -> None: ...
+    """
+    return _shared_options(fn, ("window", "since", "until"), required=("window",))
 
 
 def check_names(what: str, given: Iterable[str] | None, known: Iterable[str]) -> set[str] | None:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, json_option, open_ledger_for
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    get_config,
+    json_option,
+    open_ledger_for,
+    window_options,
+)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @json_option
+    @window_options
     def compare(
         ctx: typer.Context,
-        window: str = typer.Option(None, "--window", "-w",
-                                   help="Window ending now (or at --until): 24h, 7d, 30d."),
-        since: str = typer.Option(None, help="Window start, ISO 8601 (instead of --window)."),
-        until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
+        window: str | None = None,  # 7d unless --since is given
+        since: str | None = None,
+        until: str | None = None,
         prices: str = typer.Option(None, help="Hosted prices TOML (default: hosted-prices.toml "
                                               "beside the config, else the shipped example)."),
         json_out: bool = False,

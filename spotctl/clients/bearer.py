@@ -9,8 +9,17 @@ from typing import Any
 
 import httpx
 
-from spotctl.clients.http import Fetched, HttpClient, ProviderMalformed
+from spotctl.clients.http import Fetched, HttpClient
 from spotctl.clock import Clock
+from spotctl.errors import GraphQLRejected, ProviderMalformed
+
+
+def _bearer(base_url: str, api_key: str, clock: Clock, provider: str, timeout_s: float,
+            transport: httpx.BaseTransport | None) -> HttpClient:
+    """An HTTP client sending ``Authorization: Bearer <api_key>`` (the key kept out of errors)."""
+    return HttpClient(base_url, {"Authorization": f"Bearer {api_key}"}, clock, provider=provider,
+                      timeout_s=timeout_s, transport=transport, secrets=(api_key,))
+
 
 # -- RunPod ------------------------------------------------------------------------------------
 RUNPOD_GRAPHQL = "https://api.runpod.io"
@@ -24,23 +33,17 @@ RUNPOD_PODS = "query { myself { pods { id name desiredStatus podType costPerHr }
 RUNPOD_UNVERIFIED = "query { myself { clientLifetimeSpend pods { id adjustedCostPerHr } } }"
 
 
-class GraphQLRejected(ProviderMalformed):
-    """A GraphQL answer with ``errors`` (RunPod's SDK raises QueryError: graphql.py:45-51)."""
-
-
 class RunPodClient:
     provider = "runpod"
 
     def __init__(self, base_url: str | None, api_key: str, clock: Clock, *,
                  timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
         # Cloudflare refuses Python's default User-Agent: HttpClient always sends spotctl's.
-        self.gql = HttpClient(base_url or RUNPOD_GRAPHQL, {"Authorization": f"Bearer {api_key}"},
-                              clock, provider=self.provider, timeout_s=timeout_s,
-                              transport=transport, secrets=(api_key,))
+        self.gql = _bearer(base_url or RUNPOD_GRAPHQL, api_key, clock, self.provider, timeout_s,
+                           transport)
         # a custom base_url (a test server) serves both; otherwise REST has its own host
-        self.rest = HttpClient(base_url or RUNPOD_REST, {"Authorization": f"Bearer {api_key}"},
-                               clock, provider=self.provider, timeout_s=timeout_s,
-                               transport=transport, secrets=(api_key,))
+        self.rest = _bearer(base_url or RUNPOD_REST, api_key, clock, self.provider, timeout_s,
+                            transport)
 
     def close(self) -> None:
         self.gql.close()
@@ -81,9 +84,8 @@ class VastClient:
 
     def __init__(self, base_url: str | None, api_key: str, clock: Clock, *,
                  timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
-        self.http = HttpClient(base_url or VAST_BASE, {"Authorization": f"Bearer {api_key}"},
-                               clock, provider=self.provider, timeout_s=timeout_s,
-                               transport=transport, secrets=(api_key,))
+        self.http = _bearer(base_url or VAST_BASE, api_key, clock, self.provider, timeout_s,
+                            transport)
 
     def close(self) -> None:
         self.http.close()
@@ -134,9 +136,8 @@ class LambdaClient:
 
     def __init__(self, base_url: str | None, api_key: str, clock: Clock, *,
                  timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
-        self.http = HttpClient(base_url or LAMBDA_BASE, {"Authorization": f"Bearer {api_key}"},
-                               clock, provider=self.provider, timeout_s=timeout_s,
-                               transport=transport, secrets=(api_key,))
+        self.http = _bearer(base_url or LAMBDA_BASE, api_key, clock, self.provider, timeout_s,
+                            transport)
 
     def close(self) -> None:
         self.http.close()

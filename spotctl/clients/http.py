@@ -11,7 +11,7 @@
 - **Writes** (anything that changes state, including Hyperstack's state-changing GETs) are never
   retried: a timeout after sending may or may not have done the thing. They raise
   :class:`AmbiguousWrite` (a :class:`ProviderUnavailable`) so the caller reads the state back.
-- Errors are mapped **once, here**, into :mod:`spotctl.errors`: 401/403 →
+- Errors are mapped **once, here**, into :mod:`spotctl.errors` (which documents the tree): 401/403 →
   :class:`ProviderAuthError`, 404 → :class:`ProviderNotFound`, 409 → :class:`ProviderBadState`,
   402 → :class:`ProviderQuotaError`, 429/5xx/timeouts/connection errors (after the retries) →
   a :class:`ProviderUnavailable` subclass naming which, other 4xx → :class:`ProviderRequestError`,
@@ -31,19 +31,26 @@ from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from spotctl.clock import Clock
 from spotctl.errors import (
+    AmbiguousWrite,
     ProviderAuthError,
     ProviderBadState,
     ProviderError,
+    ProviderMalformed,
     ProviderNotFound,
     ProviderQuotaError,
+    ProviderRateLimited,
+    ProviderRequestError,
+    ProviderServerError,
+    ProviderTimeout,
     ProviderUnavailable,
+    ProviderUnreachable,
 )
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -58,56 +65,6 @@ def ssl_context():
 
         _SSL_CONTEXT = ssl.create_default_context()
     return _SSL_CONTEXT
-
-
-# -- the error classes this layer adds under spotctl.errors (each names its poll outcome) ------
-class ProviderTimeout(ProviderUnavailable):
-    kind: ClassVar[str] = "timeout"
-
-
-class ProviderUnreachable(ProviderUnavailable):
-    kind: ClassVar[str] = "unreachable"
-
-
-class ProviderRateLimited(ProviderUnavailable):
-    kind: ClassVar[str] = "http_429"
-    retry_after_s: float | None = None  # what the provider's Retry-After asked for
-
-
-class ProviderServerError(ProviderUnavailable):
-    kind: ClassVar[str] = "http_5xx"
-    retry_after_s: float | None = None
-
-
-class AmbiguousWrite(ProviderUnavailable):
-    """A state-changing call whose outcome is unknown (timeout, connection lost, 5xx): it may
-    have happened. Never retried here; the caller reads the state back."""
-
-    kind: ClassVar[str] = "unreachable"
-
-
-class ProviderRequestError(ProviderError):
-    """A 4xx the provider gave no more specific meaning to (bad request, unknown field...)."""
-
-    kind: ClassVar[str] = "http_4xx"
-
-
-class ProviderMalformed(ProviderError):
-    """The provider answered something that is not the JSON its API defines."""
-
-    kind: ClassVar[str] = "malformed"
-
-
-def outcome_kind(exc: BaseException) -> str:
-    """The poll outcome class of an error (stored in ``billing_polls.outcome``)."""
-    for cls, kind in ((ProviderAuthError, "auth"), (ProviderTimeout, "timeout"),
-                      (ProviderRateLimited, "http_429"), (ProviderServerError, "http_5xx"),
-                      (ProviderUnreachable, "unreachable"), (AmbiguousWrite, "unreachable"),
-                      (ProviderMalformed, "malformed"), (ProviderQuotaError, "http_4xx"),
-                      (ProviderUnavailable, "unreachable")):
-        if isinstance(exc, cls):
-            return kind
-    return "http_4xx" if isinstance(exc, ProviderError) else "error"
 
 
 @dataclass(frozen=True)

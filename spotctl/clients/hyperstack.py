@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 
-from spotctl.clients.http import Fetched, HttpClient, ProviderMalformed, Sent
+from spotctl.clients.http import Fetched, HttpClient, Sent
 from spotctl.clock import Clock
-from spotctl.errors import ProviderError, ProviderQuotaError
+from spotctl.errors import ProviderError, ProviderMalformed, ProviderQuotaError
 
 DEFAULT_BASE = "https://infrahub-api.nexgencloud.com/v1"
 PAGE_SIZE = 100
@@ -69,19 +69,15 @@ class Vm:
 
     @classmethod
     def parse(cls, d: Any) -> Vm:
-        if not isinstance(d, dict) or not isinstance(d.get("id"), int):
-            raise ProviderMalformed("hyperstack: a virtual machine without an integer id",
-                                    provider="hyperstack")
-        flavor = d.get("flavor") if isinstance(d.get("flavor"), dict) else {}
-        env = d.get("environment") if isinstance(d.get("environment"), dict) else {}
+        d = _with_id(d, "a virtual machine")
+        flavor, env = _obj(d, "flavor"), _obj(d, "environment")
         vols: list[int] = []
         for att in d.get("volume_attachments") or []:
             vol = att.get("volume") if isinstance(att, dict) else None
             if isinstance(vol, dict) and isinstance(vol.get("id"), int):
                 vols.append(vol["id"])
         return cls(d["id"], str(d.get("name") or ""), str(d.get("status") or ""),
-                   _str(flavor.get("name")), _str(flavor.get("gpu")),
-                   flavor.get("gpu_count") if isinstance(flavor.get("gpu_count"), int) else 0,
+                   _str(flavor.get("name")), _str(flavor.get("gpu")), _int(flavor.get("gpu_count")),
                    _str(env.get("name")), _str(env.get("region")), _str(d.get("floating_ip")),
                    tuple(x for x in d.get("labels") or [] if isinstance(x, str)), tuple(vols),
                    _str(d.get("created_at")), d)
@@ -100,14 +96,11 @@ class Volume:
 
     @classmethod
     def parse(cls, d: Any) -> Volume:
-        if not isinstance(d, dict) or not isinstance(d.get("id"), int):
-            raise ProviderMalformed("hyperstack: a volume without an integer id",
-                                    provider="hyperstack")
-        env = d.get("environment") if isinstance(d.get("environment"), dict) else {}
+        d = _with_id(d, "a volume")
+        env = _obj(d, "environment")
         att = tuple(a["instance_id"] for a in d.get("attachments") or []
                     if isinstance(a, dict) and isinstance(a.get("instance_id"), int))
-        return cls(d["id"], str(d.get("name") or ""),
-                   d.get("size") if isinstance(d.get("size"), int) else 0,
+        return cls(d["id"], str(d.get("name") or ""), _int(d.get("size")),
                    str(d.get("status") or ""), _str(d.get("volume_type")), _str(env.get("name")),
                    att, d)
 
@@ -138,8 +131,37 @@ class PriceItem:
     usd_per_hour: Decimal
 
 
+# -- tolerant reads of an answer: a wrong type reads as absent, never a crash ------------------
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _field(data: Any, key: str) -> Any:
+    """``data[key]`` when ``data`` is an object, else None."""
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _obj(data: dict, key: str) -> dict:
+    """The sub-object ``data[key]``, or ``{}`` when it is absent or not an object."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _region(item: dict, group: Any) -> str | None:
+    """An item's ``region_name``, else that of the region group it is listed under."""
+    return _str(item.get("region_name")) or _str(_field(group, "region_name"))
+
+
+def _with_id(d: Any, what: str) -> dict:
+    """``d`` when it is an object with an integer ``id``, else :class:`ProviderMalformed`."""
+    if not isinstance(d, dict) or not isinstance(d.get("id"), int):
+        raise ProviderMalformed(f"hyperstack: {what} without an integer id",
+                                provider="hyperstack")
+    return d
 
 
 def _items(data: Any, key: str, where: str) -> list:
@@ -223,9 +245,7 @@ class HyperstackClient:
 
     def get_vm(self, vm_id: int) -> Vm:
         """GET /core/virtual-machines/{id} → ``Instance.instance`` (virtual_machine_api.py:2742)."""
-        got = self.get(f"/core/virtual-machines/{vm_id}")
-        inst = got.data.get("instance") if isinstance(got.data, dict) else None
-        return Vm.parse(inst)
+        return Vm.parse(_field(self.get(f"/core/virtual-machines/{vm_id}").data, "instance"))
 
     def create_vm(self, payload: dict) -> Vm | None:
         """POST /core/virtual-machines with a ``CreateInstancesPayload`` (create_instances_
@@ -258,15 +278,12 @@ class HyperstackClient:
         return [Volume.parse(d) for d in self.pages("/core/volumes", "volumes", params)]
 
     def get_volume(self, volume_id: int) -> Volume:
-        got = self.get(f"/core/volumes/{volume_id}")
-        return Volume.parse(got.data.get("volume") if isinstance(got.data, dict) else None)
+        return Volume.parse(_field(self.get(f"/core/volumes/{volume_id}").data, "volume"))
 
     def create_volume(self, payload: dict) -> Volume | None:
         """POST /core/volumes with a ``CreateVolumePayload`` → ``Volume.volume`` (volume_api.py)."""
         got = self._write("POST", "/core/volumes", payload)
-        if got is None:
-            return None
-        return Volume.parse(got.data.get("volume") if isinstance(got.data, dict) else None)
+        return None if got is None else Volume.parse(_field(got.data, "volume"))
 
     def delete_volume(self, volume_id: int) -> None:
         self._write("DELETE", f"/core/volumes/{volume_id}")
@@ -289,11 +306,9 @@ class HyperstackClient:
         for group in _items(got.data, "data", "flavors"):
             for f in (group.get("flavors") or []) if isinstance(group, dict) else []:
                 if isinstance(f, dict) and isinstance(f.get("name"), str):
-                    count = f.get("gpu_count")
                     stock = f.get("stock_available")
                     out.append(Flavor(f["name"], _str(f.get("gpu")) or None,
-                                      count if isinstance(count, int) else 0,
-                                      _str(f.get("region_name")) or _str(group.get("region_name")),
+                                      _int(f.get("gpu_count")), _region(f, group),
                                       stock if isinstance(stock, bool) else None, f))
         return out
 
@@ -306,7 +321,7 @@ class HyperstackClient:
         out = []
         for d in self.pages("/core/keypairs", "keypairs"):
             if isinstance(d, dict) and isinstance(d.get("name"), str):
-                env = d.get("environment") if isinstance(d.get("environment"), dict) else {}
+                env = _obj(d, "environment")
                 out.append(Named(d.get("id"), d["name"], _str(env.get("region")),
                                  _str(env.get("name"))))
         return out
@@ -331,8 +346,7 @@ class HyperstackClient:
                     if img.get("id") in seen:
                         continue
                     seen.add(img.get("id"))
-                    out.append(Named(img.get("id"), img["name"],
-                                     _str(img.get("region_name")) or _str(group.get("region_name"))))
+                    out.append(Named(img.get("id"), img["name"], _region(img, group)))
             if n < PAGE_SIZE:
                 return out
         return out
@@ -374,8 +388,7 @@ class HyperstackClient:
         (``calculated_resource_bills.resource.actual_price``; calculate_api.py). The value of
         ``resource_type`` for a VM is unverified ("virtual_machine" in the docs example)."""
         got = self.get(f"/pricebook/calculate/resource/{resource_type}/{resource_id}")
-        bills = got.data.get("calculated_resource_bills") if isinstance(got.data, dict) else None
-        res = bills.get("resource") if isinstance(bills, dict) else None
+        res = _field(_field(got.data, "calculated_resource_bills"), "resource")
         if not isinstance(res, dict):
             return None
         for key in ("actual_price", "price"):

@@ -30,16 +30,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from spotctl.billing.base import TIER_LABEL_PREFIX, resource_name_for
-from spotctl.clients.http import AmbiguousWrite, Sent
+from spotctl.clients.http import Sent
 from spotctl.clients.hyperstack import Flavor, HyperstackClient, Vm, Volume
 from spotctl.clock import Clock
 from spotctl.config import Config, ProviderConfig, TierConfig
 from spotctl.engine.readiness import NotReady, wait_ready
 from spotctl.errors import (
+    AmbiguousWrite,
     ConfigError,
     ExitCode,
     FleetError,
@@ -101,6 +103,21 @@ def derive_flavor(tier: TierConfig, flavors: list[Flavor]) -> str:
         raise ConfigError(f"tier {tier.name!r}: no flavor on the account has {count}× {model} "
                           "(see GET /core/flavors); set flavor explicitly")
     return fits[0]
+
+
+def _change_state(client: HyperstackClient, vm: Vm, call: Callable[[int], object],
+                  accepted: tuple[str, ...]) -> Vm:
+    """Send a state change of ``vm`` once. When it fails or its outcome is unknown
+    (:class:`AmbiguousWrite` is a :class:`ProviderError`), read the VM back, never retry
+    blindly: a VM already in an ``accepted`` state is the change done, anything else re-raises.
+    Returns the VM as last read."""
+    try:
+        call(vm.id)
+    except ProviderError:
+        vm = client.get_vm(vm.id)
+        if vm.status not in accepted:
+            raise
+    return vm
 
 
 class HyperstackBackend:
@@ -410,12 +427,8 @@ class HyperstackBackend:
             if vm is None:
                 raise SpotctlError(f"tier {tier.name!r} is not up", ExitCode.USAGE)
             if vm.status != "HIBERNATED":
-                try:
-                    client.hibernate_vm(vm.id, retain_ip=True)
-                except (AmbiguousWrite, ProviderError):
-                    vm = client.get_vm(vm.id)  # read back, never retry blindly
-                    if vm.status not in ("HIBERNATING", "HIBERNATED"):
-                        raise
+                vm = _change_state(client, vm, lambda v: client.hibernate_vm(v, retain_ip=True),
+                                   ("HIBERNATING", "HIBERNATED"))
                 vm = self._wait_state(client, tier, vm.id, "HIBERNATED", no_progress,
                                       "hibernating")
         timings.phases["hibernating"] = self.clock.monotonic() - t0
@@ -431,12 +444,7 @@ class HyperstackBackend:
                 raise SpotctlError(f"tier {tier.name!r} has no VM to wake", ExitCode.USAGE)
             if vm.status == "HIBERNATED":
                 progress("restoring", None, f"restoring VM {vm.id}")
-                try:
-                    client.restore_vm(vm.id)
-                except (AmbiguousWrite, ProviderError):
-                    vm = client.get_vm(vm.id)
-                    if vm.status not in ("RESTORING", "ACTIVE"):
-                        raise
+                vm = _change_state(client, vm, client.restore_vm, ("RESTORING", "ACTIVE"))
             if vm.status != "ACTIVE":
                 vm = self._wait_state(client, tier, vm.id, "ACTIVE", progress, "restoring")
             timings.phases["restoring"] = self.clock.monotonic() - t0

@@ -36,7 +36,8 @@ def map_sky_error(exc: BaseException, tier: str) -> SpotctlError:
                             ExitCode.ERROR)
     if name == "NoCloudAccessError":
         return SpotctlError("SkyPilot has no cloud enabled: run `sky check`", ExitCode.USAGE)
-    if name in ("ApiServerConnectionError", "RuntimeError") and "API server" in str(exc):
+    if name == "ApiServerConnectionError":  # by type: a RuntimeError naming the API server
+        # ("Failed to upload files to API server") is not a connection failure
         return SpotctlError(f"SkyPilot API server unreachable: {first}", ExitCode.ERROR)
     return SpotctlError(f"tier {tier!r}: SkyPilot error {name}: {first}", ExitCode.ERROR)
 

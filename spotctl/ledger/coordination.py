@@ -95,7 +95,7 @@ def poll_slot(ledger: Ledger, provider: str, now_ms: int, interval_ms: int, *,
             if not ledger.conn.in_transaction:
                 ledger.conn.execute("SELECT pg_advisory_unlock(?)", (key,))
         return
-    with _file_lock(Path(f"{ledger.path}.poll.lock"), wait_s) as got:
+    with file_lock(poll_lock_path(ledger.path), wait_s) as got:
         if not got:
             yield PollSlot(False, f"{provider}: another poll-billing run held the lock for "
                                   f"{wait_s:.0f} s; skipped")
@@ -119,8 +119,15 @@ def _interval_check(ledger: Ledger, provider: str, now_ms: int, interval_ms: int
     return PollSlot(True)
 
 
+def poll_lock_path(ledger_path: Path | str) -> Path:
+    """The advisory lock file beside a SQLite ledger that ``poll-billing`` runs take turns on."""
+    return Path(f"{ledger_path}.poll.lock")
+
+
 @contextmanager
-def _file_lock(path: Path, wait_s: float) -> Iterator[bool]:
+def file_lock(path: Path, wait_s: float) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` for the ``with`` block: yields True once held, or
+    False after ``wait_s`` seconds (real time) of finding it taken by another process."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         waited = 0.0

