@@ -25,6 +25,23 @@ class SSHTarget:
     remote_port: int = 8000
 
 
+class _UnknownHostKey(Exception):
+    """Raised by :func:`_reject_unknown` (paramiko's ``RejectPolicy`` raises a plain
+    ``SSHException`` that only its message tells apart)."""
+
+
+def _reject_unknown_policy():
+    """A missing-host-key policy that refuses with a type of our own (paramiko is imported
+    only when a tunnel opens)."""
+    import paramiko
+
+    class RejectUnknown(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            raise _UnknownHostKey(hostname)
+
+    return RejectUnknown()
+
+
 class SSHTunnel:
     """A local listener on 127.0.0.1 whose connections are piped to the remote engine port."""
 
@@ -52,18 +69,21 @@ class SSHTunnel:
         except OSError:
             raise SpotctlError(f"cannot read known_hosts file {t.known_hosts}",
                                ExitCode.USAGE) from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.set_missing_host_key_policy(_reject_unknown_policy())
         try:
             client.connect(t.host, port=t.port, username=t.user, key_filename=str(t.key_path),
                            look_for_keys=False, allow_agent=False, timeout=10,
                            banner_timeout=10, auth_timeout=10)
+        except _UnknownHostKey:
+            client.close()
+            raise SpotctlError(f"ssh {t.host}:{t.port}: host key of {t.host}:{t.port} is not "
+                               f"in {t.known_hosts} (never auto-accepted)",
+                               ExitCode.ERROR) from None
         except paramiko.BadHostKeyException:
             raise SpotctlError(f"ssh {t.host}:{t.port}: the host key does not match "
                                f"{t.known_hosts}; refusing to connect", ExitCode.ERROR) from None
         except paramiko.SSHException as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "not found in known_hosts" in msg:
-                msg = f"host key of {t.host}:{t.port} is not in {t.known_hosts} (never auto-accepted)"
             raise SpotctlError(f"ssh {t.host}:{t.port}: {msg}", ExitCode.ERROR) from None
         except OSError as exc:
             raise SpotctlError(f"ssh {t.host}:{t.port}: unreachable ({type(exc).__name__})",
