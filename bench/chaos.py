@@ -606,8 +606,9 @@ def start_daemon(world: World, two: bool = False) -> None:
 
 
 def reap_extra_daemons(world: World) -> None:
-    """Two daemons were started at once: the one that exits 2 lost the lock; the other is the
-    daemon from now on."""
+    """Two daemons were started at once: both run, one acts on the tier (its lease), the other
+    stands by. Either exiting is counted (a crash unless killed); the one left is the daemon
+    from now on."""
     for p in list(world.extra_daemons):
         first = world.procs["daemon"]
         if p.poll() is not None:
@@ -1104,12 +1105,29 @@ def main(argv: list[str] | None = None) -> int:
         "every refused request carries a documented code": not acc["undocumented_refusals"],
         "the gate never failed open": acc["served_while_billing_unknown"] == 0,
         "no usage left in the spool": not summary.get("spool_files_left"),
+        "no spotctl process crashed (exited by itself, or a traceback)": not crashes(world,
+                                                                                 summary),
     }
+    summary["crashes"] = crashes(world, summary)
     summary["steps_seen_unfinished"] = world.steps_seen
     summary["steps_killed"] = world.steps_killed
     summary["bars"] = bars
     print(json.dumps(summary, indent=2, default=str))
     return 0 if all(bars.values()) else 1
+
+
+def crashes(world: World, summary: dict) -> dict[str, int]:
+    """Processes that ended without being killed, and tracebacks in any log (a daemon or a
+    gateway must handle every fault this bench makes: one line, and go on)."""
+    out = {k: v for k, v in summary.get("stats", {}).items()
+           if "exited by itself" in k or k.startswith("two daemons at once")}
+    for name in ("daemon.log", "gateway.log", "cli.log"):
+        path = world.dir / name
+        n = path.read_text(errors="replace").count("Traceback (most recent call last)") \
+            if path.exists() else 0
+        if n:
+            out[f"tracebacks in {name}"] = n
+    return out
 
 
 def _utc(epoch: float):
