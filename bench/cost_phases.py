@@ -5,12 +5,12 @@ fresh process, medians over the rounds.
     .venv/bin/python bench/ledger_scale.py --rounds 1     # builds bench/out/ledger-90d.db once
     .venv/bin/python bench/cost_phases.py --rounds 5 [--pg-url postgresql://...]
 
-Phases: the CLI's imports (typer, the command table), the cost path's imports (pydantic, the
-config model, accounting, ledger queries), reading the config, the database driver's import
+Phases: the CLI's imports (typer, the command table), the config module's (pydantic and the
+config models), the cost path's (accounting, ledger queries), reading the config, the database driver's import
 (psycopg and its pool; nothing on SQLite), opening the ledger (connection, schema check), the
 window's read (one snapshot), spend, the report with the economics and the summary, the JSON
 (built and encoded as `cost --json` prints it); "start and exit" is the process's wall time
-outside these (the interpreter, site, writing the output). "of which GC" is the cyclic
+outside these (the interpreter and site, exit). "of which GC" is the cyclic
 collector's time inside the phases (gc.callbacks), the collector paused as `cost` pauses it.
 """
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cost_scale import END_MS, OUT, bench_env, write_config
 
-PHASES = ("cli imports", "cost imports", "config", "driver import", "open ledger", "read",
-          "spend", "report", "json")
+PHASES = ("cli imports", "config imports", "cost imports", "config", "driver import",
+          "open ledger", "read", "spend", "report", "json")
 
 
 def child(config: str, window: str) -> None:
@@ -53,15 +53,18 @@ def child(config: str, window: str) -> None:
 
     import spotctl.cli.main
     mark()
+    import spotctl.config  # pydantic and the config models
+    mark()
     import spotctl.cli.cost  # noqa: F401
     from spotctl.accounting.window import parse_window
     from spotctl.cli.common import emit_json
-    from spotctl.cli.cost import collector_paused
+    from spotctl.cli.cost import collector_paused, freeze_at_exit
     from spotctl.config import load_config
     from spotctl.services import cost as services
     mark()
     cfg = load_config(config)
     mark()
+    freeze_at_exit()  # as the command does
     with collector_paused():
         if cfg.ledger.url:
             import psycopg_pool  # noqa: F401
