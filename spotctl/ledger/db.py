@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,9 @@ class Ledger:
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except LedgerError:
+            conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(f"{self.path}: not a usable spotctl ledger: {exc}") from None
@@ -164,16 +167,34 @@ class Ledger:
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """A write transaction, one writer at a time across every process: all or nothing."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """A write transaction, one writer at a time across every process: all or nothing.
+
+        SQLite's operational errors in it ("database is locked" past the busy timeout, a full
+        disk, a read-only file) leave as :class:`LedgerError` (PostgreSQL's are mapped by the
+        backend's connection), so callers above the ledger handle one type; before, a lease
+        taken while the ledger was locked raised ``sqlite3.OperationalError`` through the
+        daemon (a traceback and exit 1, found by ``bench/chaos.py``'s ledger-lock window)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _mapped(exc) from exc
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as exc:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise _mapped(exc) from exc
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self.conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                raise _mapped(exc) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[Any]:
@@ -194,6 +215,11 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _mapped(exc: sqlite3.OperationalError) -> LedgerError:
+    """An SQLite error that ended a write transaction, as the tree's :class:`LedgerError`."""
+    return LedgerError(f"ledger: {type(exc).__name__}: {exc}")
 
 
 def _resolve(target: Any) -> tuple[str | None, str | os.PathLike[str] | None, dict[str, Any]]:
