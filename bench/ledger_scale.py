@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cost_scale import END_MS, MIN, OUT, RESOURCES, WINDOWS, cell, cost_cmd, run_rounds, write_config
 from spotctl.ledger.check import stored_schema_version
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.queries import rebuild_catalogues
 from spotctl.ledger.schema import SCHEMA_VERSION
-
-OUT = Path(__file__).resolve().parent / "out"
-RESOURCES = 20
-MIN = 60_000
-END_MS = 1_795_000_000_000 - 1_795_000_000_000 % MIN  # a fixed "now" (2026-11-18)
 
 
 def build(path: Path, days: int, usage_rows: int) -> None:
@@ -94,20 +88,13 @@ def build(path: Path, days: int, usage_rows: int) -> None:
     print(f"built {path.name}: samples {t1 - t0:.0f} s, usage {t2 - t1:.0f} s")
 
 
-def write_config(path: Path, ledger: Path) -> Path:
-    cfg = path.with_suffix(".toml")
-    cfg.write_text(f'[ledger]\npath = "{ledger}"\n[[providers]]\nname = "hs"\nkind = '
-                   '"hyperstack"\napi_key_env = "HS_KEY"\n')
-    return cfg
-
-
-def time_cmd(args: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed: {out.stderr}")
-    return elapsed
+def ledgers(days: int, rows: int) -> dict[str, Path]:
+    """The big and the 10x smaller ledger (built once, cached in bench/out/)."""
+    OUT.mkdir(exist_ok=True)
+    big, small = OUT / f"ledger-{days}d.db", OUT / f"ledger-{days}d-small.db"
+    build(big, days, rows)
+    build(small, max(1, days // 10), rows // 10)
+    return {"big": big, "small": small}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,35 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args(argv)
-    OUT.mkdir(exist_ok=True)
     days, rows = (9, 2_000_000) if args.quick else (90, 20_000_000)
-    big = OUT / f"ledger-{days}d.db"
-    small = OUT / f"ledger-{days}d-small.db"
-    build(big, days, rows)
-    build(small, max(1, days // 10), rows // 10)
-    exe = [sys.executable, "-m", "spotctl"]
-    env = {**os.environ, "SPOTCTL_CLOCK": f"fixed:{END_MS // 1000}"}
-    from datetime import UTC, datetime
-
-    env["SPOTCTL_CLOCK"] = "fixed:" + datetime.fromtimestamp(END_MS / 1000, UTC).isoformat()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules cached
-    cases = [("--help", None, ["--help"])]
-    for window in ("24h", "30d"):
-        cases.append((f"cost --window {window}", "big", ["cost", "--window", window, "--json"]))
-        cases.append((f"cost --window {window}", "small", ["cost", "--window", window, "--json"]))
-    cfgs = {"big": write_config(big, big), "small": write_config(small, small)}
-    times: dict[tuple[str, str | None], list[float]] = {}
-    for r in range(args.rounds + 1):  # round 0 warms caches (OS, compiled modules)
-        for name, which, cargs in cases:
-            cmd = exe + (["--config", str(cfgs[which])] if which else []) + cargs
-            took = time_cmd(cmd, env)
-            if r:
-                times.setdefault((name, which), []).append(took)
-    print("| command | ledger | median s | min s | runs |\n|---|---|---|---|---|")
-    for (name, which), ts in times.items():
-        label = {"big": f"{days} d", "small": f"{max(1, days // 10)} d", None: "-"}[which]
-        print(f"| `spotctl {name}` | {label} | {statistics.median(ts):.3f} | {min(ts):.3f} "
-              f"| {len(ts)} |")
+    paths = ledgers(days, rows)
+    cfgs = {w: write_config(p.with_suffix(".toml"), p) for w, p in paths.items()}
+    labels = {"big": f"{days} d", "small": f"{max(1, days // 10)} d"}
+    cases = [("--help|-", cost_cmd(None, ["--help"]))]
+    for window in WINDOWS:
+        for which in ("big", "small"):
+            cases.append((f"cost --window {window}|{which}",
+                          cost_cmd(cfgs[which], ["cost", "--window", window, "--json"])))
+    times, _ = run_rounds(cases, args.rounds)
+    print("| command | ledger | median s (min) | runs |\n|---|---|---|---|")
+    for name, ts in times.items():
+        command, which = name.split("|")
+        print(f"| `spotctl {command}` | {labels.get(which, which)} | {cell(ts)} | {len(ts)} |")
 
 
 if __name__ == "__main__":

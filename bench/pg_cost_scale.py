@@ -1,35 +1,32 @@
 """`spotctl cost` as a whole process on a 90-day ledger on PostgreSQL (issue 14 §4), and on one
-10x smaller, side by side with the same ledgers on SQLite (bench/ledger_scale.py builds those).
+10x smaller, side by side in the same rounds with the same ledgers on SQLite (built and cached by
+bench/ledger_scale.py).
 
 The PostgreSQL ledgers have the same shape as bench/ledger_scale.py's: DAYS days x 20 resources
 sampled every minute (90 days: 2,592,000 samples) and 20 M usage rows with their per-minute
-rollups, generated on the server with generate_series. Commands alternate big/small each round.
+rollups, generated on the server with generate_series. Each round runs, per window, the big and
+the small ledger on each backend; the figures both backends print are compared.
 
-    .venv/bin/python bench/pg_cost_scale.py             # full size (builds in a few minutes)
-    .venv/bin/python bench/pg_cost_scale.py --quick     # 9 days, 2 M rows
+    .venv/bin/python bench/pg_cost_scale.py --rounds 5    # full size (builds in a few minutes)
+    .venv/bin/python bench/pg_cost_scale.py --quick       # 9 days, 2 M rows
+    # time ledgers already built (PGPASSFILE set), without starting a server or building:
+    .venv/bin/python bench/pg_cost_scale.py --big-url postgresql://... --small-url postgresql://...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pg_common import running_postgres
+from bench.cost_scale import END_MS, MIN, OUT, RESOURCES, WINDOWS, cell, cost_cmd, run_rounds, write_config
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.queries import rebuild_catalogues
-
-RESOURCES = 20
-MIN = 60_000
-END_MS = 1_795_000_000_000 - 1_795_000_000_000 % MIN  # the same fixed "now" as ledger_scale
 
 
 def build(url: str, days: int, usage_rows: int) -> float:
@@ -87,66 +84,62 @@ def build(url: str, days: int, usage_rows: int) -> float:
     return time.perf_counter() - t0
 
 
-def write_config(path: Path, url: str) -> Path:
-    path.write_text(f'[ledger]\nurl = "{url}"\n[[providers]]\nname = "hs"\nkind = '
-                    '"hyperstack"\napi_key_env = "HS_KEY"\n')
-    return path
-
-
-def time_cmd(args: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed: {out.stderr}")
-    return elapsed
+def _figures(stdout: str) -> str:
+    js = json.loads(stdout)
+    return f"spend {js['spend_usd']} USD, {js['output_tokens']:,} output tokens"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--big-url", help="an already built big ledger (skips the server and build)")
+    ap.add_argument("--small-url", help="an already built small ledger (with --big-url)")
+    ap.add_argument("--no-sqlite", action="store_true",
+                    help="PostgreSQL only (default: also the SQLite ledgers, side by side)")
     args = ap.parse_args(argv)
+    if bool(args.big_url) != bool(args.small_url):
+        raise SystemExit("give both --big-url and --small-url, or neither")
     days, rows = (9, 2_000_000) if args.quick else (90, 20_000_000)
-    small_days = max(1, days // 10)
-    out = Path(__file__).resolve().parent / "out"
-    out.mkdir(exist_ok=True)
-    with running_postgres() as pg:
-        urls = {}
-        for which, (d, n) in {"big": (days, rows), "small": (small_days, rows // 10)}.items():
-            db = pg.create_database()
-            urls[which] = pg.url(db)
-            secs = build(urls[which], d, n)
-            print(f"built {which} ({d} d, {n:,} usage rows) on PostgreSQL in {secs:.0f} s",
-                  flush=True)
-        cfgs = {w: write_config(out / f"pg-{w}.toml", u) for w, u in urls.items()}
-        exe = [sys.executable, "-m", "spotctl"]
-        env = {**os.environ, "SPOTCTL_CLOCK": "fixed:" + datetime.fromtimestamp(
-            END_MS / 1000, UTC).isoformat()}
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules cached
-        times: dict[tuple[str, str], list[float]] = {}
-        results: dict[str, str] = {}
-        for r in range(args.rounds + 1):  # round 0 warms caches (OS, compiled modules)
-            for window in ("24h", "30d"):
-                for which in ("big", "small"):
-                    cmd = [*exe, "--config", str(cfgs[which]), "cost", "--window", window,
-                           "--json"]
-                    took = time_cmd(cmd, env)
-                    if r:
-                        times.setdefault((window, which), []).append(took)
-        for which in ("big", "small"):
-            got = subprocess.run([*exe, "--config", str(cfgs[which]), "cost", "--window", "30d",
-                                  "--json"], capture_output=True, text=True, env=env)
+    sizes = {"big": (days, rows), "small": (max(1, days // 10), rows // 10)}
+    OUT.mkdir(exist_ok=True)
+    with ExitStack() as stack:
+        urls = {"big": args.big_url, "small": args.small_url}
+        if not args.big_url:
+            from bench.pg_common import running_postgres
 
-            js = json.loads(got.stdout)
-            results[which] = f"spend {js['spend_usd']} USD, {js['output_tokens']:,} output tokens"
-        print("| command (PostgreSQL) | ledger | median s | min s | runs |\n|---|---|---|---|---|")
-        for (window, which), ts in times.items():
-            label = f"{days} d" if which == "big" else f"{small_days} d"
-            print(f"| `spotctl cost --window {window}` | {label} | {statistics.median(ts):.3f} "
-                  f"| {min(ts):.3f} | {len(ts)} |")
-        for which, text in results.items():
-            print(f"30d on {which}: {text}")
+            pg = stack.enter_context(running_postgres())
+            for which, (d, n) in sizes.items():
+                urls[which] = pg.url(pg.create_database())
+                secs = build(urls[which], d, n)
+                print(f"built {which} ({d} d, {n:,} usage rows) on PostgreSQL in {secs:.0f} s",
+                      flush=True)
+        ledgers = {("PostgreSQL", w): write_config(OUT / f"pg-{w}.toml", u)
+                   for w, u in urls.items()}
+        if not args.no_sqlite:
+            from bench.ledger_scale import ledgers as sqlite_ledgers
+
+            for w, path in sqlite_ledgers(days, rows).items():
+                ledgers[("SQLite", w)] = write_config(path.with_suffix(".toml"), path)
+        backends = list(dict.fromkeys(b for b, _ in ledgers))
+        cases = [(f"{window}|{which}|{backend}",
+                  cost_cmd(ledgers[(backend, which)], ["cost", "--window", window, "--json"]))
+                 for window in WINDOWS for which in sizes for backend in backends]
+        times, outputs = run_rounds(cases, args.rounds)
+    print(f"{args.rounds} rounds, medians (min) in seconds, whole processes\n"
+          f"| command | ledger | {' | '.join(backends)} |\n|---|---|{'---|' * len(backends)}")
+    for window in WINDOWS:
+        for which, (d, n) in sizes.items():
+            label = f"{d} d ({d * 1440 * RESOURCES:,} samples, {n:,} usage rows)"
+            row = " | ".join(cell(times[f"{window}|{which}|{b}"]) for b in backends)
+            print(f"| `spotctl cost --window {window} --json` | {label} | {row} |")
+    for window in WINDOWS:
+        for which in sizes:
+            got = {b: outputs[f"{window}|{which}|{b}"] for b in backends}
+            same = len({json.dumps(json.loads(o), sort_keys=True) for o in got.values()}) == 1
+            print(f"{window} on {which}: {_figures(got[backends[0]])}"
+                  + ("" if len(backends) == 1 else
+                     ("; the same figures on both backends" if same else "; FIGURES DIFFER")))
 
 
 if __name__ == "__main__":

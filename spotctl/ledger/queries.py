@@ -28,10 +28,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
+from operator import itemgetter
 
 from spotctl.ledger.records import CumulativeKind
 
 SeriesKey = tuple[str, str, str]  # (provider, account, resource_id)
+_first = itemgetter(0)
 ENDED_STATES = frozenset({"deleted", "terminated"})
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -264,9 +266,9 @@ def _load_series(
 
     def collect(sql: str, params: list) -> None:
         for row in conn.execute(sql, params):
-            key = (row[0], row[1], row[2])
+            key = row[:3]
             if key in series:
-                rows[key].add(tuple(row[3:]))
+                rows[key].add(row[3:])
 
     # the last sample at or before each boundary: the window's ends and the fleet events (one
     # index seek per series and boundary), and the aligned bucket boundaries
@@ -326,9 +328,10 @@ def _load_series(
             f"WHERE e.observed_ms > ? AND e.observed_ms <= ?{cond}",
             [start_ms, end_ms, start_ms, end_ms])
     for key, data in series.items():
-        pts = sorted(rows.get(key, ()), key=lambda r: r[0])
-        data.points = [(r[0], r[1]) for r in pts]
-        data.meta = {r[0]: (r[2], None if r[3] is None else bool(r[3]), r[4]) for r in pts}
+        pts = sorted(rows.get(key, ()), key=_first)
+        data.points = [(ms, cum) for ms, cum, _st, _sp, _r in pts]
+        data.meta = {ms: (st, None if sp is None else bool(sp), rate)
+                     for ms, _c, st, sp, rate in pts}
     return list(series.values())
 
 
