@@ -10,6 +10,7 @@ from spotctl.cli.common import (
     get_config,
     json_option,
     open_ledger_for,
+    window_bounds,
     window_options,
 )
 
@@ -28,10 +29,9 @@ def register(app: typer.Typer) -> None:
         """Replay the window's request arrivals under idle timeouts {5, 10, 15, 30, 60 min,
         never} × {spot-first, on-demand} with the rates and wake time it measured; backtest the
         current policy against the actual spend; recommend one, naming its trade-off."""
-        from spotctl.cli.cost import _window_bounds
         from spotctl.services.economics import advise as run
 
-        start_ms, end_ms = _window_bounds(window, None, until)
+        start_ms, end_ms = window_bounds(window, None, until)
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
             out = run(ledger, cfg, start_ms, end_ms, tier)

@@ -118,13 +118,35 @@ def json_option(fn: F) -> F:
 def window_options(fn: F) -> F:
     """Give a command the shared window options ``--window/-w``, ``--since`` and ``--until``
     (whichever of the parameters ``window``, ``since``, ``until`` it declares, with its own
-    default), to be read with :func:`spotctl.cli.cost._window_bounds`::
+    default), to be read with :func:`window_bounds`::
 
         @app.command()
         @window_options
         def advise(ctx: typer.Context, window: str = "7d", until: str = None) -> None: ...
     """
     return _shared_options(fn, ("window", "since", "until"), required=("window",))
+
+
+def window_bounds(window: str | None, since: str | None, until: str | None) -> tuple[int, int]:
+    """The window the shared options give, as (start, end) in ms: ``--since``/``--until``, or
+    ``--window`` ending at ``--until`` (default now); bad input is a usage error (exit 2)."""
+    from spotctl.accounting.window import parse_window
+    from spotctl.clock import get_clock, parse_iso, to_ms
+
+    try:
+        end = parse_iso(until) if until else get_clock().now()
+        start_dt = parse_iso(since) if since else None
+    except ValueError:
+        raise UsageError(
+            f"bad time {until if until and not since else since!r}: expected ISO 8601 such as "
+            "2026-11-21T00:00:00Z") from None
+    if start_dt is None:
+        start_dt = end - parse_window(window or "24h")
+    elif window:
+        raise UsageError("give either --window or --since, not both")
+    if start_dt >= end:
+        raise UsageError("the window must start before it ends")
+    return to_ms(start_dt), to_ms(end)
 
 
 def check_names(what: str, given: Iterable[str] | None, known: Iterable[str]) -> set[str] | None:

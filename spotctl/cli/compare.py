@@ -10,6 +10,7 @@ from spotctl.cli.common import (
     get_config,
     json_option,
     open_ledger_for,
+    window_bounds,
     window_options,
 )
 
@@ -29,10 +30,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What this window's tokens would have cost on hosted APIs (list prices, an estimate),
         the savings of self-hosting, and the utilisation at which each offer breaks even."""
-        from spotctl.cli.cost import _window_bounds
         from spotctl.services.economics import compare as run
 
-        start_ms, end_ms = _window_bounds(window or (None if since else "7d"), since, until)
+        start_ms, end_ms = window_bounds(window or (None if since else "7d"), since, until)
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
             out = run(ledger, cfg, start_ms, end_ms, prices)

@@ -10,28 +10,17 @@ from decimal import Decimal, InvalidOperation
 
 import typer
 
-from spotctl.cli.common import console, emit_json, get_config, json_option, name_filters, open_ledger_for
+from spotctl.cli.common import (
+    console,
+    emit_json,
+    get_config,
+    json_option,
+    name_filters,
+    open_ledger_for,
+    window_bounds,
+    window_options,
+)
 from spotctl.errors import ExitCode, UsageError
-
-
-def _window_bounds(window: str | None, since: str | None, until: str | None) -> tuple[int, int]:
-    from spotctl.accounting.window import parse_window
-    from spotctl.clock import get_clock, parse_iso, to_ms
-
-    try:
-        end = parse_iso(until) if until else get_clock().now()
-        start_dt = parse_iso(since) if since else None
-    except ValueError:
-        raise UsageError(
-            f"bad time {until if until and not since else since!r}: expected ISO 8601 such as "
-            "2026-11-21T00:00:00Z") from None
-    if start_dt is None:
-        start_dt = end - parse_window(window or "24h")
-    elif window:
-        raise UsageError("give either --window or --since, not both")
-    if start_dt >= end:
-        raise UsageError("the window must start before it ends")
-    return to_ms(start_dt), to_ms(end)
 
 
 @contextmanager
@@ -82,7 +71,7 @@ def _read_report(ctx: typer.Context, window, since, until, tier, provider, bucke
     from spotctl.accounting.window import parse_window
     from spotctl.services.cost import cost_report
 
-    start_ms, end_ms = _window_bounds(window, since, until)
+    start_ms, end_ms = window_bounds(window, since, until)
     bucket_s = int(parse_window(bucket, what="bucket").total_seconds())
     if min_tokens < 0:
         raise UsageError("--min-tokens must be zero or more")
@@ -230,12 +219,12 @@ def _print_cost(report, plot: bool) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     @json_option
+    @window_options
     def cost(
         ctx: typer.Context,
-        window: str = typer.Option(None, "--window", "-w",
-                                   help="Window ending now (or at --until): 90m, 24h, 7d, 30d."),
-        since: str = typer.Option(None, help="Window start, ISO 8601 (instead of --window)."),
-        until: str = typer.Option(None, help="Window end, ISO 8601 (default: now)."),
+        window: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
         tier: list[str] = typer.Option(None, "--tier", help="Only this tier (repeatable)."),
         provider: list[str] = typer.Option(None, "--provider", help="Only this provider."),
         bucket: str = typer.Option("1h", help="Bucket size for the band: 15m, 1h, 1d."),
@@ -269,10 +258,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @json_option
+    @window_options
     def price(
         ctx: typer.Context,
         margin: float = typer.Option(0.3, help="Gross margin on the price, 0 ≤ m < 1."),
-        window: str = typer.Option("24h", "--window", "-w"),
+        window: str = "24h",
         bucket: str = typer.Option("1h"),
         min_tokens: int = typer.Option(1000),
         json_out: bool = False,
@@ -320,9 +310,10 @@ def register(app: typer.Typer) -> None:
                         "hourly buckets; illustrative, not a quote.")
 
     @app.command()
+    @window_options
     def report(
         ctx: typer.Context,
-        window: str = typer.Option("7d", "--window", "-w"),
+        window: str = "7d",
         bucket: str = typer.Option("1h"),
         out: str = typer.Option("report.html", "--out", help="The HTML file to write."),
     ) -> None:
