@@ -53,6 +53,18 @@ def run_contract(lc, journal: list[dict], *, drive: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _as_journal(plan: dict) -> list[dict]:
+    """The dry run's requests as journal entries, exactly as printed (never sent: no status);
+    a ``{vm_id}`` path segment matches the SDK's own path template as it is."""
+    return [{"method": r["method"], "path": r["path"], "query": {}, "body": r["body"],
+             "status": None, "response": ""} for r in plan["requests"]]
+
+
+def _volume_id(lc) -> int:
+    [vol] = lc.handle.cloud.list_volumes()
+    return vol.id
+
+
 def test_every_call_and_answer_against_the_official_sdk(localcloud_engines, tmp_path):
     lc = localcloud_engines
     lc.handle.state.journal = []
@@ -64,9 +76,7 @@ def test_every_call_and_answer_against_the_official_sdk(localcloud_engines, tmp_
     plan = backend.plan_up(tier, "spot")
     assert [r["path"] for r in plan["requests"]] == [
         "/core/volumes", "/core/virtual-machines", "/core/virtual-machines/{vm_id}/attach-volumes"]
-    dry = [{"method": r["method"], "path": r["path"].replace("{vm_id}", "1"), "query": {},
-            "body": r["body"] if "{volume_id}" not in json.dumps(r["body"]) else
-            {"volume_ids": [1]}, "status": None, "response": ""} for r in plan["requests"]]
+    dry = _as_journal(plan)
     st, _ = backend.up(tier, "spot")
     assert st.state == TierState.READY and st.capacity == "spot"
     with Ledger(cfg.ledger_path) as led:
@@ -77,6 +87,16 @@ def test_every_call_and_answer_against_the_official_sdk(localcloud_engines, tmp_
         # spot capacity is gone and the tier relaunches on demand: the weights volume moves
         # from the hibernated spot VM to the new one (detach, attach)
         lc.control("POST", "/spot", available=False)
+        # the dry run of that relaunch: the hibernated VM holds the volume, so it is detached
+        # from it before the attach (the bodies printed as they are, the ids real)
+        vol_id = _volume_id(lc)
+        plan2 = backend.plan_up(tier, "on-demand")
+        held = f"/core/virtual-machines/{st.resource_id.split(':')[1]}/detach-volumes"
+        assert [(r["path"], r["body"], r.get("refs")) for r in plan2["requests"][1:]] == [
+            (held, {"volume_ids": [vol_id]}, None),
+            ("/core/virtual-machines/{vm_id}/attach-volumes", {"volume_ids": [vol_id]},
+             {"{vm_id}": "id of the VM created by request 1"})]
+        dry += _as_journal(plan2)
         st2, _ = backend.up(tier, "on-demand")
         assert st2.capacity == "on-demand" and st2.resource_id != st.resource_id
         backend.delete_machine(tier, st.resource_id)
@@ -108,6 +128,9 @@ def test_the_contract_check_catches_what_the_old_emulator_and_client_did(localcl
          "status": 200, "body": None, "response": json.dumps({"instances": []})},
         {"method": "GET", "path": "/billing/billing/usage", "query": {}, "status": 200,
          "body": None, "response": json.dumps({"data": [{"resource_id": "x"}]})},
+        # the old dry run's attach body: a string placeholder where the SDK takes integers
+        {"method": "POST", "path": "/core/virtual-machines/{vm_id}/attach-volumes", "query": {},
+         "status": None, "body": {"volume_ids": ["{volume_id}"]}, "response": ""},
     ]
     errors = run_contract(localcloud, journal, drive=False)["errors"]
     text = "\n".join(errors)
@@ -115,3 +138,4 @@ def test_the_contract_check_catches_what_the_old_emulator_and_client_did(localcl
     assert "status 201 not declared" in text
     assert "query parameter(s) ['page_size']" in text
     assert "does not deserialize into BillingMetricesResponse" in text
+    assert "attach-volumes: body rejected by AttachVolumesPayload" in text

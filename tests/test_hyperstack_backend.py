@@ -59,7 +59,11 @@ def test_dry_run_json_prints_the_exact_requests_in_order(localcloud, tmp_path):
     assert vm["flavor_name"] == "n3-H100x1-spot" and "spot" not in vm
     assert vm["key_name"] == "spotctl" and vm["image_name"].startswith("Ubuntu")
     assert "HF_HOME" in vm["user_data"] and "--shutdown-timeout" in vm["user_data"]
-    assert attach == {"volume_ids": ["{volume_id}"]}
+    # literally valid for AttachVolumesPayload (integers), the placeholders named in refs
+    assert attach == {"volume_ids": [0]}
+    assert plan["requests"][2]["refs"] == {"{vm_id}": "id of the VM created by request 2",
+                                           "volume_ids[0]": "id of the volume created by request 1"}
+    assert all("refs" not in r for r in plan["requests"][:2])
     assert ENGINE_KEY not in out.stdout and localcloud.api_key not in out.stdout
     assert localcloud.handle.cloud.list_vms() == []  # nothing was created
 

@@ -3,9 +3,11 @@
 SkyPilot: the task YAML and the vLLM command. Hyperstack and the local cloud: discovery runs for
 real (the environment, key pair, image, flavor and the weights volume are looked up, and a
 missing one exits 2 naming it), then the exact requests ``up`` would send, in order, paths
-relative to the API base: ``{"tier", "backend", "requests": [{"method", "path", "body"}...]}``.
-The engine's API key is shown as ``***``; ``{vm_id}`` / ``{volume_id}`` stand for ids the
-provider assigns.
+relative to the API base: ``{"tier", "backend", "capacity", "flavor", "requests": [{"method",
+"path", "body", "refs"?}...]}``. The engine's API key is shown as ``***``. Every body is valid
+for the SDK's payload model as printed: an id the provider has not assigned yet is ``0`` in a
+body and ``{vm_id}`` in a path, and that request's ``refs`` says what each stands for
+(:meth:`HyperstackBackend.plan_up`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def render_dry_run(tier: TierConfig, cfg: Config | None = None) -> str:
         if "user_data" in body:
             body["user_data"] = f"<cloud-init script, {len(body['user_data'])} bytes>"
         lines.append(f"{r['method']} {r['path']}\n{json.dumps(body, indent=2)}")
+        lines += [f"#   {where} = {what}" for where, what in (r.get("refs") or {}).items()]
     if plan.get("note"):
         lines.append(f"# {plan['note']}")
     return "\n".join(lines)

@@ -274,22 +274,47 @@ class HyperstackBackend:
 
     def plan_up(self, tier: TierConfig, capacity: CapacityKind) -> dict:
         """``up --dry-run --json``: discovery for real, then the writes ``up`` would send, in
-        order, recorded instead of sent. The engine key is shown as ``***``."""
+        order, recorded instead of sent. The engine key is shown as ``***``.
+
+        Every body is literally what the SDK's payload model accepts (the contract test
+        validates the printed bodies as they are). An id the provider has not assigned yet is
+        an integer placeholder ``0`` in a body and ``{vm_id}`` in a path; the request then
+        carries ``refs``, mapping each placeholder to what it stands for, e.g.
+        ``{"{vm_id}": "id of the VM created by request 2", "volume_ids[0]": "id of the volume
+        created by request 1"}`` (requests numbered from 1). When another VM holds the volume
+        (a hibernated VM of the tier, or the on-demand VM spot replaces), its detach request
+        comes before the attach, as in :meth:`_attach`."""
         sent: list[Sent] = []
+        refs_of: list[dict[str, str]] = []
+        new_vol: int | None = None
         with self.client(tier, record=sent) as client:
             launch = self.discover(client, tier, capacity)
             if launch.volume is None:
                 client.create_volume(self.volume_payload(tier, launch))
+                new_vol = len(sent)
+                refs_of.append({})
             key = "***" if tier.api_key_env else None
             client.create_vm(self.vm_payload(tier, launch, key))
-            client.attach_volumes(0, [launch.volume.id if launch.volume else 0])
+            vm_req = len(sent)
+            refs_of.append({})
+            vm_ref = {"{vm_id}": f"id of the VM created by request {vm_req}"}
+            vol_id = launch.volume.id if launch.volume else 0
+            for other in launch.volume.attached_to if launch.volume else ():
+                client.detach_volumes(other, [vol_id])
+                refs_of.append({})
+            client.attach_volumes(0, [vol_id])
+            refs_of.append({**vm_ref, **({"volume_ids[0]": f"id of the volume created by "
+                                                             f"request {new_vol}"}
+                                         if new_vol else {})})
         reqs = []
-        for s in sent:
-            path = s.path.replace("/virtual-machines/0/", "/virtual-machines/{vm_id}/")
-            body = s.body
-            if path.endswith("/attach-volumes") and launch.volume is None:
-                body = {"volume_ids": ["{volume_id}"]}
-            reqs.append({"method": s.method, "path": path, "body": body})
+        for s, refs in zip(sent, refs_of, strict=True):
+            path = s.path
+            if "{vm_id}" in refs:
+                path = path.replace("/virtual-machines/0/", "/virtual-machines/{vm_id}/")
+            req = {"method": s.method, "path": path, "body": s.body}
+            if refs:
+                req["refs"] = refs
+            reqs.append(req)
         return {"tier": tier.name, "backend": self.name, "capacity": capacity,
                 "flavor": launch.flavor.name, "requests": reqs}
 
