@@ -36,6 +36,14 @@ def _minutes(daemon, lc, n):
         daemon.run_once()
 
 
+def _weights_on(lc, status) -> int:
+    """The tier's one weights volume, attached to the VM ``status`` names; its id."""
+    [vol] = lc.handle.cloud.list_volumes()
+    vm_id = int(status.resource_id.split(":")[1])
+    assert vol.attached_to == vm_id and lc.handle.cloud.get_vm(vm_id).volume_ids == [vol.id]
+    return vol.id
+
+
 def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
     lc = localcloud_engines
     cfg = _cfg(lc, tmp_path)
@@ -48,6 +56,7 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
 
     st = manager.up(tier)
     assert st.state == TierState.READY and st.capacity == "spot" and st.endpoint
+    weights = _weights_on(lc, st)
 
     key = gateway_key(cfg.ledger_path)
     gw = start_gateway(cfg, lc.clock, RoutingRuntime(FleetRuntime(cfg, lc.clock)))
@@ -80,6 +89,7 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
     _minutes(daemon, lc, 2)  # spot_retry_minutes = 3 have passed: on-demand
     st = manager.status(tier)
     assert st.state == TierState.READY and st.capacity == "on-demand", logs[-4:]
+    assert _weights_on(lc, st) == weights  # the fallback reuses the tier's volume
     # spot capacity returns: the next spot check moves the tier back and releases on-demand
     lc.control("POST", "/spot", available=True)
     gw.app.refresh()
@@ -91,6 +101,8 @@ def test_full_cycle_on_the_local_cloud(localcloud_engines, tmp_path):
     assert st.capacity == "spot" and st.state == TierState.READY, logs[-6:]
     live = [vm for vm in lc.handle.cloud.list_vms() if vm.state != "DELETED"]
     assert len(live) == 1  # the on-demand VM was released
+    # spot → on-demand → spot kept one volume, now attached to the serving spot VM
+    assert _weights_on(lc, st) == weights and st.resource_id == f"vm:{live[0].id}"
     manager.down(tier)
     _minutes(daemon, lc, 11)  # final totals of deleted VMs are fetched
     gw.stop()
