@@ -254,3 +254,37 @@ def test_a_failed_hibernate_or_restore_is_read_back_never_retried():
     # it worked: no read back, the VM as it was
     c = Client("ACTIVE")
     assert _change_state(c, vm, sent.append, ("RESTORING", "ACTIVE")) is vm and c.reads == 0
+
+
+def test_a_launch_without_a_quote_is_shown_by_billing_status(localcloud_engines, tmp_path,
+                                                             monkeypatch):
+    """Price truth (§5) that cannot fire is visible: the pricebook answered 500 at launch, so
+    the VM has no launch quote; `billing status` names it under `no_launch_quote` (and in the
+    table's price column) instead of a rate check that silently never runs."""
+    from typer.testing import CliRunner
+
+    from spotctl.billing.poller import poll_once
+    from spotctl.cli.main import app
+    from spotctl.fleet.manager import FleetManager
+    from spotctl.ledger.db import Ledger
+
+    lc = localcloud_engines
+    monkeypatch.setenv("ENGINE_KEY", ENGINE_KEY)
+    monkeypatch.setenv("LC_KEY", lc.api_key)
+    cfg_path = tmp_path / "spotctl.toml"
+    cfg_path.write_text(lc.config_toml(extra=TIER))
+    cfg = parse_config(cfg_path.read_text(), cfg_path)
+    lc.control("POST", "/faults", kind="pricing_500", minutes=30)
+    notes: list[str] = []
+    st = FleetManager(cfg, lc.clock).up(cfg.tiers[0], progress=lambda p, f, d: notes.append(d))
+    assert st.state == TierState.READY and st.quoted_rate_micros_per_h is None
+    assert any(n and "no launch quote" in n for n in notes)
+    with Ledger(cfg.ledger_target) as led:
+        lc.clock.advance(60)
+        assert all(o.ok for o in poll_once(cfg, led, lc.clock))
+    out = CliRunner().invoke(app, ["--config", str(cfg_path), "billing", "status", "--json"])
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(out.output)["providers"]
+    assert row["no_launch_quote"] == [st.resource_id] and row["rate_mismatch"] is None
+    out = CliRunner().invoke(app, ["--config", str(cfg_path), "billing", "status"])
+    assert "no launch quote" in out.output

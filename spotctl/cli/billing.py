@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
         """Per provider: fresh / stale / failing / regressed, last good sample, last error, a
         billed rate off its launch quote (rate_mismatch), and orphan machines (billing for a
         tier in no journal state, recorded by the daemon; resolved once deleted or ended). Exit
-        4 when any provider is not fresh or an orphan is unresolved."""
+        4 when any provider is not fresh or an orphan is unresolved. ``no_launch_quote``: live
+        machines spotctl launched whose launch quote is missing (their rate is not checked)."""
         from spotctl.clock import from_ms, get_clock, iso, to_ms
         from spotctl.services import billing as service
 
@@ -64,10 +65,12 @@ def register(app: typer.Typer) -> None:
         with open_ledger_for(ctx, readonly=True) as ledger:
             rows = service.health(cfg, ledger, to_ms(get_clock().now()))
             orphans = service.orphans(ledger)
+            unquoted = service.no_launch_quote(cfg, ledger)
         unresolved = [o for found in orphans.values() for o in found if not o.resolved]
         if json_out:
             emit_json({"providers": [{**r.to_json(), "orphans": [
-                o.to_json() for o in orphans.get(r.provider, [])]} for r in rows]})
+                o.to_json() for o in orphans.get(r.provider, [])],
+                "no_launch_quote": unquoted.get(r.provider, [])} for r in rows]})
         else:
             from rich.table import Table
 
@@ -83,6 +86,9 @@ def register(app: typer.Typer) -> None:
                     f"[yellow]rate {mm.off_pct:+.1f}% vs quote[/yellow] ({mm.resource_id}: "
                     f"${mm.billed_micros_per_h / 1e6:.4f}/h billed, "
                     f"${mm.quoted_micros_per_h / 1e6:.4f}/h quoted)")
+                if unquoted.get(r.provider):
+                    price += (f"{'; ' if price else ''}[yellow]no launch quote[/yellow] for "
+                              f"{', '.join(unquoted[r.provider])} (rate not checked)")
                 open_ = [o.resource_id for o in orphans.get(r.provider, []) if not o.resolved]
                 done = sum(o.resolved for o in orphans.get(r.provider, []))
                 orphan_cell = (f"[red]{len(open_)} unresolved: {', '.join(open_)}[/red]"

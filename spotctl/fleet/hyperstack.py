@@ -336,6 +336,9 @@ class HyperstackBackend:
             self._attach(client, tier, vm, volume)
             timings.phases["attach_volume"] = self.clock.monotonic() - t1
             quoted = self._quote(client, vm)
+            if quoted is None:  # visible: `billing status` lists it under no_launch_quote
+                progress("provisioning", None, f"no launch quote for VM {vm.id}: its billed "
+                         "rate cannot be checked against one")
         status = self._ready(tier, self._status_of(tier, vm, quoted), timings, progress)
         return status, timings
 

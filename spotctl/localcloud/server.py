@@ -9,7 +9,8 @@ in ``floating_ip`` (127.0.0.1).
 Faults (control API ``POST /_control/faults``) apply to the billing endpoints ``/v1/billing/*``
 for N simulated minutes: ``billing_dark`` (requests hang past any client timeout), ``http_500``,
 ``http_429``, ``malformed_json``, ``http_401``, ``cumulative_down`` (totals reported lower than
-before), ``vanish`` (a resource missing from usage, live and deleted lists alike).
+before), ``vanish`` (a resource missing from usage, live and deleted lists alike); and
+``pricing_500``: the pricebook and its calculate route answer 500 (a launch gets no quote).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DEFAULT_PAGE_SIZE = 10  # Hyperstack's default is unverified: a small one makes 
 MAX_PAGE_SIZE = 100
 
 FAULT_KINDS = ("billing_dark", "http_500", "http_429", "malformed_json", "http_401",
-               "cumulative_down", "vanish")
+               "cumulative_down", "vanish", "pricing_500")
 _NUM = re.compile(r'"__num__(-?[0-9.]+)__"')
 
 
@@ -353,6 +354,8 @@ def build_app(state: ServerState) -> Starlette:
     async def pricebook(request: Request) -> Response:
         """List prices per hour: per GPU of each model, on demand and spot (the local cloud's
         naming for spot entries, ``<gpu>-spot``, is its own: Hyperstack's is unverified)."""
+        if "pricing_500" in state.active_faults():
+            return error(500, "Internal Server Error", "internal_error")
         rows, seen = [], set()
         for f in FLAVORS.values():
             if not f.gpu_count:
@@ -371,6 +374,8 @@ def build_app(state: ServerState) -> Starlette:
         return render(rows)
 
     async def calculate(request: Request) -> Response:
+        if "pricing_500" in state.active_faults():
+            return error(500, "Internal Server Error", "internal_error")
         rtype = request.path_params["resource_type"]
         rid = int(request.path_params["id"])
         if rtype == "virtual_machine":

@@ -111,3 +111,28 @@ def orphans(ledger: Ledger) -> dict[str, list[Orphan]]:
         out.setdefault(provider, []).append(
             Orphan(provider, rid, observed, detail, (provider, rid) in done))
     return out
+
+
+# providers whose billing adapter compares each poll's billed rate with the launch quote
+QUOTE_COMPARED_KINDS = ("hyperstack", "localcloud")
+
+
+def no_launch_quote(cfg: Config, ledger: Ledger) -> dict[str, list[str]]:
+    """Price truth that cannot fire, made visible: per provider whose adapter compares billed
+    rates with launch quotes, the machines spotctl launched (named in the fleet journal) that
+    are live in the provider's newest successful poll and have no quote journaled, because
+    the quote call failed or answered nothing at launch. Sorted resource ids."""
+    from spotctl.ledger.billing_reads import prior_state, quoted_rates
+    from spotctl.ledger.journal import fleet_events
+
+    launched = {e.resource_id for e in fleet_events(ledger) if e.resource_id}
+    quoted = quoted_rates(ledger)
+    out: dict[str, list[str]] = {}
+    for prov in cfg.providers:
+        if prov.kind not in QUOTE_COMPARED_KINDS:
+            continue
+        live = prior_state(ledger, prov.name).live_before
+        missing = sorted(r for r in live if r in launched and r not in quoted)
+        if missing:
+            out[prov.name] = missing
+    return out
