@@ -8,7 +8,9 @@ script starting with ``#!`` runs once, as root, at the VM's first boot. This one
    ``POST /core/virtual-machines/{id}/attach-volumes``), finds it by its filesystem label, or,
    on first use, as the unformatted disk of the volume's size, and formats it (ext4, labelled);
 2. mounts it at ``/weights`` (and in ``/etc/fstab``, so a restore from hibernation, which boots
-   the saved root disk again without cloud-init, mounts it too);
+   the saved root disk again without cloud-init, mounts it too; this relies on the volume
+   staying attached through hibernate/restore, which Hyperstack's docs say and no account has
+   confirmed, see docs/providers.md; the backend re-attaches it on wake if not);
 3. points ``HF_HOME``, ``VLLM_CACHE_ROOT`` and the torch compile caches at the volume, so a
    relaunch or a wake neither downloads nor compiles again;
 4. installs the tier's pinned vLLM (into a venv on the volume) if the image has no ``vllm`` of
@@ -38,6 +40,10 @@ from spotctl.engine.vllm_cmd import SHUTDOWN_TIMEOUT_S, WEIGHTS_MOUNT, serve_arg
 
 UNIT = "spotctl-vllm.service"
 DEVICE_WAIT_S = 600  # how long the script waits for the weights volume to be attached
+# Hyperstack documents no size limit for user_data (unverified, docs/providers.md). Its API is
+# OpenStack-shaped, and OpenStack Nova caps user_data at 65535 bytes (base64-encoded, so about
+# 48 KiB of script); the script is about 3 KB, far below. A tier whose script grew past that
+# would be refused at create.
 
 
 def volume_label(tier: TierConfig) -> str:

@@ -66,6 +66,8 @@ STATES = {"CREATING": TierState.PROVISIONING, "BUILD": TierState.PROVISIONING,
           "ACTIVE": TierState.READY, "HIBERNATING": TierState.HIBERNATING,
           "HIBERNATED": TierState.HIBERNATED, "RESTORING": TierState.WAKING,
           "SHUTOFF": TierState.FAILED, "ERROR": TierState.FAILED}
+# SHUTOFF is FAILED (to be replaced), never "stopped and cheap": Hyperstack's docs say a SHUTOFF
+# VM bills in full (docs/providers.md, "VM states and billing"; unverified on an account).
 POLL_S = 5.0
 ENGINE_READY_S = 1800.0  # first boot: format, install, download, load (a cold 70B is slow)
 
@@ -254,12 +256,18 @@ class HyperstackBackend:
         rules = [{"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
                   "remote_ip_prefix": "0.0.0.0/0", "port_range_min": p, "port_range_max": p}
                  for p in ports]
+        # Unverified (docs/providers.md): whether VM names must be unique. Return to spot
+        # creates the spot VM while the on-demand one, of the same name spotctl-<tier>, still
+        # serves; the SDK has a name-availability check (check_vm_name_availability), so the
+        # API may refuse the duplicate: the return to spot then fails and on-demand keeps
+        # serving. The tier's VMs are also found by label, not by name alone (_mine).
         return {"name": resource_name_for(tier.name), "environment_name": launch.environment,
                 "image_name": launch.image, "flavor_name": launch.flavor.name,
                 "key_name": launch.keypair, "count": 1,
                 "labels": [f"{TIER_LABEL_PREFIX}{tier.name}"],
                 "assign_floating_ip": True, "enable_port_randomization": False,
                 "security_rules": rules,
+                # a size limit on user_data is unverified (see spotctl/fleet/cloudinit.py)
                 "user_data": render_user_data(tier, volume_size_gb=tier.volume_gb,
                                               engine_key=engine_key)}
 
@@ -448,6 +456,11 @@ class HyperstackBackend:
         return status
 
     def hibernate(self, tier: TierConfig) -> tuple[TierStatus, PhaseTimings]:
+        """Hibernate the tier's VM: it then bills only its storage and IP (Hyperstack's docs;
+        the local cloud bills so). Unverified (docs/providers.md): whether a spot VM (a
+        ``-spot`` flavor) can be hibernated at all (hibernation is per flavor: docs list a
+        ``no-hibernation`` flavor label); a refusal is a ProviderError, the VM stays ACTIVE
+        and keeps billing, and the caller sees the failure."""
         timings = PhaseTimings()
         t0 = self.clock.monotonic()
         with self.client(tier) as client:
@@ -478,7 +491,9 @@ class HyperstackBackend:
             timings.phases["restoring"] = self.clock.monotonic() - t0
             wanted = volume_name(tier)
             vols = [v for v in client.list_volumes(search=wanted) if v.name == wanted]
-            if vols and vm.id not in vols[-1].attached_to:  # kept through hibernation, normally
+            # Hyperstack's docs say storage stays attached through hibernation (unverified on an
+            # account, docs/providers.md); the local cloud keeps it. If it did not, re-attach.
+            if vols and vm.id not in vols[-1].attached_to:
                 self._attach(client, tier, vm, vols[-1])
         status = self._ready(tier, self._status_of(tier, vm), timings, progress)
         return status, timings

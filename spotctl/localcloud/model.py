@@ -70,6 +70,9 @@ VOLUME_TYPES = ("Cloud-SSD",)
 VOLUME_PER_GB_MIN = 1  # micro-dollars per GB per minute ($0.0432 per GB-month)
 
 # Which VM states bill, and how (the research table: SHUTOFF bills in full, transitions do not).
+# Hyperstack's docs (docs/providers.md, "VM states and billing") say so: ACTIVE and SHUTOFF bill
+# in full, HIBERNATED only storage and the public IP, HIBERNATING/RESTORING and ERROR nothing.
+# Unverified on an account; spotctl's idle hibernation pays off only if it holds.
 BILLED_ACTIVE = {"ACTIVE", "SHUTOFF"}
 BILLED_HIBERNATED = {"HIBERNATED"}
 
