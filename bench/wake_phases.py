@@ -6,7 +6,14 @@ cloud's model (create 90 s, restore 60 s of its clock, the same on every run): t
 its cloud-init user_data (volume found or formatted, caches, systemd unit), `vllm serve` really
 starts (the built-in engine, via the local cloud's shim), and readiness is a real completion.
 Wall-clock seconds are measured around each operation (API calls + boot + engine start +
-first completion); the provider phases are reported in the local cloud's seconds.
+first completion), and split per phase: ``wall_attach_s`` (attaching the weights volume,
+detaching it first if needed, until the API shows it attached), ``wall_engine_s`` (from the VM
+being ACTIVE and the volume attached to the first real completion: the rest of the boot script,
+format or not, mount, the systemd unit, the engine's start and its first completion) and
+``wall_api_s`` (the rest: discovery, creates, the state polls). The backend's own phases
+(``provisioning``, ``restoring``, ``attach_volume``, ``engine_loading``, ``first_completion``)
+are in the local cloud's seconds: its clock moves only through the provider's modelled
+transitions, so the phases that are real work read 0 there.
 
     .venv/bin/python bench/wake_phases.py [--rounds 5] [--json]
 
@@ -39,6 +46,22 @@ from spotctl.localcloud.vm import VmRunner
 KEY = "bench-wake-key"
 
 
+def timed(backend, methods: dict[str, str]) -> dict[str, float]:
+    """Wrap ``backend``'s methods so the wall seconds spent in each add up under its name."""
+    spent: dict[str, float] = {}
+    for attr, name in methods.items():
+        real = getattr(backend, attr)
+
+        def wrapper(*a, _real=real, _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _real(*a, **kw)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+        setattr(backend, attr, wrapper)
+    return spent
+
+
 def one_round(root: Path, n: int) -> dict:
     clock = ManualClock(datetime(2026, 11, 1, tzinfo=UTC))
     set_clock(clock)
@@ -53,18 +76,25 @@ def one_round(root: Path, n: int) -> dict:
             'flavor = "n3-A100x1"\nvolume_gb = 50\n', root / "spotctl.toml")
         tier = cfg.tiers[0]
         backend = LocalCloudBackend(cfg, clock)
+        spent = timed(backend, {"_attach": "wall_attach_s", "_ready": "wall_engine_s"})
+
+        def measure(op) -> dict:
+            spent.clear()
+            t0 = time.perf_counter()
+            _, timings = op()
+            wall = time.perf_counter() - t0
+            parts = {k: spent.get(k, 0.0) for k in ("wall_attach_s", "wall_engine_s")}
+            return {"wall_s": wall, "wall_api_s": wall - sum(parts.values()), **parts,
+                    **timings.phases}
+
         out = {}
-        t0 = time.perf_counter()
-        _, timings = backend.up(tier, "on-demand")  # no volume yet: created and formatted
-        out["cold_launch"] = {"wall_s": time.perf_counter() - t0, **timings.phases}
+        # no volume yet: created and formatted
+        out["cold_launch"] = measure(lambda: backend.up(tier, "on-demand"))
         backend.down(tier)  # the volume stays
-        t0 = time.perf_counter()
-        _, timings = backend.up(tier, "on-demand")  # a new VM, the same volume
-        out["relaunch_volume_reused"] = {"wall_s": time.perf_counter() - t0, **timings.phases}
+        # a new VM, the same volume
+        out["relaunch_volume_reused"] = measure(lambda: backend.up(tier, "on-demand"))
         backend.hibernate(tier)
-        t0 = time.perf_counter()
-        _, timings = backend.wake(tier)
-        out["wake_from_hibernation"] = {"wall_s": time.perf_counter() - t0, **timings.phases}
+        out["wake_from_hibernation"] = measure(lambda: backend.wake(tier))
         backend.down(tier, delete_storage=True)
         return out
     finally:
@@ -92,8 +122,10 @@ def main() -> None:
         return
     print(f"{args.rounds} rounds on {result['machine']} (medians)")
     for scenario, m in result["median"].items():
-        sim = ", ".join(f"{k}={v:g}" for k, v in m.items() if k != "wall_s")
-        print(f"  {scenario:24s} wall {m['wall_s']:.2f} s   local-cloud clock: {sim}")
+        sim = ", ".join(f"{k}={v:g}" for k, v in m.items() if not k.startswith("wall"))
+        print(f"  {scenario:24s} wall {m['wall_s']:.2f} s (api {m['wall_api_s']:.2f}, attach "
+              f"{m['wall_attach_s']:.2f}, engine {m['wall_engine_s']:.2f})   "
+              f"local-cloud clock: {sim}")
     cold = result["median"]["cold_launch"]["wall_s"]
     for scenario in ("relaunch_volume_reused", "wake_from_hibernation"):
         print(f"  {scenario} / cold_launch = "
