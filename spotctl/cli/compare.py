@@ -71,11 +71,14 @@ def _print(out: dict) -> None:
                       "—" if be is None else (fmt_pct(Decimal(be)) if Decimal(be) <= 1 else
                                               "never (>100 %)"))
     c.print(table)
-    fl = out["fully_loaded"]
-    if fl["items"]:
-        c.print(f"fully loaded (with fixed costs pro-rated, an estimate): "
-                f"${Decimal(fl['fully_loaded_usd']):,.2f} "
-                f"(fixed ${Decimal(fl['fixed_costs_usd']):,.2f})")
+    from rich.markup import escape
+
+    from spotctl.accounting.compare import fully_loaded_text
+
+    loaded = fully_loaded_text(out["fully_loaded"], out["self_hosted_usd"],
+                               out["spend_complete"])
+    if loaded:
+        c.print(escape(loaded))
     util = out["utilisation"]
     c.print(f"This window: {out['output_tokens']:,} output tokens, utilisation "
             f"{fmt_pct(None if util is None else Decimal(util))}. Prices from "

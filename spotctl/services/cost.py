@@ -63,13 +63,16 @@ def cost_report(
     ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
     bucket_s: int = 3600, min_tokens: int = 1000,
     tiers: set[str] | None = None, providers: set[str] | None = None, closures: bool = False,
+    arrivals: bool = False,
 ) -> CostReport:
     """The cost report for (start, end]: buckets aligned to multiples of ``bucket_s``.
-    ``closures``: also count the gate's refusals by reason (a scan of the window's requests)."""
+    ``closures``: also count the gate's refusals by reason (a scan of the window's requests);
+    ``arrivals``: also read every request's arrival, so that ``advise_report`` can replay the
+    same snapshot (the HTML report)."""
     if end_ms <= start_ms:
         raise ValueError("the window ends before it starts")
     data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers,
-                       closures=closures)
+                       closures=closures, arrivals=arrivals)
     spend = spend_of(data, cfg, providers=providers, tiers=tiers)
     report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
     add_spot_economics(report, cfg)

@@ -403,20 +403,34 @@ def _flavor(cfg: Config, tier: str):
 
 def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = None) -> dict:
     """Replay the window's arrivals per tier under each idle timeout and capacity choice."""
-    from spotctl.accounting.advise import advise_tier
-    from spotctl.accounting.economics import SERVING_EVENTS, interruptions, wakes
     from spotctl.accounting.report import build_report
-    from spotctl.clock import from_ms, iso
     from spotctl.services.cost import read_window, spend_of
 
+    _check_advised(cfg, tier)
+    data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
+    spend = spend_of(data, cfg)
+    return advise_report(build_report(data, spend, cfg, min_tokens=1), cfg, tier)
+
+
+def _check_advised(cfg: Config, tier: str | None) -> None:
     if tier is not None and not cfg.tier(tier).fleet_managed:  # unknown: the one-line error
         raise UsageError(f"tier {tier!r} is a fixed engine: spotctl cannot hibernate it, so "
                          "there is no idle policy to advise")
+
+
+def advise_report(report, cfg: Config, tier: str | None = None) -> dict:
+    """``advise`` on a cost report already built (its snapshot must hold the arrivals:
+    ``cost_report(..., arrivals=True)``), so that both describe the same moment. Each tier's
+    actual spend and tokens are the report's; ``report`` must not be filtered by tier."""
+    from spotctl.accounting.advise import advise_tier
+    from spotctl.accounting.economics import SERVING_EVENTS, interruptions, wakes
+    from spotctl.clock import from_ms, iso
+
+    _check_advised(cfg, tier)
+    data, spend = report.data, report.spend
+    start_ms, end_ms = report.start_ms, report.end_ms
     # fixed engines are not spotctl's to hibernate: only fleet-managed tiers have a policy
     names = [t.name for t in cfg.tiers if t.fleet_managed and (tier is None or t.name == tier)]
-    data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
-    spend = spend_of(data, cfg)
-    report = build_report(data, spend, cfg, min_tokens=1)
     woken = wakes(data, spend)
     items = interruptions(data, spend)
     out = []
