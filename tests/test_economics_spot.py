@@ -115,3 +115,25 @@ def test_local_cloud_price_list_gives_the_on_demand_rate(ledger):
     od_per_min = FLAVORS["n3-H100x1"].active_per_min
     assert Decimal(sv["on_demand_equivalent_usd"]) * 1_000_000 == 30 * od_per_min
     assert Decimal(sv["net_savings_usd"]) * 1_000_000 == 30 * (od_per_min - 24_000)
+
+
+def test_a_window_where_spot_lost_money_says_so(ledger):
+    """The spot VM billed more than the price list's on-demand rate: net savings negative, and
+    the closing sentence says spot lost money, with the figure computed by hand."""
+    from spotctl.accounting.sentences import spot_sentence
+    from spotctl.localcloud.model import FLAVORS
+
+    cfg = parse_config('[[providers]]\nname = "hs"\nkind = "localcloud"\napi_key_env = "K"\n'
+                       'base_url = "http://127.0.0.1:9/v1"\n[[tiers]]\nname = "big"\n'
+                       'model = "m"\nprovider = "hs"\nbackend = "localcloud"\n'
+                       'flavor = "n3-H100x1"\n', "spotctl.toml")
+    od_per_min = FLAVORS["n3-H100x1"].active_per_min
+    spot_per_min = od_per_min + 10_000  # a spot price above on-demand
+    for m in range(0, 31):
+        record_poll(ledger, PollRecord("hs", H0 + m * MIN - 50, H0 + m * MIN, "ok"),
+                    [_s(m, "vm:1", "vm", spot_per_min * m, "ACTIVE", True, spot_per_min * 60, 0)])
+    rep = cost_report(ledger, cfg, H0, H0 + 30 * MIN)
+    sv = rep.to_json()["spot_savings_estimate"]
+    assert sv["net_savings_usd"] == "-0.300000"  # 30 min × 10,000 µ$
+    assert spot_sentence(rep) == ("Spot lost money in this window: an estimated $0.30 more than "
+                                  "on-demand for the same 0.5 h.")
