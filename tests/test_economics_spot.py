@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from spotctl.clock import from_ms, iso
 from spotctl.config import parse_config
 from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.ledger.records import (
@@ -77,7 +78,10 @@ def test_interruption_tax_and_net_spot_savings(ledger):
     assert sv["gross_savings_usd"] == "1.000000"  # 2.44 − 1.44
     assert sv["net_savings_usd"] == "0.959500"  # − 0.0405
     tier = js["tiers"][0]
-    assert tier["spot_savings_estimate"]["on_demand_rate_source"].startswith("billed")
+    source = tier["spot_savings_estimate"]["on_demand_rate_source"]
+    # one rate for the window, and the label says it is an approximation and where it is from
+    assert source.startswith("billed") and "approximation" in source
+    assert iso(from_ms(H0 + 120 * MIN)) in source  # the newest on-demand sample
     # estimates never enter spend
     assert js["spend_usd"] == "3.692000"
 

@@ -15,7 +15,7 @@ from spotctl.accounting.economics import (
     combine_savings,
     interruption_tax_json,
     interruptions,
-    observed_on_demand_rate,
+    observed_on_demand_rate_at,
     spot_savings,
     wakes,
 )
@@ -87,12 +87,18 @@ def fixed_costs(cfg: Config) -> list[FixedCost]:
 
 def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
     """The on-demand rate for the tier's flavor: the provider's own billed rate for an
-    on-demand VM of the tier in the window, else the provider's price list where spotctl has
-    one (the local cloud's flavors carry both rates), else unknown (said so)."""
-    observed = observed_on_demand_rate(data, tier)
+    on-demand VM of the tier in the window (the newest, applied to the whole window: an
+    approximation, said in the source), else the provider's price list where spotctl has
+    one (the local cloud's flavors carry both rates, fixed), else unknown (said so)."""
+    observed = observed_on_demand_rate_at(data, tier)
     if observed:
-        return OnDemandRate(observed, "billed: the provider's rate for an on-demand VM of this "
-                                      "tier in the window")
+        from spotctl.clock import from_ms, iso
+
+        return OnDemandRate(observed[1], "billed: the newest rate the provider billed an "
+                                         f"on-demand VM of this tier in the window (at "
+                                         f"{iso(from_ms(observed[0]))}), applied to every spot "
+                                         "hour of the window: an approximation, the on-demand "
+                                         "rate in force at each spot sample is not recorded")
     tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
     prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
     if isinstance(tier_cfg, HyperstackTier) and prov is not None and prov.kind == "localcloud" \
@@ -102,7 +108,8 @@ def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemand
         flavor = FLAVORS.get(tier_cfg.flavor)
         if flavor is not None:
             return OnDemandRate(flavor.active_per_min * 60,
-                                f"price list: local cloud flavor {flavor.name} on demand")
+                                f"price list: local cloud flavor {flavor.name} on demand (a "
+                                "fixed list: the rate in force at every spot sample)")
     kind = prov.kind if prov is not None else "no provider"
     return OnDemandRate(None, f"unknown: no on-demand VM of tier {tier} billed in the window, "
                               f"and spotctl has no on-demand price list for {kind}")
