@@ -364,9 +364,10 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
         rate = on_demand_rate(cfg, data, tier)
         od = rate.micros_per_h
         notes.append(f"on-demand serving rate: {rate.source}")
-    if spot is None and flavor is not None:
-        spot = flavor.spot_per_min * 60
-        notes.append(f"spot serving rate: price list, local cloud flavor {flavor.name}")
+    spot_flavor = _spot_flavor(flavor)
+    if spot is None and spot_flavor is not None:
+        spot = spot_flavor.active_per_min * 60
+        notes.append(f"spot serving rate: price list, local cloud flavor {spot_flavor.name}")
     hib = per_hour((HIBERNATED, False))
     if hib is None:
         if hib_sample_rate is not None:
@@ -388,6 +389,16 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
     spot_serving_ms = ms.get((SPOT, True), 0)
     tax = int(tax_micros * 3_600_000 // spot_serving_ms) if spot_serving_ms > 0 else 0
     return Rates(spot, od, hib, waking, wake_ms, constant, tax, tuple(notes))
+
+
+def _spot_flavor(flavor):
+    """The local cloud's spot flavor of ``flavor`` (its own entry, ``<name>-spot``, with the
+    spot price as its active rate), or None."""
+    if flavor is None:
+        return None
+    from spotctl.localcloud.model import FLAVORS, SPOT_SUFFIX
+
+    return flavor if flavor.spot else FLAVORS.get(flavor.name + SPOT_SUFFIX)
 
 
 def _flavor(cfg: Config, tier: str):
