@@ -119,6 +119,17 @@ def test_local_cloud_price_list_gives_the_on_demand_rate(ledger):
     od_per_min = FLAVORS["n3-H100x1"].active_per_min
     assert Decimal(sv["on_demand_equivalent_usd"]) * 1_000_000 == 30 * od_per_min
     assert Decimal(sv["net_savings_usd"]) * 1_000_000 == 30 * (od_per_min - 24_000)
+    # a tier configured with the spot flavor: its on-demand rate is still the base flavor's
+    from spotctl.services.cost import local_flavor
+
+    spot_named = parse_config('[[providers]]\nname = "hs"\nkind = "localcloud"\n'
+                              'api_key_env = "K"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                              '[[tiers]]\nname = "big"\nmodel = "m"\nprovider = "hs"\n'
+                              'backend = "localcloud"\nflavor = "n3-H100x1-spot"\n',
+                              "spotctl.toml")
+    assert local_flavor(spot_named, "big") is FLAVORS["n3-H100x1"]
+    sv = cost_report(ledger, spot_named, H0, H0 + 30 * MIN).to_json()["spot_savings_estimate"]
+    assert Decimal(sv["on_demand_equivalent_usd"]) * 1_000_000 == 30 * od_per_min
 
 
 def test_a_window_where_spot_lost_money_says_so(ledger):

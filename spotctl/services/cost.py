@@ -85,6 +85,19 @@ def fixed_costs(cfg: Config) -> list[FixedCost]:
     return [FixedCost(f.name, f.usd_per_month) for f in cfg.fixed_costs]
 
 
+def local_flavor(cfg: Config, tier: str):
+    """The on-demand flavor of a local cloud tier's price list (a tier configured with the
+    ``-spot`` flavor gets its base), or None for any other tier."""
+    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
+    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
+    if not isinstance(tier_cfg, HyperstackTier) or prov is None or prov.kind != "localcloud" \
+            or not tier_cfg.flavor:
+        return None
+    from spotctl.localcloud.model import FLAVORS, SPOT_SUFFIX
+
+    return FLAVORS.get(tier_cfg.flavor.removesuffix(SPOT_SUFFIX))
+
+
 def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
     """The on-demand rate for the tier's flavor: the provider's own billed rate for an
     on-demand VM of the tier in the window (the newest, applied to the whole window: an
@@ -99,17 +112,13 @@ def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemand
                                          f"{iso(from_ms(observed[0]))}), applied to every spot "
                                          "hour of the window: an approximation, the on-demand "
                                          "rate in force at each spot sample is not recorded")
+    flavor = local_flavor(cfg, tier)
+    if flavor is not None:
+        return OnDemandRate(flavor.active_per_min * 60,
+                            f"price list: local cloud flavor {flavor.name} on demand (a "
+                            "fixed list: the rate in force at every spot sample)")
     tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
     prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if isinstance(tier_cfg, HyperstackTier) and prov is not None and prov.kind == "localcloud" \
-            and tier_cfg.flavor:
-        from spotctl.localcloud.model import FLAVORS
-
-        flavor = FLAVORS.get(tier_cfg.flavor)
-        if flavor is not None:
-            return OnDemandRate(flavor.active_per_min * 60,
-                                f"price list: local cloud flavor {flavor.name} on demand (a "
-                                "fixed list: the rate in force at every spot sample)")
     kind = prov.kind if prov is not None else "no provider"
     return OnDemandRate(None, f"unknown: no on-demand VM of tier {tier} billed in the window, "
                               f"and spotctl has no on-demand price list for {kind}")

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from spotctl.config import HyperstackTier
 from spotctl.errors import SpotctlError, UsageError
 
 if TYPE_CHECKING:
@@ -333,7 +332,7 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
     """The rates a tier's window billed, per hour, from its invoice-true spend and times."""
     from spotctl.accounting.advise import Rates
     from spotctl.accounting.capacity import HIBERNATED, ON_DEMAND, SPOT
-    from spotctl.services.cost import on_demand_rate
+    from spotctl.services.cost import local_flavor, on_demand_rate
 
     micros: dict[tuple[str, bool], int] = {}
     ms: dict[tuple[str, bool], int] = {}
@@ -359,7 +358,7 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
 
     spot = per_hour((SPOT, True))
     od = per_hour((ON_DEMAND, True))
-    flavor = _flavor(cfg, tier)
+    flavor = local_flavor(cfg, tier)
     if od is None:
         rate = on_demand_rate(cfg, data, tier)
         od = rate.micros_per_h
@@ -392,24 +391,13 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
 
 
 def _spot_flavor(flavor):
-    """The local cloud's spot flavor of ``flavor`` (its own entry, ``<name>-spot``, with the
-    spot price as its active rate), or None."""
+    """The local cloud's spot flavor of the on-demand ``flavor`` (its own entry,
+    ``<name>-spot``, with the spot price as its active rate), or None."""
     if flavor is None:
         return None
     from spotctl.localcloud.model import FLAVORS, SPOT_SUFFIX
 
-    return flavor if flavor.spot else FLAVORS.get(flavor.name + SPOT_SUFFIX)
-
-
-def _flavor(cfg: Config, tier: str):
-    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
-    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if not isinstance(tier_cfg, HyperstackTier) or prov is None or prov.kind != "localcloud" \
-            or not tier_cfg.flavor:
-        return None
-    from spotctl.localcloud.model import FLAVORS
-
-    return FLAVORS.get(tier_cfg.flavor)
+    return FLAVORS.get(flavor.name + SPOT_SUFFIX)
 
 
 def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = None) -> dict:
