@@ -156,6 +156,8 @@ def test_report_shows_every_chart_and_table(tmp_path):
     assert "none in this window" not in pre and "Net spot savings (estimate, not spend): $" in pre
     hosted = page.split("<h2>Hosted APIs", 1)[1].split("<h2>", 1)[0]
     assert "cheap 8B API" in hosted and "frontier API" in hosted
+    # $10.09 self-hosted against $0.06: a multiple, not "-18,183.3 %"; -0.4 % stays a percentage
+    assert "none: 183× the API&#x27;s price" in hosted and "-0.4 %" in hosted
     advise = page.split("<h2>Idle policy", 1)[1].split("<h2>", 1)[0]
     assert "60 min (current)" in advise and "error" in advise and "never" in advise
     assert advise.count("<tr>") >= 12

@@ -280,11 +280,13 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
                  for d in obs["dark_intervals"]]
     compare_html = ""
     if compare is not None:
+        from spotctl.accounting.compare import saved_text
+
         compare_html = _table(
             ["offer", "as of", "API would cost", "self-hosted", "saved", "API $/Mtok out",
              "break-even utilisation", "source"],
             [[o["name"], o["as_of"], money(o["usd"]), money(o["self_hosted_usd"]),
-              "—" if o["savings_pct"] is None else f"{Decimal(o['savings_pct']):,.1f} %",
+              saved_text(o),
               mtok(o["usd_per_mtok_output_equivalent"]),
               ("—" if o["break_even_utilisation"] is None else
                pct(o["break_even_utilisation"]) if Decimal(o["break_even_utilisation"]) <= 1
