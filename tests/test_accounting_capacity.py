@@ -131,3 +131,23 @@ def test_idle_share_falls_back_to_minutes_on_heavy_traffic(ledger, monkeypatch):
     coarse = cost_report(ledger, cfg(), H0, H0 + 180 * MIN, min_tokens=1).to_json()
     # every one of the 120 serving minutes saw completions: no idle minute
     assert coarse["idle_share_resolution"] == "minute" and coarse["idle_share"] == "0.000000"
+
+
+def test_a_fixed_endpoint_tier_billed_by_its_provider_has_a_utilisation(ledger):
+    """Issue 13 §1: utilisation applies to a fixed-endpoint tier whose `provider` names who
+    bills its VM, attributed by the name spotctl-<tier> or the label spotctl-tier=<tier>."""
+    from spotctl.billing.base import tier_for_resource
+
+    c = cfg('endpoint = "http://10.0.0.5:8000"\nprovider = "hs"\n'
+            'rated_output_tokens_per_s = 500\n')
+    assert not c.tier("big").fleet_managed  # spotctl runs no machine of it
+    assert tier_for_resource("spotctl-big", [], c) == "big"
+    assert tier_for_resource("my-own-h100", ["spotctl-tier=big"], c) == "big"
+    assert tier_for_resource("my-own-h100", [], c) is None
+    _day(ledger)  # the provider's samples, attributed to the tier as the poller does
+    js = cost_report(ledger, c, H0, H0 + 180 * MIN, min_tokens=1).to_json()
+    tier = js["tiers"][0]
+    assert tier["name"] == "big" and tier["serving_seconds"] == 7200  # from the VM's states
+    assert Decimal(tier["utilisation"]) == Decimal("0.2")  # 720,000 ÷ (500 × 7,200)
+    assert Decimal(tier["usd_per_mtok_at_full_load"]) == (Decimal(3) / Decimal("1.8")).quantize(
+        Decimal("0.0001"))

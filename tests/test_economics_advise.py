@@ -129,3 +129,28 @@ def test_advise_backtest_is_exact_on_a_day_run_under_the_current_policy(tmp_path
     assert [w["requests_held"] for w in wakes] == [3, 2]
     assert wakes[0]["phases"] == {"engine": 20.0, "restore": 40.0}
     assert wakes[0]["max_wait_s"] == 60.0
+
+
+def test_a_local_cloud_tier_that_never_ran_on_spot_prices_spot_from_the_list(ledger):
+    """measured_rates took `flavor.spot_per_min`, which the local cloud's flavors do not have
+    (the spot price is the `<name>-spot` flavor's): advise on an on-demand-only day raised
+    AttributeError."""
+    from spotctl.config import parse_config
+    from spotctl.localcloud.model import FLAVORS
+    from spotctl.services.cost import cost_report
+    from spotctl.services.economics import measured_rates
+
+    cfg = parse_config('[[providers]]\nname = "lc"\nkind = "localcloud"\napi_key_env = "K"\n'
+                       'base_url = "http://127.0.0.1:9/v1"\n[[tiers]]\nname = "big"\n'
+                       'model = "m"\nprovider = "lc"\nbackend = "localcloud"\n'
+                       'flavor = "n3-H100x1"\n', "spotctl.toml")
+    for m in range(0, 31):
+        record_poll(ledger, PollRecord("lc", H0 + m * MIN - 50, H0 + m * MIN, "ok"), [
+            BillingSample("lc", "a", "vm:1", "vm", H0 + m * MIN, 40_000 * m,
+                          CumulativeKind.RESOURCE_TOTAL, "h", rate_micros_per_h=2_400_000,
+                          tier="big", created_ms=H0, state="ACTIVE", spot=False)])
+    rep = cost_report(ledger, cfg, H0, H0 + 30 * MIN)
+    rates = measured_rates(cfg, rep.data, rep.spend, "big", [], 0)
+    assert rates.serving_on_demand == 2_400_000  # billed
+    assert rates.serving_spot == FLAVORS["n3-H100x1-spot"].active_per_min * 60 == 1_440_000
+    assert any("n3-H100x1-spot" in n for n in rates.notes)

@@ -107,6 +107,31 @@ def test_cost_json_carries_the_fully_loaded_line_outside_spend(tmp_path):
     assert js["fully_loaded"]["fully_loaded_usd"] == "9.138000"
 
 
+LOADED = ("Fully loaded (estimate, not invoice-true; outside the spend and the band): $9.14 = "
+          "$6.14 billed + $3.00 of [[fixed_costs]] pro-rated to the window (gateway VPS $3.00)")
+
+
+def test_plain_cost_and_compare_print_the_fully_loaded_line_apart(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    cfg = _workspace(tmp_path)
+    window = ("--since", iso(from_ms(H0)), "--until", iso(from_ms(H0 + 180 * MIN)))
+    code, out, err = cli(capsys, monkeypatch, "--config", str(cfg), "cost", *window)
+    assert code == 0, err
+    assert LOADED in out
+    # the invoice-true total is untouched: the table's total is the billed $6.14
+    total = next(line for line in out.splitlines() if line.strip().startswith("total"))
+    assert "$6.14" in total and "9.14" not in total
+    code, out, err = cli(capsys, monkeypatch, "--config", str(cfg), "compare", *window,
+                         "--prices", str(tmp_path / "prices.toml"))
+    assert code == 0, err
+    assert LOADED in out
+    # without [[fixed_costs]], no such line
+    cfg.write_text(cfg.read_text().split("[[fixed_costs]]")[0])
+    code, out, err = cli(capsys, monkeypatch, "--config", str(cfg), "cost", *window)
+    assert code == 0 and "Fully loaded" not in out
+
+
 def test_bad_prices_file_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     cfg = _workspace(tmp_path)
     bad = tmp_path / "bad.toml"

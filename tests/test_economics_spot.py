@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from spotctl.clock import from_ms, iso
 from spotctl.config import parse_config
 from spotctl.ledger.journal import FleetEntry, append_fleet_event
 from spotctl.ledger.records import (
@@ -77,7 +78,10 @@ def test_interruption_tax_and_net_spot_savings(ledger):
     assert sv["gross_savings_usd"] == "1.000000"  # 2.44 − 1.44
     assert sv["net_savings_usd"] == "0.959500"  # − 0.0405
     tier = js["tiers"][0]
-    assert tier["spot_savings_estimate"]["on_demand_rate_source"].startswith("billed")
+    source = tier["spot_savings_estimate"]["on_demand_rate_source"]
+    # one rate for the window, and the label says it is an approximation and where it is from
+    assert source.startswith("billed") and "approximation" in source
+    assert iso(from_ms(H0 + 120 * MIN)) in source  # the newest on-demand sample
     # estimates never enter spend
     assert js["spend_usd"] == "3.692000"
 
@@ -115,3 +119,36 @@ def test_local_cloud_price_list_gives_the_on_demand_rate(ledger):
     od_per_min = FLAVORS["n3-H100x1"].active_per_min
     assert Decimal(sv["on_demand_equivalent_usd"]) * 1_000_000 == 30 * od_per_min
     assert Decimal(sv["net_savings_usd"]) * 1_000_000 == 30 * (od_per_min - 24_000)
+    # a tier configured with the spot flavor: its on-demand rate is still the base flavor's
+    from spotctl.services.cost import local_flavor
+
+    spot_named = parse_config('[[providers]]\nname = "hs"\nkind = "localcloud"\n'
+                              'api_key_env = "K"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                              '[[tiers]]\nname = "big"\nmodel = "m"\nprovider = "hs"\n'
+                              'backend = "localcloud"\nflavor = "n3-H100x1-spot"\n',
+                              "spotctl.toml")
+    assert local_flavor(spot_named, "big") is FLAVORS["n3-H100x1"]
+    sv = cost_report(ledger, spot_named, H0, H0 + 30 * MIN).to_json()["spot_savings_estimate"]
+    assert Decimal(sv["on_demand_equivalent_usd"]) * 1_000_000 == 30 * od_per_min
+
+
+def test_a_window_where_spot_lost_money_says_so(ledger):
+    """The spot VM billed more than the price list's on-demand rate: net savings negative, and
+    the closing sentence says spot lost money, with the figure computed by hand."""
+    from spotctl.accounting.sentences import spot_sentence
+    from spotctl.localcloud.model import FLAVORS
+
+    cfg = parse_config('[[providers]]\nname = "hs"\nkind = "localcloud"\napi_key_env = "K"\n'
+                       'base_url = "http://127.0.0.1:9/v1"\n[[tiers]]\nname = "big"\n'
+                       'model = "m"\nprovider = "hs"\nbackend = "localcloud"\n'
+                       'flavor = "n3-H100x1"\n', "spotctl.toml")
+    od_per_min = FLAVORS["n3-H100x1"].active_per_min
+    spot_per_min = od_per_min + 10_000  # a spot price above on-demand
+    for m in range(0, 31):
+        record_poll(ledger, PollRecord("hs", H0 + m * MIN - 50, H0 + m * MIN, "ok"),
+                    [_s(m, "vm:1", "vm", spot_per_min * m, "ACTIVE", True, spot_per_min * 60, 0)])
+    rep = cost_report(ledger, cfg, H0, H0 + 30 * MIN)
+    sv = rep.to_json()["spot_savings_estimate"]
+    assert sv["net_savings_usd"] == "-0.300000"  # 30 min × 10,000 µ$
+    assert spot_sentence(rep) == ("Spot lost money in this window: an estimated $0.30 more than "
+                                  "on-demand for the same 0.5 h.")

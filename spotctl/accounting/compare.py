@@ -203,3 +203,32 @@ def fully_loaded(spend_micros: int, fixed: Sequence[FixedCost], window_ms: int) 
         "fully_loaded_usd": _money(total),
         "items": [{"name": n, "usd": _money(v)} for n, v in items],
     }
+
+
+def fully_loaded_text(fl: dict, spend_usd: str, complete: bool = True) -> str | None:
+    """One line for people: the fully loaded figure, labelled as an estimate kept out of the
+    invoice-true spend and band; None when no fixed cost is configured."""
+    if not fl.get("items"):
+        return None
+    at_least = "" if complete else "≥ "
+
+    def usd(v: str) -> str:
+        return f"${Decimal(v):,.2f}"
+
+    items = ", ".join(f"{i['name']} {usd(i['usd'])}" for i in fl["items"])
+    return (f"Fully loaded (estimate, not invoice-true; outside the spend and the band): "
+            f"{at_least}{usd(fl['fully_loaded_usd'])} = {at_least}{usd(spend_usd)} billed + "
+            f"{usd(fl['fixed_costs_usd'])} of [[fixed_costs]] pro-rated to the window "
+            f"({items})")
+
+
+def saved_text(offer_json: dict) -> str:
+    """What self-hosting saved against an offer, for people: "62.5 %"; past -100 % a
+    percentage stops meaning anything to a reader, so "none: 183× the API's price"."""
+    pct = offer_json.get("savings_pct")
+    if pct is None:
+        return "—"
+    if Decimal(pct) >= -100:
+        return f"{Decimal(pct):,.1f} %"
+    times = Decimal(offer_json["self_hosted_usd"]) / Decimal(offer_json["usd"])
+    return f"none: {times:,.0f}× the API's price"

@@ -10,7 +10,10 @@ in the JSON, and never added to spend.
   requests refused or failed meanwhile.
 * Net spot savings (estimate): the tier's spot machine time in a running state priced at the
   provider's on-demand rate for the same flavor, minus everything billed as spot, minus the
-  interruption tax. Negative: spot lost money in this window.
+  interruption tax. Negative: spot lost money in this window. The on-demand rate is one rate
+  for the whole window (the newest one billed for an on-demand VM of the tier, else a fixed
+  price list), not the rate in force at each spot sample, which no provider reports for a
+  machine not running: the JSON's ``on_demand_rate_source`` says which.
 """
 
 from __future__ import annotations
@@ -140,9 +143,13 @@ class SpotSavings:
         }
 
 
-def observed_on_demand_rate(data, tier: str) -> int | None:
-    """The newest on-demand rate the provider billed a running VM of this tier (its own
-    figure, from the billing samples), if any in the window."""
+def observed_on_demand_rate_at(data, tier: str) -> tuple[int, int] | None:
+    """(sample time, rate) of the newest on-demand rate the provider billed a running VM of
+    this tier (its own figure, from the billing samples), if any in the window.
+
+    An approximation, said wherever it is used: it prices every spot hour of the window, while
+    "the on-demand rate for the same flavor at that time" is only known while an on-demand VM
+    of the tier runs (usually not while the spot one does)."""
     best: tuple[int, int] | None = None
     for s in data.series:
         if s.tier != tier or s.resource_kind != "vm":
@@ -151,7 +158,7 @@ def observed_on_demand_rate(data, tier: str) -> int | None:
             running = spot is False and rate and (state or "").lower() in ("active", "running")
             if running and (best is None or ms > best[0]):
                 best = (ms, rate)
-    return None if best is None else best[1]
+    return best
 
 
 def spot_savings(spend: SpendResult, tier: str, rate: OnDemandRate,

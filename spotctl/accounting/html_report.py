@@ -27,8 +27,41 @@ CATEGORY_LABELS = {"spot": "spot", "on_demand": "on-demand", "hibernated": "hibe
                    "storage": "storage (volumes)", "other": "other"}
 CATEGORY_COLOURS = {"spot": "#2f7ed8", "on_demand": "#d9822b", "hibernated": "#8e6bbf",
                     "storage": "#7a9a52", "other": "#9aa0a6"}
+# what a marker on the timeline says (the journal's names are for scripts)
+EVENT_LABELS = {"preempted": "preempted", "fell_back": "fell back", "returned_to_spot":
+                "back on spot", "hibernated": "hibernated", "woke": "woke", "down": "down",
+                "failed": "failed"}
 MARKED_EVENTS = ("preempted", "fell_back", "returned_to_spot", "hibernated", "woke", "down",
                  "failed")
+
+
+def when(text: str | None) -> str | None:
+    """An ISO timestamp for people (UTC said in the column's header): 2026-11-25 14:03, with
+    seconds only when they are not zero."""
+    if not text:
+        return text
+    from spotctl.clock import parse_iso
+
+    d = parse_iso(text)
+    return d.strftime("%Y-%m-%d %H:%M:%S" if d.second or d.microsecond else "%Y-%m-%d %H:%M")
+
+
+def event_marks(events, start_ms: int, end_ms: int) -> list[dict]:
+    """One dashed line per fleet event on the timelines; events closer than 1/60 of the window
+    share one line and one label ("preempted, fell back"), so labels never overprint."""
+    near = max(1, (end_ms - start_ms) // 60)
+    out: list[dict] = []
+    for e in sorted(events, key=lambda e: e.ts_ms):
+        if e.event not in MARKED_EVENTS:
+            continue
+        label = EVENT_LABELS[e.event]
+        if out and e.ts_ms - out[-1]["xAxis"] < near:
+            if label not in out[-1]["labels"]:
+                out[-1]["labels"].append(label)
+            continue
+        out.append({"xAxis": e.ts_ms, "labels": [label], "tier": e.tier})
+    return [{"xAxis": m["xAxis"], "label": ", ".join(m["labels"]), "tier": m["tier"]}
+            for m in out]
 
 
 def pct(value) -> str:
@@ -94,8 +127,7 @@ def _series_data(report: CostReport) -> dict:
                 clipped.append({"coord": [p[0], cap], "value": round(p[1], 2)})
                 p[1] = cap
     dark = [[{"xAxis": i.start_ms}, {"xAxis": i.end_ms}] for i in report.spend.coverage.intervals]
-    events = [{"xAxis": e.ts_ms, "label": f"{e.event}", "tier": e.tier}
-              for e in report.data.events if e.event in MARKED_EVENTS]
+    events = event_marks(report.data.events, report.start_ms, report.end_ms)
     return {"spend": spend, "labels": CATEGORY_LABELS, "colours": CATEGORY_COLOURS,
             "tokens": tokens, "util": util, "per": per, "band": band, "cap": cap,
             "clipped": clipped, "dark": dark, "events": events,
@@ -111,7 +143,8 @@ const usd = v => v == null ? '—' : '$' + Number(v).toLocaleString('en-US',
 const num = v => v == null ? '—' : Number(v).toLocaleString('en-US');
 const pct = v => v == null ? '—' : (v < 0.1 && v > 0 ? v.toFixed(3) : v.toFixed(1)) + ' %';
 const time = {type: 'time', min: D.start, max: D.end, name: 'time (UTC)', nameLocation: 'middle',
-  nameGap: 28, axisLabel: {hideOverlap: true}};
+  nameGap: 28, axisLabel: {hideOverlap: true, formatter: {year: '{yyyy}', month: '{MMM} {d}',
+    day: '{MMM} {d}', hour: '{HH}:{mm}', minute: '{HH}:{mm}', second: '{HH}:{mm}:{ss}'}}};
 const grid = {left: 78, right: 64, top: 74, bottom: 58};
 function marks() {
   return {
@@ -119,7 +152,8 @@ function marks() {
       label: {show: false}, data: D.dark},
     markLine: {silent: true, symbol: 'none', animation: false,
       lineStyle: {color: '#555', type: 'dashed', width: 1},
-      label: {formatter: p => p.data.label, fontSize: 10, position: 'insideEndTop'},
+      label: {formatter: p => p.data.label, fontSize: 10, position: 'insideEndTop',
+        backgroundColor: 'rgba(255, 255, 255, 0.85)', padding: [1, 2]},
       data: D.events.map(e => ({xAxis: e.xAxis, label: e.label}))}
   };
 }
@@ -148,7 +182,7 @@ chart('usage-chart', {
           textStyle: {fontSize: 13}},
   legend: {top: 22},
   xAxis: time,
-  yAxis: [{type: 'value', name: 'output tokens', axisLabel: {formatter: num}},
+  yAxis: [{type: 'value', name: 'output tokens per bucket', axisLabel: {formatter: num}},
           {type: 'value', name: 'utilisation', axisLabel: {formatter: v => pct(v)},
            splitLine: {show: false}}],
   series: [Object.assign({name: 'output tokens', type: 'bar', color: '#3a9d5d',
@@ -222,13 +256,14 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
                  for t in js["tiers"]]
     rate_rows = [[p["name"], rate_mismatch_text(p.get("rate_mismatches"))]
                  for p in js["providers"]]
-    wake_rows = [[w["waking"], t["name"], f"{w['seconds']:,.0f} s",
+    wake_rows = [[when(w["waking"]), t["name"], f"{w['seconds']:,.0f} s",
                   ", ".join(f"{k} {v:,.0f} s" for k, v in w["phases"].items()) or "—",
                   money(w["spend_usd"]), str(w["requests_held"]),
                   "—" if w["max_wait_s"] is None else f"{w['max_wait_s']:,.1f} s"]
                  for t in js["tiers"] for w in t.get("wakes", [])]
     tax = js.get("interruption_tax", {"events": []})
-    int_rows = [[e["preempted"], e["tier"], e["serving_again"] or "not by the window's end",
+    int_rows = [[when(e["preempted"]), e["tier"],
+                 when(e["serving_again"]) or "not by the window's end",
                  f"{Decimal(e['minutes']):,.1f} min", money(e["spend_usd"]),
                  str(e["requests_refused"])] for e in tax["events"]]
     sv = js.get("spot_savings_estimate") or {}
@@ -239,17 +274,19 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
                f"{money(sv['spot_spend_usd'])} − interruption tax "
                f"{money(sv['interruption_tax_usd'])}, over "
                f"{Decimal(sv['spot_hours']):,.1f} spot hours)")
-    fleet_rows = [[iso(from_ms(e.ts_ms)), e.tier, e.event, e.capacity or "", e.detail or ""]
+    fleet_rows = [[when(iso(from_ms(e.ts_ms))), e.tier, e.event, e.capacity or "", e.detail or ""]
                   for e in data.events if e.event in MARKED_EVENTS]
-    dark_rows = [[d["start"], d["end"], d["provider"], d["kind"], d["reason"]]
+    dark_rows = [[when(d["start"]), when(d["end"]), d["provider"], d["kind"], d["reason"]]
                  for d in obs["dark_intervals"]]
     compare_html = ""
     if compare is not None:
+        from spotctl.accounting.compare import saved_text
+
         compare_html = _table(
             ["offer", "as of", "API would cost", "self-hosted", "saved", "API $/Mtok out",
              "break-even utilisation", "source"],
             [[o["name"], o["as_of"], money(o["usd"]), money(o["self_hosted_usd"]),
-              "—" if o["savings_pct"] is None else f"{Decimal(o['savings_pct']):,.1f} %",
+              saved_text(o),
               mtok(o["usd_per_mtok_output_equivalent"]),
               ("—" if o["break_even_utilisation"] is None else
                pct(o["break_even_utilisation"]) if Decimal(o["break_even_utilisation"]) <= 1
@@ -282,15 +319,24 @@ def render_html(report: CostReport, *, compare: dict | None = None, advise: dict
            "block;font-size:19px}.sum li{margin:3px 0}.note{color:#555;font-size:12.5px}")
     kpi_html = "".join(f'<span class="kpi">{html.escape(k)}<b>{html.escape(v)}</b></span>'
                        for k, v in kpis)
+    from spotctl.accounting.compare import fully_loaded_text
+
+    loaded = fully_loaded_text(js.get("fully_loaded") or {}, js["spend_usd"],
+                               report.spend.complete)
+    loaded_html = (f'<p class="loaded">{html.escape(loaded)}.</p>' if loaded else
+                   '<p class="note">Fully loaded: no <code>[[fixed_costs]]</code> in the '
+                   'configuration (the gateway VPS, egress, labour: costs no invoice here '
+                   'carries).</p>')
     summary_html = "".join(f"<li>{html.escape(s)}</li>" for s in (summary or [report.sentence()]))
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>spotctl cost report</title><style>{css}</style></head><body>
 <h1>spotctl cost report</h1>
-<p>{html.escape(js['window']['start'])} → {html.escape(js['window']['end'])} (UTC) ·
+<p>{html.escape(when(js['window']['start']))} → {html.escape(when(js['window']['end']))} UTC ·
 buckets of {js['window']['bucket_seconds'] // 60} min · invoice-true: spend is the growth of
 the providers' own running totals, never rate × time.</p>
 <div>{kpi_html}</div>
 <ul class="sum">{summary_html}</ul>
+{loaded_html}
 <h2>Spend over time, by capacity</h2>
 <div id="spend-chart" class="chart"></div>
 <h2>Tokens and utilisation over time</h2>
@@ -313,10 +359,10 @@ moves with load; the band shows it.</p>
 off the rate quoted at launch: a price to check with the provider. Spend above is still the
 providers' running totals, whatever the rate.</p>
 <h2>Wakes</h2>
-{_table(["waking at", "tier", "took", "phases", "billed meanwhile", "requests held",
+{_table(["waking at (UTC)", "tier", "took", "phases", "billed meanwhile", "requests held",
          "longest wait"], wake_rows)}
 <h2>Preemptions and what spot saved</h2>
-{_table(["preempted at", "tier", "serving again", "down for", "billed meanwhile",
+{_table(["preempted at (UTC)", "tier", "serving again (UTC)", "down for", "billed meanwhile",
          "requests refused"], int_rows)}
 <p>Net spot savings (estimate, not spend): {html.escape(sv_text)}.</p>
 <h2>Hosted APIs (estimates at list prices)</h2>
@@ -324,13 +370,13 @@ providers' running totals, whatever the rate.</p>
 <h2>Idle policy (advise, estimates)</h2>
 {advise_html or '<p class="none">not computed</p>'}
 <h2>Fleet events</h2>
-{_table(["at", "tier", "event", "capacity", "detail"], fleet_rows)}
+{_table(["at (UTC)", "tier", "event", "capacity", "detail"], fleet_rows)}
 <h2>Gate closures (requests refused)</h2>
 {_table(["reason", "requests"], [[k, str(v)] for k, v in sorted(closures.items())])}
 <h2>Observability timeline</h2>
 <p>status {html.escape(obs['status'])}, {obs['dark_seconds'] // 60} minutes without billing
-data; last sample {html.escape(str(obs['last_sample_at']))}.</p>
-{_table(["from", "to", "provider", "kind", "reason"], dark_rows)}
+data; last sample {html.escape(str(when(obs['last_sample_at'])))} UTC.</p>
+{_table(["from (UTC)", "to (UTC)", "provider", "kind", "reason"], dark_rows)}
 <script type="application/json" id="report-data">{payload}</script>
 <script>{script}</script>
 <script>{_SCRIPT}</script>

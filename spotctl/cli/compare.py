@@ -48,6 +48,7 @@ def _print(out: dict) -> None:
     from rich import box
     from rich.table import Table
 
+    from spotctl.accounting.compare import saved_text
     from spotctl.cli.cost import fmt_pct
 
     c = console()
@@ -62,20 +63,21 @@ def _print(out: dict) -> None:
                          no_wrap=col != "offer", min_width=24 if col == "offer" else None)
     for o in out["offers"]:
         be = o["break_even_utilisation"]
-        saved = o["savings_pct"]
         table.add_row(o["name"], f"${Decimal(o['usd']):,.2f}",
-                      f"${Decimal(o['self_hosted_usd']):,.2f}",
-                      "—" if saved is None else f"{Decimal(saved):,.1f} %",
+                      f"${Decimal(o['self_hosted_usd']):,.2f}", saved_text(o),
                       "—" if o["usd_per_mtok_output_equivalent"] is None else
                       f"${Decimal(o['usd_per_mtok_output_equivalent']):,.4f}",
                       "—" if be is None else (fmt_pct(Decimal(be)) if Decimal(be) <= 1 else
                                               "never (>100 %)"))
     c.print(table)
-    fl = out["fully_loaded"]
-    if fl["items"]:
-        c.print(f"fully loaded (with fixed costs pro-rated, an estimate): "
-                f"${Decimal(fl['fully_loaded_usd']):,.2f} "
-                f"(fixed ${Decimal(fl['fixed_costs_usd']):,.2f})")
+    from rich.markup import escape
+
+    from spotctl.accounting.compare import fully_loaded_text
+
+    loaded = fully_loaded_text(out["fully_loaded"], out["self_hosted_usd"],
+                               out["spend_complete"])
+    if loaded:
+        c.print(escape(loaded))
     util = out["utilisation"]
     c.print(f"This window: {out['output_tokens']:,} output tokens, utilisation "
             f"{fmt_pct(None if util is None else Decimal(util))}. Prices from "

@@ -59,15 +59,15 @@ def freeze_at_exit() -> None:
 
 
 def _report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens,
-            closures: bool = False):
+            closures: bool = False, arrivals: bool = False):
     freeze_at_exit()
     with collector_paused():
         return _read_report(ctx, window, since, until, tier, provider, bucket, min_tokens,
-                            closures)
+                            closures, arrivals)
 
 
 def _read_report(ctx: typer.Context, window, since, until, tier, provider, bucket, min_tokens,
-                 closures: bool):
+                 closures: bool, arrivals: bool):
     from spotctl.accounting.window import parse_window
     from spotctl.services.cost import cost_report
 
@@ -80,7 +80,7 @@ def _read_report(ctx: typer.Context, window, since, until, tier, provider, bucke
         tiers, providers = name_filters(cfg, ledger, tier, provider)
         report = cost_report(
             ledger, cfg, start_ms, end_ms, bucket_s=bucket_s, min_tokens=min_tokens,
-            tiers=tiers, providers=providers, closures=closures)
+            tiers=tiers, providers=providers, closures=closures, arrivals=arrivals)
     from spotctl.services.cost import add_summary
 
     report.compare = add_summary(report, cfg)
@@ -202,6 +202,15 @@ def _print_cost(report, plot: bool) -> None:
     if s.anomalies:
         c.print(f"[yellow]{s.anomalies} billing anomal{'y' if s.anomalies == 1 else 'ies'}[/yellow]"
                 ": a provider's running total went down; not counted as a refund")
+    from spotctl.accounting.compare import fully_loaded_text
+    from spotctl.money import usd_str
+
+    loaded = fully_loaded_text(report.extras.get("fully_loaded") or {},
+                               usd_str(report.total.spend_micros), s.complete)
+    if loaded:
+        from rich.markup import escape
+
+        c.print(escape(loaded))
     mismatch = _rate_mismatch_line(report)
     if mismatch:
         c.print(mismatch)
@@ -262,7 +271,9 @@ def register(app: typer.Typer) -> None:
     def price(
         ctx: typer.Context,
         margin: float = typer.Option(0.3, help="Gross margin on the price, 0 ≤ m < 1."),
-        window: str = "24h",
+        window: str | None = None,  # 24h unless --since is given
+        since: str | None = None,
+        until: str | None = None,
         bucket: str = typer.Option("1h"),
         min_tokens: int = typer.Option(1000),
         json_out: bool = False,
@@ -270,7 +281,8 @@ def register(app: typer.Typer) -> None:
         """Illustrative price bands built on the cost band: cost of goods and the price on it."""
         if not 0 <= margin < 1:
             raise UsageError(f"bad --margin {margin}: expected 0 ≤ margin < 1")
-        report = _report(ctx, window, None, None, None, None, bucket, min_tokens)
+        report = _report(ctx, window or (None if since else "24h"), since, until, None, None,
+                         bucket, min_tokens)
         m = Decimal(str(margin))
         rows = []
         for b in [*report.tiers, report.total]:
@@ -313,7 +325,9 @@ def register(app: typer.Typer) -> None:
     @window_options
     def report(
         ctx: typer.Context,
-        window: str = "7d",
+        window: str | None = None,  # 7d unless --since is given
+        since: str | None = None,
+        until: str | None = None,
         bucket: str = typer.Option("1h"),
         out: str = typer.Option("report.html", "--out", help="The HTML file to write."),
     ) -> None:
@@ -322,11 +336,12 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from spotctl.accounting.html_report import render_html
-        from spotctl.services.economics import advise as run_advise
+        from spotctl.services.economics import advise_report
 
-        rep = _report(ctx, window, None, None, None, None, bucket, 1000, closures=True)
-        with open_ledger_for(ctx, readonly=True) as ledger:
-            advised = run_advise(ledger, get_config(ctx), rep.start_ms, rep.end_ms)
+        # one read: cost, compare and advise describe the same snapshot of the ledger
+        rep = _report(ctx, window or (None if since else "7d"), since, until, None, None,
+                      bucket, 1000, closures=True, arrivals=True)
+        advised = advise_report(rep, get_config(ctx))
         page = render_html(rep, compare=rep.compare, advise=advised,
                            summary=rep.extras.get("summary"))
         path = Path(out)

@@ -15,7 +15,7 @@ from spotctl.accounting.economics import (
     combine_savings,
     interruption_tax_json,
     interruptions,
-    observed_on_demand_rate,
+    observed_on_demand_rate_at,
     spot_savings,
     wakes,
 )
@@ -63,13 +63,16 @@ def cost_report(
     ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
     bucket_s: int = 3600, min_tokens: int = 1000,
     tiers: set[str] | None = None, providers: set[str] | None = None, closures: bool = False,
+    arrivals: bool = False,
 ) -> CostReport:
     """The cost report for (start, end]: buckets aligned to multiples of ``bucket_s``.
-    ``closures``: also count the gate's refusals by reason (a scan of the window's requests)."""
+    ``closures``: also count the gate's refusals by reason (a scan of the window's requests);
+    ``arrivals``: also read every request's arrival, so that ``advise_report`` can replay the
+    same snapshot (the HTML report)."""
     if end_ms <= start_ms:
         raise ValueError("the window ends before it starts")
     data = read_window(ledger, cfg, start_ms, end_ms, bucket_s * 1000, providers=providers,
-                       closures=closures)
+                       closures=closures, arrivals=arrivals)
     spend = spend_of(data, cfg, providers=providers, tiers=tiers)
     report = build_report(data, spend, cfg, min_tokens=min_tokens, tiers=tiers)
     add_spot_economics(report, cfg)
@@ -82,24 +85,40 @@ def fixed_costs(cfg: Config) -> list[FixedCost]:
     return [FixedCost(f.name, f.usd_per_month) for f in cfg.fixed_costs]
 
 
-def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
-    """The on-demand rate for the tier's flavor: the provider's own billed rate for an
-    on-demand VM of the tier in the window, else the provider's price list where spotctl has
-    one (the local cloud's flavors carry both rates), else unknown (said so)."""
-    observed = observed_on_demand_rate(data, tier)
-    if observed:
-        return OnDemandRate(observed, "billed: the provider's rate for an on-demand VM of this "
-                                      "tier in the window")
+def local_flavor(cfg: Config, tier: str):
+    """The on-demand flavor of a local cloud tier's price list (a tier configured with the
+    ``-spot`` flavor gets its base), or None for any other tier."""
     tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
     prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if isinstance(tier_cfg, HyperstackTier) and prov is not None and prov.kind == "localcloud" \
-            and tier_cfg.flavor:
-        from spotctl.localcloud.model import FLAVORS
+    if not isinstance(tier_cfg, HyperstackTier) or prov is None or prov.kind != "localcloud" \
+            or not tier_cfg.flavor:
+        return None
+    from spotctl.localcloud.model import FLAVORS, SPOT_SUFFIX
 
-        flavor = FLAVORS.get(tier_cfg.flavor)
-        if flavor is not None:
-            return OnDemandRate(flavor.active_per_min * 60,
-                                f"price list: local cloud flavor {flavor.name} on demand")
+    return FLAVORS.get(tier_cfg.flavor.removesuffix(SPOT_SUFFIX))
+
+
+def on_demand_rate(cfg: Config, data: queries.WindowData, tier: str) -> OnDemandRate:
+    """The on-demand rate for the tier's flavor: the provider's own billed rate for an
+    on-demand VM of the tier in the window (the newest, applied to the whole window: an
+    approximation, said in the source), else the provider's price list where spotctl has
+    one (the local cloud's flavors carry both rates, fixed), else unknown (said so)."""
+    observed = observed_on_demand_rate_at(data, tier)
+    if observed:
+        from spotctl.clock import from_ms, iso
+
+        return OnDemandRate(observed[1], "billed: the newest rate the provider billed an "
+                                         f"on-demand VM of this tier in the window (at "
+                                         f"{iso(from_ms(observed[0]))}), applied to every spot "
+                                         "hour of the window: an approximation, the on-demand "
+                                         "rate in force at each spot sample is not recorded")
+    flavor = local_flavor(cfg, tier)
+    if flavor is not None:
+        return OnDemandRate(flavor.active_per_min * 60,
+                            f"price list: local cloud flavor {flavor.name} on demand (a "
+                            "fixed list: the rate in force at every spot sample)")
+    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
+    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
     kind = prov.kind if prov is not None else "no provider"
     return OnDemandRate(None, f"unknown: no on-demand VM of tier {tier} billed in the window, "
                               f"and spotctl has no on-demand price list for {kind}")

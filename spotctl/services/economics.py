@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from spotctl.config import HyperstackTier
 from spotctl.errors import SpotctlError, UsageError
 
 if TYPE_CHECKING:
@@ -333,7 +332,7 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
     """The rates a tier's window billed, per hour, from its invoice-true spend and times."""
     from spotctl.accounting.advise import Rates
     from spotctl.accounting.capacity import HIBERNATED, ON_DEMAND, SPOT
-    from spotctl.services.cost import on_demand_rate
+    from spotctl.services.cost import local_flavor, on_demand_rate
 
     micros: dict[tuple[str, bool], int] = {}
     ms: dict[tuple[str, bool], int] = {}
@@ -359,14 +358,15 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
 
     spot = per_hour((SPOT, True))
     od = per_hour((ON_DEMAND, True))
-    flavor = _flavor(cfg, tier)
+    flavor = local_flavor(cfg, tier)
     if od is None:
         rate = on_demand_rate(cfg, data, tier)
         od = rate.micros_per_h
         notes.append(f"on-demand serving rate: {rate.source}")
-    if spot is None and flavor is not None:
-        spot = flavor.spot_per_min * 60
-        notes.append(f"spot serving rate: price list, local cloud flavor {flavor.name}")
+    spot_flavor = _spot_flavor(flavor)
+    if spot is None and spot_flavor is not None:
+        spot = spot_flavor.active_per_min * 60
+        notes.append(f"spot serving rate: price list, local cloud flavor {spot_flavor.name}")
     hib = per_hour((HIBERNATED, False))
     if hib is None:
         if hib_sample_rate is not None:
@@ -390,33 +390,46 @@ def measured_rates(cfg: Config, data, spend, tier: str, wakes_, tax_micros: int)
     return Rates(spot, od, hib, waking, wake_ms, constant, tax, tuple(notes))
 
 
-def _flavor(cfg: Config, tier: str):
-    tier_cfg = next((t for t in cfg.tiers if t.name == tier), None)
-    prov = next((p for p in cfg.providers if tier_cfg and p.name == tier_cfg.provider), None)
-    if not isinstance(tier_cfg, HyperstackTier) or prov is None or prov.kind != "localcloud" \
-            or not tier_cfg.flavor:
+def _spot_flavor(flavor):
+    """The local cloud's spot flavor of the on-demand ``flavor`` (its own entry,
+    ``<name>-spot``, with the spot price as its active rate), or None."""
+    if flavor is None:
         return None
-    from spotctl.localcloud.model import FLAVORS
+    from spotctl.localcloud.model import FLAVORS, SPOT_SUFFIX
 
-    return FLAVORS.get(tier_cfg.flavor)
+    return FLAVORS.get(flavor.name + SPOT_SUFFIX)
 
 
 def advise(ledger, cfg: Config, start_ms: int, end_ms: int, tier: str | None = None) -> dict:
     """Replay the window's arrivals per tier under each idle timeout and capacity choice."""
-    from spotctl.accounting.advise import advise_tier
-    from spotctl.accounting.economics import SERVING_EVENTS, interruptions, wakes
     from spotctl.accounting.report import build_report
-    from spotctl.clock import from_ms, iso
     from spotctl.services.cost import read_window, spend_of
 
+    _check_advised(cfg, tier)
+    data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
+    spend = spend_of(data, cfg)
+    return advise_report(build_report(data, spend, cfg, min_tokens=1), cfg, tier)
+
+
+def _check_advised(cfg: Config, tier: str | None) -> None:
     if tier is not None and not cfg.tier(tier).fleet_managed:  # unknown: the one-line error
         raise UsageError(f"tier {tier!r} is a fixed engine: spotctl cannot hibernate it, so "
                          "there is no idle policy to advise")
+
+
+def advise_report(report, cfg: Config, tier: str | None = None) -> dict:
+    """``advise`` on a cost report already built (its snapshot must hold the arrivals:
+    ``cost_report(..., arrivals=True)``), so that both describe the same moment. Each tier's
+    actual spend and tokens are the report's; ``report`` must not be filtered by tier."""
+    from spotctl.accounting.advise import advise_tier
+    from spotctl.accounting.economics import SERVING_EVENTS, interruptions, wakes
+    from spotctl.clock import from_ms, iso
+
+    _check_advised(cfg, tier)
+    data, spend = report.data, report.spend
+    start_ms, end_ms = report.start_ms, report.end_ms
     # fixed engines are not spotctl's to hibernate: only fleet-managed tiers have a policy
     names = [t.name for t in cfg.tiers if t.fleet_managed and (tier is None or t.name == tier)]
-    data = read_window(ledger, cfg, start_ms, end_ms, 3_600_000, arrivals=True)
-    spend = spend_of(data, cfg)
-    report = build_report(data, spend, cfg, min_tokens=1)
     woken = wakes(data, spend)
     items = interruptions(data, spend)
     out = []
