@@ -3,16 +3,14 @@
 An adapter is a pure translator: ``poll(now_ms, prior) -> PollResult`` turns one poll of a
 provider's API (through that provider's client in :mod:`spotctl.clients`) and what the ledger
 remembers (:class:`PriorState`, read by :mod:`spotctl.ledger.billing_reads`) into samples,
-credits and anomalies. It runs no SQL. It declares what the provider can give
-(``Capability``); spotctl never fills a gap with rate × time, except in adapters whose
-capability is ``ESTIMATE_ONLY`` and whose samples are marked as estimates.
+credits and anomalies. It runs no SQL. spotctl never fills a gap with rate × time, except in
+the Lambda adapter (Lambda has no billing API), whose samples are marked as estimates.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from spotctl.clock import Clock
@@ -21,16 +19,9 @@ from spotctl.errors import ProviderError
 from spotctl.ledger.billing_reads import LastSample, PreviousAccount, PriorState
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
 
-__all__ = ["BillingAdapter", "BillingError", "Capability", "ClientAdapter", "LastSample", "PollResult",
+__all__ = ["BillingAdapter", "BillingError", "ClientAdapter", "LastSample", "PollResult",
            "PreviousAccount", "PriorState", "api_key_for", "rate_check", "resource_name_for",
            "tier_for_resource"]
-
-
-class Capability(StrEnum):
-    PER_RESOURCE_CUMULATIVE = "per_resource_cumulative"  # Hyperstack total_bill
-    ACCOUNT_CUMULATIVE = "account_cumulative"  # RunPod clientLifetimeSpend
-    BALANCE_ONLY = "balance_only"  # Vast credit (+ invoices feed)
-    ESTIMATE_ONLY = "estimate_only"  # Lambda: no billing API at all
 
 
 class BillingError(ProviderError):
@@ -53,7 +44,6 @@ class PollResult:
 
 
 class BillingAdapter(Protocol):
-    capability: Capability
     provider: ProviderConfig
 
     def poll(self, now_ms: int, prior: PriorState) -> PollResult: ...
@@ -64,8 +54,8 @@ class BillingAdapter(Protocol):
 class ClientAdapter:
     """What every adapter starts with: the provider's config, the clock and one API client of
     ``client_class`` (the key read from the environment, the ``[billing]`` timeout, and the
-    test ``transport``), closed by :meth:`close`. A subclass sets ``capability`` and
-    ``client_class`` and writes ``poll``."""
+    test ``transport``), closed by :meth:`close`. A subclass sets ``client_class`` and
+    writes ``poll``."""
 
     client_class: ClassVar[type]
 

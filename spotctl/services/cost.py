@@ -48,17 +48,6 @@ def spend_of(data: queries.WindowData, cfg: Config, *, providers: set[str] | Non
                          providers=providers, tiers=tiers)
 
 
-def spend_between(
-    ledger: Ledger, start_ms: int, end_ms: int, cfg: Config, *,
-    providers: set[str] | None = None, tiers: set[str] | None = None,
-    bucket_ms: int | None = None,
-) -> SpendResult:
-    """Invoice-true spend in (start_ms, end_ms], with its observability."""
-    data = read_window(ledger, cfg, start_ms, end_ms, bucket_ms, providers=providers,
-                       tokens=False, fleet=False)
-    return spend_of(data, cfg, providers=providers, tiers=tiers)
-
-
 def cost_report(
     ledger: Ledger, cfg: Config, start_ms: int, end_ms: int, *,
     bucket_s: int = 3600, min_tokens: int = 1000,
