@@ -20,7 +20,6 @@ from spotctl.ledger.journal import (
     FleetEntry,
     append_fleet_event,
     current_fleet_resource,
-    fleet_events,
     fleet_operation,
     last_fleet_event,
 )
@@ -106,11 +105,6 @@ class Journal:
         of its newest entry that names one, unless the tier is down since."""
         with Ledger(self.ledger_path) as led:
             return current_fleet_resource(led, tier, SERVING | {"launched", "hibernated"})
-
-
-def read_events(ledger: Ledger, tier: str | None = None, since_ms: int = 0) -> list[JournalEntry]:
-    """The journal, oldest first (``spotctl events``)."""
-    return fleet_events(ledger, tier, since_ms)
 
 
 def derived_state(last: JournalEntry | None, backend: TierStatus) -> TierStatus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class CumulativeKind(StrEnum):
@@ -76,8 +77,10 @@ class Anomaly:
     detail: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
+class UsageRecord(NamedTuple):
+    """One request's usage row. A named tuple, not a dataclass: the gateway builds one per
+    request, and a tuple costs a tenth of a frozen dataclass's construction."""
+
     id: str
     started_ms: int
     completed_ms: int
