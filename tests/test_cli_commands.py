@@ -304,6 +304,22 @@ def test_example_builds_its_workspace_and_shows_cost_and_price(tmp_path):
     assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("to, needle", [
+    ("mysql://h/db", "expected a postgresql:// URL"),
+    ("postgresql://u:s3cret@127.0.0.1:1/db", "PGPASSWORD"),
+])
+def test_ledger_migrate_refuses_a_bad_destination_exit_2(ws, to, needle):
+    result = cli("-c", ws, "ledger", "migrate", "--to", to)
+    assert result.exit_code == 2 and needle in one_line_error(result)
+    assert "s3cret" not in result.output
+
+
+def test_ledger_migrate_from_a_postgresql_config_is_exit_2(tmp_path):
+    cfg = write_config(tmp_path, {"ledger": {"url": "postgresql://spotctl@127.0.0.1:1/db"}})
+    result = cli("-c", cfg, "ledger", "migrate", "--to", "postgresql://u@127.0.0.1:1/db")
+    assert result.exit_code == 2 and "already names a PostgreSQL url" in one_line_error(result)
+
+
 def test_report_writes_a_file(ws, tmp_path):
     out = tmp_path / "r.html"
     result = cli("-c", ws, "report", "--window", "24h", "--out", out)
