@@ -76,11 +76,24 @@ def run_poll_daemon(cfg: Config, ledger: Ledger, clock: Clock, log) -> None:
     log("stopped")
 
 
-def health(cfg: Config, ledger: Ledger, now_ms: int) -> list:
-    """Per provider: fresh / stale / failing / regressed / never, from the ledger alone."""
+@dataclass(frozen=True)
+class BillingStatus:
+    """``spotctl billing status``: each provider's health and its recorded orphan machines."""
+
+    providers: list  # billing.health.ProviderHealth, one per provider
+    orphans: dict[str, list[Orphan]]  # provider → its orphan machines, oldest first
+
+    @property
+    def unresolved(self) -> list[Orphan]:
+        return [o for found in self.orphans.values() for o in found if not o.resolved]
+
+
+def status(cfg: Config, ledger: Ledger, now_ms: int) -> BillingStatus:
+    """Per provider: fresh / stale / failing / regressed / never, and its orphan machines, from
+    the ledger alone."""
     from spotctl.billing.health import provider_health
 
-    return provider_health(ledger, cfg, now_ms)
+    return BillingStatus(provider_health(ledger, cfg, now_ms), orphans(ledger))
 
 
 @dataclass(frozen=True)
