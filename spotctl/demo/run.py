@@ -273,13 +273,16 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def spend_so_far(config_path: Path, end_ms: int) -> tuple[int, str]:
-    from spotctl.accounting.spend import spend_between
+    from spotctl.accounting.spend import spend_of
     from spotctl.config import load_config
     from spotctl.ledger.db import Ledger
+    from spotctl.ledger.queries import read_configured_window
 
     cfg = load_config(config_path)
     with Ledger(cfg.ledger_path, readonly=True) as led:
-        r = spend_between(led, end_ms - 86_400_000, end_ms, cfg)
+        data = read_configured_window(led, cfg, end_ms - 86_400_000, end_ms, tokens=False,
+                                      fleet=False)
+    r = spend_of(data, cfg)
     return r.micros, r.status
 
 

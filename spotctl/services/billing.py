@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.reconcile import provider_day_total
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config
 from spotctl.errors import ProviderError
 from spotctl.ledger.db import Ledger
 from spotctl.money import usd_str
+from spotctl.services.cost import spend_between
 
 
 def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dict]:
