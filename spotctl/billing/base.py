@@ -1,4 +1,4 @@
-"""The billing-adapter interface, its classified errors, and tier attribution.
+"""The billing-adapter interface and its classified errors.
 
 An adapter is a pure translator: ``poll(now_ms, prior) -> PollResult`` turns one poll of a
 provider's API (through that provider's client in :mod:`spotctl.clients`) and what the ledger
@@ -18,10 +18,10 @@ from spotctl.config import Config, ProviderConfig
 from spotctl.errors import ProviderError
 from spotctl.ledger.billing_reads import LastSample, PreviousAccount, PriorState
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
+from spotctl.naming import tier_for_resource
 
 __all__ = ["BillingAdapter", "BillingError", "ClientAdapter", "LastSample", "PollResult",
-           "PreviousAccount", "PriorState", "api_key_for", "rate_check", "resource_name_for",
-           "tier_for_resource"]
+           "PreviousAccount", "PriorState", "api_key_for", "rate_check", "tier_for_resource"]
 
 
 class BillingError(ProviderError):
@@ -94,32 +94,3 @@ def api_key_for(provider: ProviderConfig) -> str:
     if not key:
         raise BillingError("config", f"{provider.name}: ${provider.api_key_env} is not set")
     return key
-
-
-TIER_LABEL_PREFIX = "spotctl-tier="
-
-
-def resource_name_for(tier: str) -> str:
-    """The name spotctl gives a tier's VM (and its weights volume gets ``-weights``)."""
-    return f"spotctl-{tier}"
-
-
-def tier_for_resource(name: str | None, labels: list[str] | None, cfg: Config) -> str | None:
-    """Which configured tier a provider resource belongs to.
-
-    A label ``spotctl-tier=<tier>`` wins; else a name ``spotctl-<tier>`` or
-    ``spotctl-<tier>-<suffix>`` (longest configured tier name first). Volumes holding a tier's
-    weights (``spotctl-<tier>-weights``) are attributed to that tier too.
-    """
-    known = {t.name for t in cfg.tiers}
-    for label in labels or []:
-        if isinstance(label, str) and label.startswith(TIER_LABEL_PREFIX):
-            tier = label[len(TIER_LABEL_PREFIX):]
-            return tier if tier in known else None
-    if not name or not name.startswith("spotctl-"):
-        return None
-    rest = name[len("spotctl-"):]
-    for tier in sorted(known, key=len, reverse=True):
-        if rest == tier or rest.startswith(tier + "-"):
-            return tier
-    return None
