@@ -34,7 +34,7 @@ ALLOWED = {
     # orchestrates fleet, gateway, billing or the local cloud is one call into services/.
     # `ledger` stays: cli/common.open_ledger_for opens the configured ledger for the read
     # commands, and `ledger check` runs the ledger's checks itself
-    "cli": {"services", "accounting", "ledger", "demo", "cli", "example_scenario"},
+    "cli": {"services", "accounting", "ledger", "cli"},
     "services": {"fleet", "gateway", "billing", "accounting", "ledger", "localcloud", "engine",
                  "services", "demo", "example_scenario"},
     "accounting": {"accounting", "ledger"},
@@ -44,7 +44,7 @@ ALLOWED = {
     "gateway": {"gateway", "ledger", "accounting", "billing", "engine"},
     "fleet": {"fleet", "clients", "engine", "ledger"},
     "engine": {"engine"},
-    "demo": {"demo", "accounting", "ledger", "localcloud"},
+    "demo": {"demo", "localcloud"},
     "localcloud": {"localcloud"},
 }
 
