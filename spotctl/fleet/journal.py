@@ -42,8 +42,6 @@ STARTED_SERVING = frozenset({"ready", "woke", "returned_to_spot"})
 UNFINISHED = frozenset({"launching", "launched", "waking", "hibernating", "preempted",
                         "fell_back", "returning_to_spot", "draining", "relaunching",
                         "restarting_engine"})
-# A launch whose end is missing: relaunch (spot / on-demand by the retry window) if nothing runs.
-LAUNCHING = frozenset({"launching", "launched", "preempted", "fell_back"})
 # The journal says a machine exists (serving, hibernated, or an operation on it under way).
 EXISTS = SERVING | frozenset({"hibernated", "waking", "hibernating", "preempted", "fell_back",
                               "returning_to_spot", "draining"})

@@ -16,11 +16,6 @@ class CumulativeKind(StrEnum):
     ESTIMATE = "estimate"  # rate x time (Lambda): shown apart, never in invoice-true totals
 
 
-INVOICE_TRUE_KINDS = frozenset(
-    {CumulativeKind.RESOURCE_TOTAL, CumulativeKind.ACCOUNT_TOTAL, CumulativeKind.BALANCE_DERIVED}
-)
-
-
 @dataclass(frozen=True, slots=True)
 class BillingSample:
     provider: str
