@@ -772,8 +772,8 @@ def settle(world: World, traffic: Traffic, sim_minutes: int = 25) -> dict:
 
 
 def invoice_check(world: World, start_ms: int) -> dict:
-    from spotctl.accounting.spend import spend_between
     from spotctl.config import load_config
+    from spotctl.services.cost import spend_between
 
     cfg = load_config(world.config)
     invoice = httpx.get(f"{world.control}/invoice", timeout=10).json()

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.poller import poll_once
 from spotctl.clock import ManualClock, set_clock, to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
 from spotctl.localcloud.runner import serve_in_thread
 from spotctl.localcloud.simclock import ManualControl
+from spotctl.services.cost import spend_between
 
 FAULTS = ("http_500", "http_429", "malformed_json", "http_401", "cumulative_down", "vanish",
           "billing_dark")

@@ -34,7 +34,6 @@ Quantization = Literal[
     "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors", "fp8", "none"
 ]
 Capacity = Literal["spot-first", "spot", "on-demand"]
-Backend = Literal["skypilot", "hyperstack", "localcloud", "fixed"]
 Exposure = Literal["ssh", "public"]
 
 
@@ -219,8 +218,6 @@ TierConfig = Annotated[
                   custom_error_message="backend: one of skypilot, hyperstack, localcloud, fixed",
                   custom_error_context={"discriminator": "backend"}),
 ]
-ManagedTier = SkyPilotTier | HyperstackTier | LocalCloudTier
-Tier = ManagedTier | FixedTier
 
 
 class BudgetConfig(_Section):

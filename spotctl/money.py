@@ -10,7 +10,6 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
-_MICRO = Decimal("0.000001")
 
 
 class MoneyError(ValueError):
@@ -31,11 +30,6 @@ def to_micros(value: Decimal | int | str) -> int:
     if not dec.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
     return int((dec * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def to_decimal(micros: int) -> Decimal:
-    """Integer micro-dollars to an exact Decimal in USD."""
-    return (Decimal(micros) * _MICRO).normalize() if micros else Decimal(0)
 
 
 def usd_str(micros: int, places: int = 6) -> str:

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from spotctl.accounting.bands import usd_per_mtok, weighted_percentile
 from spotctl.accounting.observability import LOST, OK, provider_coverage
 from spotctl.accounting.series import series_spend
-from spotctl.accounting.spend import spend_between
 from spotctl.accounting.window import parse_window
 from spotctl.config import parse_config
 from spotctl.errors import UsageError
 from spotctl.ledger.records import BillingSample, CumulativeKind, PollRecord, UsageRecord
 from spotctl.ledger.writes import record_poll, record_usage
 from spotctl.services.cost import cost_report as build_cost_report
+from spotctl.services.cost import spend_between
 
 MIN = 60_000
 

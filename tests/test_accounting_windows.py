@@ -9,11 +9,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spotctl.accounting.spend import spend_between
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import BillingSample, CumulativeKind, PollRecord, UsageRecord
 from spotctl.ledger.writes import record_poll, record_usage
+from spotctl.services.cost import spend_between
 
 MIN = 60_000
 T0 = 1_700_000_040_000  # a minute boundary
@@ -175,9 +175,8 @@ def test_buckets_align_to_clock_hours_so_the_band_does_not_move(ledger):
 
 
 def test_accounting_is_pure():
-    """No module of spotctl/accounting opens the ledger, imports sqlite3 or runs SQL; the one
-    exception is the ``spend_between`` shim kept for callers that still pass a ledger: one
-    snapshot read through spotctl.ledger.queries, then the pure computation."""
+    """No module of spotctl/accounting opens the ledger, reads a window, imports sqlite3 or
+    runs SQL: its callers read one snapshot (spotctl.ledger.queries) and pass it in."""
     import ast
     from pathlib import Path
 
@@ -186,12 +185,10 @@ def test_accounting_is_pure():
     offenders = []
     for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
         tree = ast.parse(path.read_text())
-        shim = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-                and f.name == "spend_between" and path.name == "spend.py" for n in ast.walk(f)}
-        shim |= {id(n) for f in ast.walk(tree) if isinstance(f, ast.If)  # type-only imports
-                 and getattr(f.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(f)}
+        type_only = {id(n) for f in ast.walk(tree) if isinstance(f, ast.If)
+                     and getattr(f.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(f)}
         for node in ast.walk(tree):
-            if id(node) in shim:
+            if id(node) in type_only:
                 continue
             names = []
             if isinstance(node, ast.Import):
@@ -202,6 +199,10 @@ def test_accounting_is_pure():
                 if name in ("sqlite3", "spotctl.ledger.db") or name.startswith(
                         ("spotctl.services", "httpx")):
                     offenders.append(f"{path.name}: imports {name}")
-            if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany"):
+            if isinstance(node, ast.Attribute) and node.attr in (
+                    "execute", "executemany", "conn", "snapshot", "transaction"):
                 offenders.append(f"{path.name}: .{node.attr}")
+            name = getattr(node, "id", None) or getattr(node, "attr", None)
+            if name in ("read_window", "read_configured_window", "polled_providers"):
+                offenders.append(f"{path.name}: reads the ledger ({name})")
     assert offenders == []

@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.health import provider_health
 from spotctl.billing.poller import poll_once, run_daemon
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.billing_reads import rate_mismatches
 from spotctl.ledger.db import Ledger
+from spotctl.services.cost import spend_between
 
 
 def _cfg(lc, tmp_path, extra=""):

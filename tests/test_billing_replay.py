@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.poller import poll_once
 from spotctl.clock import ManualClock, to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
+from spotctl.services.cost import spend_between
 
 FIX = Path(__file__).parent / "fixtures" / "providers"
 KEY = "replay-key-1c9d"

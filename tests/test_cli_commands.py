@@ -288,6 +288,38 @@ def test_ledger_check_is_0_on_a_good_ledger(ws):
     assert result.exit_code == 0 and "ledger ok" in result.stdout
 
 
+def test_example_builds_its_workspace_and_shows_cost_and_price(tmp_path):
+    result = cli("example", "--dir", tmp_path / "ex")
+    assert result.exit_code == 0, result.output
+    assert "EXAMPLE DATA" in result.stdout and "billing samples" in result.stdout
+    assert "spotctl --config" in result.stdout and "$/Mtok" in result.stdout
+    assert (tmp_path / "ex" / "spotctl.db").is_file()
+    assert (tmp_path / "ex" / "spotctl.toml").stat().st_mode & 0o777 == 0o600
+    again = cli("example", "--dir", tmp_path / "ex")  # its own workspace is replaced
+    assert again.exit_code == 0, again.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    refused = cli("example", "--dir", tmp_path / "other")
+    assert refused.exit_code == 2 and "is not an example workspace" in one_line_error(refused)
+    assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("to, needle", [
+    ("mysql://h/db", "expected a postgresql:// URL"),
+    ("postgresql://u:s3cret@127.0.0.1:1/db", "PGPASSWORD"),
+])
+def test_ledger_migrate_refuses_a_bad_destination_exit_2(ws, to, needle):
+    result = cli("-c", ws, "ledger", "migrate", "--to", to)
+    assert result.exit_code == 2 and needle in one_line_error(result)
+    assert "s3cret" not in result.output
+
+
+def test_ledger_migrate_from_a_postgresql_config_is_exit_2(tmp_path):
+    cfg = write_config(tmp_path, {"ledger": {"url": "postgresql://spotctl@127.0.0.1:1/db"}})
+    result = cli("-c", cfg, "ledger", "migrate", "--to", "postgresql://u@127.0.0.1:1/db")
+    assert result.exit_code == 2 and "already names a PostgreSQL url" in one_line_error(result)
+
+
 def test_report_writes_a_file(ws, tmp_path):
     out = tmp_path / "r.html"
     result = cli("-c", ws, "report", "--window", "24h", "--out", out)

@@ -26,3 +26,17 @@ def test_a_previous_demo_workspace_is_replaced(tmp_path):
     assert not (d / "leftover.db").exists()
     assert (d / "spotctl.toml").read_text().startswith("# Written by `spotctl demo`")
     assert (d / "spotctl.toml").stat().st_mode & 0o077 == 0  # it names a key's variable: 0600
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seconds", "5"], "--seconds must be between 20 and 3600"),
+    (["--engine", "vllm"], "--engine vllm is not wired into the demo yet"),
+])
+def test_demo_bad_input_is_exit_2_before_anything_starts(tmp_path, args, needle):
+    from typer.testing import CliRunner
+
+    from spotctl.cli.main import app
+
+    result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "d"), *args])
+    assert result.exit_code == ExitCode.USAGE and needle in result.stderr
+    assert not (tmp_path / "d").exists()

@@ -166,6 +166,21 @@ def test_bench_cli_json_with_a_temporary_key(bench_gateway, monkeypatch):
     assert len(keys) == 1 and keys[0][0].startswith("bench-sat-") and keys[0][1] is not None
 
 
+def test_bench_cli_table_with_its_progress_bar(bench_gateway):
+    from typer.testing import CliRunner
+
+    from spotctl.cli.main import app
+
+    cfg, gw = bench_gateway
+    result = CliRunner().invoke(app, ["--config", str(cfg.source), "bench", "sat", "--duration",
+                                      "2s", "--step", "2s", "--mix", f"16:{OUTPUT}:1",
+                                      "--gateway", gw.url])
+    assert result.exit_code == 0, result.output
+    assert "Capacity: at least" in result.stdout and "Recorded as bench #" in result.stdout
+    with Ledger(cfg.ledger_path) as led:
+        assert led.conn.execute("SELECT count(*) FROM bench_runs").fetchone()[0] == 1
+
+
 def test_bench_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     from tests.test_economics_compare import cli
 

@@ -10,7 +10,6 @@ import time
 
 import openai
 
-from spotctl.accounting.spend import spend_between
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.fleet.base import TierState
@@ -18,6 +17,7 @@ from spotctl.fleet.manager import FleetManager
 from spotctl.fleet.policy import SPOT_CHECK_MINUTES
 from spotctl.gateway.upstreams import RoutingRuntime
 from spotctl.ledger.db import Ledger
+from spotctl.services.cost import spend_between
 from spotctl.services.daemon import FleetDaemon
 from spotctl.services.fleet import FleetRuntime
 from tests.fixtures_engines import gateway_key, start_gateway

@@ -79,3 +79,18 @@ def test_hibernating_a_tier_that_is_not_up(localcloud_engines, tmp_path):
     with Ledger(cfg.ledger_path) as led:
         tail = [e for (e,) in led.conn.execute("SELECT event FROM fleet_events ORDER BY id")]
     assert tail[-2:] == ["preempted", "down"]
+
+
+def test_down_delete_storage_asks_after_the_tier_is_known_and_a_no_does_nothing(localcloud,
+                                                                               tmp_path):
+    from spotctl.ledger.db import Ledger
+
+    cfg = _cfg(localcloud, tmp_path)
+    fixed = CliRunner().invoke(app, ["--config", str(cfg.source), "down", "fixed",
+                                     "--delete-storage"], input="y\n")
+    assert fixed.exit_code == ExitCode.USAGE and "Delete the weights" not in fixed.output
+    no = CliRunner().invoke(app, ["--config", str(cfg.source), "down", "big",
+                                  "--delete-storage"], input="n\n")
+    assert no.exit_code == 1 and "Delete the weights storage of 'big' too?" in no.output
+    with Ledger(cfg.ledger_path) as led:
+        assert led.conn.execute("SELECT count(*) FROM fleet_events").fetchone()[0] == 0

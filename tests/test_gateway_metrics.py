@@ -63,17 +63,6 @@ def test_requests_and_tokens_are_exact_after_a_render():
     assert m.render().decode() == text
 
 
-def test_the_light_usage_row_has_the_usage_records_fields_in_order():
-    import dataclasses
-
-    from spotctl.ledger.records import UsageRecord
-    from spotctl.ledger.usage import UsageRow
-
-    assert UsageRow._fields == tuple(f.name for f in dataclasses.fields(UsageRecord))
-    row = UsageRow("r1", 1, 2, "ok", "k", "t", "m", 3, 4, 200, 5, 6, True, False)
-    assert UsageRecord(*row) == UsageRecord(**row._asdict())
-
-
 def test_a_revoked_key_stops_working_at_the_next_reload_even_when_it_was_seen():
     from spotctl.gateway.auth import KeyTable
     from spotctl.ledger.keys import KeyInfo, hash_key

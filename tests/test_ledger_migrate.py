@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from spotctl.cli.example import EXAMPLE_TOML
 from spotctl.errors import LedgerError
 from spotctl.example_scenario import build_example
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.migrate import migrate_sqlite_to_postgres
 from spotctl.ledger.records import UsageRecord
 from spotctl.ledger.writes import record_usage
+from spotctl.services.example import EXAMPLE_TOML
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

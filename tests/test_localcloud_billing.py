@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.health import provider_health
 from spotctl.billing.poller import poll_once
 from spotctl.clock import to_ms
 from spotctl.config import parse_config
 from spotctl.ledger.db import Ledger
+from spotctl.services.cost import spend_between
 
 FIX = Path(__file__).parent / "fixtures" / "providers" / "hyperstack"
 

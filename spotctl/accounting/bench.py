@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from spotctl.errors import UsageError
 
 DEFAULT_MIX_TEXT = "256:128:6,1024:128:2,512:512:2"
-SLO_QUANTILE = 0.9  # the TTFT SLO applies to this quantile of a step's requests
 WARMUP_FRACTION = 0.2
 MAX_ERROR_RATE = 0.05  # a step with more failed requests than this breaks the SLO too
 

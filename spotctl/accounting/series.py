@@ -52,12 +52,6 @@ class SeriesSpend:
         return out
 
 
-def bucket_of(ms: int, bucket_ms: int) -> int:
-    """Start of the aligned bucket holding a sample at ``ms``: bucket [b, b + w) holds the
-    samples in (b, b + w] (a sample on a boundary closes the bucket before it)."""
-    return (ms - 1) // bucket_ms * bucket_ms
-
-
 def split_by_bucket(lo: int, hi: int, bucket_ms: int) -> list[tuple[int, int]]:
     """The interval (lo, hi] cut at aligned bucket boundaries: [(bucket start, ms), ...]."""
     out = []

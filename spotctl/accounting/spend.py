@@ -1,9 +1,8 @@
 """Invoice-true spend over a window. Pure: it computes from a :class:`WindowData` snapshot.
 
-Reading the snapshot is :func:`spotctl.ledger.queries.read_window` (one transaction);
-:mod:`spotctl.services.cost` puts the two together. :func:`spend_between` is kept for the
-callers that still pass a ledger (the gateway's gate, reconcile, the demo): it does that one
-read and nothing else.
+Reading the snapshot is :func:`spotctl.ledger.queries.read_configured_window` (one
+transaction); its callers (the commands through :mod:`spotctl.services.cost`, the gateway's
+gate, reconcile, the demo) pass it to :func:`spend_of`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from spotctl.ledger.queries import INVOICE_TRUE, SeriesData, WindowData
 
 if TYPE_CHECKING:
     from spotctl.config import Config
-    from spotctl.ledger.db import Ledger
 
 
 @dataclass
@@ -167,30 +165,9 @@ def compute_spend(
     )
 
 
-def watched_providers(cfg: Config, polled: list[str]) -> list[str]:
-    """Providers whose coverage matters: the configured ones (or, with none configured, every
-    provider the ledger has polled, so a ledger can be read without its config)."""
-    if cfg.providers:
-        return [p.name for p in cfg.providers if p.kind != "lambda"]
-    return polled
-
-
-def spend_between(
-    ledger: Ledger, start_ms: int, end_ms: int, cfg: Config, *,
-    providers: set[str] | None = None, tiers: set[str] | None = None,
-    bucket_ms: int | None = None,
-) -> SpendResult:
-    """Invoice-true spend in (start_ms, end_ms]: one snapshot read, then :func:`compute_spend`.
-
-    The only function here that reads (through :func:`spotctl.ledger.queries.read_window`),
-    kept for callers below the services layer that hold a ledger (the gateway's gate).
-    """
-    from spotctl.ledger import queries
-
-    polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
-    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
-    data = queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
-                               watched=watched, tokens=False, fleet=False)
+def spend_of(data: WindowData, cfg: Config, *, providers: set[str] | None = None,
+             tiers: set[str] | None = None) -> SpendResult:
+    """:func:`compute_spend` with the ``[billing]`` gap and staleness limits of ``cfg``."""
     return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
                          stale_after_ms=cfg.billing.stale_after_s * 1000,
                          providers=providers, tiers=tiers)

@@ -1,1 +1,1 @@
-"""providers."""
+"""billing."""

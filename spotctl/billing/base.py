@@ -1,18 +1,16 @@
-"""The billing-adapter interface, its classified errors, and tier attribution.
+"""The billing-adapter interface and its classified errors.
 
 An adapter is a pure translator: ``poll(now_ms, prior) -> PollResult`` turns one poll of a
 provider's API (through that provider's client in :mod:`spotctl.clients`) and what the ledger
 remembers (:class:`PriorState`, read by :mod:`spotctl.ledger.billing_reads`) into samples,
-credits and anomalies. It runs no SQL. It declares what the provider can give
-(``Capability``); spotctl never fills a gap with rate × time, except in adapters whose
-capability is ``ESTIMATE_ONLY`` and whose samples are marked as estimates.
+credits and anomalies. It runs no SQL. spotctl never fills a gap with rate × time, except in
+the Lambda adapter (Lambda has no billing API), whose samples are marked as estimates.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
 from spotctl.clock import Clock
@@ -20,17 +18,10 @@ from spotctl.config import Config, ProviderConfig
 from spotctl.errors import ProviderError
 from spotctl.ledger.billing_reads import LastSample, PreviousAccount, PriorState
 from spotctl.ledger.records import Anomaly, BillingSample, CreditEvent
+from spotctl.naming import tier_for_resource
 
-__all__ = ["BillingAdapter", "BillingError", "Capability", "ClientAdapter", "LastSample", "PollResult",
-           "PreviousAccount", "PriorState", "api_key_for", "rate_check", "resource_name_for",
-           "tier_for_resource"]
-
-
-class Capability(StrEnum):
-    PER_RESOURCE_CUMULATIVE = "per_resource_cumulative"  # Hyperstack total_bill
-    ACCOUNT_CUMULATIVE = "account_cumulative"  # RunPod clientLifetimeSpend
-    BALANCE_ONLY = "balance_only"  # Vast credit (+ invoices feed)
-    ESTIMATE_ONLY = "estimate_only"  # Lambda: no billing API at all
+__all__ = ["BillingAdapter", "BillingError", "ClientAdapter", "LastSample", "PollResult",
+           "PreviousAccount", "PriorState", "api_key_for", "rate_check", "tier_for_resource"]
 
 
 class BillingError(ProviderError):
@@ -53,7 +44,6 @@ class PollResult:
 
 
 class BillingAdapter(Protocol):
-    capability: Capability
     provider: ProviderConfig
 
     def poll(self, now_ms: int, prior: PriorState) -> PollResult: ...
@@ -64,8 +54,8 @@ class BillingAdapter(Protocol):
 class ClientAdapter:
     """What every adapter starts with: the provider's config, the clock and one API client of
     ``client_class`` (the key read from the environment, the ``[billing]`` timeout, and the
-    test ``transport``), closed by :meth:`close`. A subclass sets ``capability`` and
-    ``client_class`` and writes ``poll``."""
+    test ``transport``), closed by :meth:`close`. A subclass sets ``client_class`` and
+    writes ``poll``."""
 
     client_class: ClassVar[type]
 
@@ -104,32 +94,3 @@ def api_key_for(provider: ProviderConfig) -> str:
     if not key:
         raise BillingError("config", f"{provider.name}: ${provider.api_key_env} is not set")
     return key
-
-
-TIER_LABEL_PREFIX = "spotctl-tier="
-
-
-def resource_name_for(tier: str) -> str:
-    """The name spotctl gives a tier's VM (and its weights volume gets ``-weights``)."""
-    return f"spotctl-{tier}"
-
-
-def tier_for_resource(name: str | None, labels: list[str] | None, cfg: Config) -> str | None:
-    """Which configured tier a provider resource belongs to.
-
-    A label ``spotctl-tier=<tier>`` wins; else a name ``spotctl-<tier>`` or
-    ``spotctl-<tier>-<suffix>`` (longest configured tier name first). Volumes holding a tier's
-    weights (``spotctl-<tier>-weights``) are attributed to that tier too.
-    """
-    known = {t.name for t in cfg.tiers}
-    for label in labels or []:
-        if isinstance(label, str) and label.startswith(TIER_LABEL_PREFIX):
-            tier = label[len(TIER_LABEL_PREFIX):]
-            return tier if tier in known else None
-    if not name or not name.startswith("spotctl-"):
-        return None
-    rest = name[len("spotctl-"):]
-    for tier in sorted(known, key=len, reverse=True):
-        if rest == tier or rest.startswith(tier + "-"):
-            return tier
-    return None

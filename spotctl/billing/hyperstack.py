@@ -29,7 +29,6 @@ import hashlib
 
 from spotctl.billing.base import (
     BillingError,
-    Capability,
     ClientAdapter,
     PollResult,
     PriorState,
@@ -46,7 +45,6 @@ __all__ = ["DEFAULT_BASE", "HyperstackAdapter"]
 
 
 class HyperstackAdapter(ClientAdapter):
-    capability = Capability.PER_RESOURCE_CUMULATIVE
     client_class = HyperstackClient
     client: HyperstackClient
 
@@ -55,8 +53,7 @@ class HyperstackAdapter(ClientAdapter):
         super().__init__(provider, cfg, clock, transport=transport)
         self.account = provider.account or "default"
 
-    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
-        prior = prior or PriorState()
+    def poll(self, now_ms: int, prior: PriorState) -> PollResult:
         usage = self.client.usage()
         vm_hashes: list[str] = []
         vms = self.client.list_vms(hashes=vm_hashes)

@@ -11,7 +11,7 @@ closed. Each running total is an *estimate* (listed price × minutes, never invo
 
 from __future__ import annotations
 
-from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
+from spotctl.billing.base import ClientAdapter, PollResult, PriorState, tier_for_resource
 from spotctl.billing.parse import need
 from spotctl.clients.bearer import LambdaClient
 from spotctl.clock import to_ms
@@ -32,12 +32,10 @@ def accrue(prev_cum: int, rate: int | None, from_ms: int, to_ms_: int) -> int:
 
 
 class LambdaAdapter(ClientAdapter):
-    capability = Capability.ESTIMATE_ONLY
     client_class = LambdaClient
     client: LambdaClient
 
-    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
-        prior = prior or PriorState()
+    def poll(self, now_ms: int, prior: PriorState) -> PollResult:
         got = self.client.instances()
         observed = to_ms(self.clock.now())
         account = self.provider.account or "default"

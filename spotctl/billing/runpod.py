@@ -11,7 +11,7 @@ unconfirmed credit). Pods give current rates for attribution and display only.
 from __future__ import annotations
 
 from spotctl.billing.balance import advance
-from spotctl.billing.base import Capability, ClientAdapter, PollResult, PriorState, tier_for_resource
+from spotctl.billing.base import ClientAdapter, PollResult, PriorState, tier_for_resource
 from spotctl.billing.parse import money, need
 from spotctl.clients.bearer import (
     RUNPOD_ACCOUNT,
@@ -27,12 +27,10 @@ DEFAULT_BASE = "https://api.runpod.io"
 
 
 class RunPodAdapter(ClientAdapter):
-    capability = Capability.ACCOUNT_CUMULATIVE
     client_class = RunPodClient
     client: RunPodClient
 
-    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
-        prior = prior or PriorState()
+    def poll(self, now_ms: int, prior: PriorState) -> PollResult:
         me, got = self.client.query(RUNPOD_ACCOUNT)
         pods_me, pods_got = self.client.query(RUNPOD_PODS)
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from spotctl.billing.balance import advance
 from spotctl.billing.base import (
     BillingError,
-    Capability,
     ClientAdapter,
     PollResult,
     PriorState,
@@ -31,12 +30,10 @@ DEFAULT_BASE = "https://console.vast.ai"
 
 
 class VastAdapter(ClientAdapter):
-    capability = Capability.BALANCE_ONLY
     client_class = VastClient
     client: VastClient
 
-    def poll(self, now_ms: int, prior: PriorState | None = None) -> PollResult:
-        prior = prior or PriorState()
+    def poll(self, now_ms: int, prior: PriorState) -> PollResult:
         user = self.client.user()
         if isinstance(user.data, dict) and user.data.get("billing_creditonly") is False:
             raise BillingError("unsupported", f"{self.provider.name}: this Vast account is not "

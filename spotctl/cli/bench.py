@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 
-from spotctl.cli.common import console, emit_json, err_console, get_config, json_option, open_ledger_for
+from spotctl.cli.common import console, emit_json, err_console, get_config, json_option
 
 
 def register(app: typer.Typer) -> None:
@@ -33,68 +35,40 @@ def register(app: typer.Typer) -> None:
         """Load-test a tier through the gateway, ramping concurrency until time to first token
         breaks the SLO; record the saturated output tokens/s in the ledger (its capacity for
         `cost` utilisation)."""
-        import os
-
         from spotctl.accounting.bench import DEFAULT_MIX_TEXT, parse_mix, parse_seconds
-        from spotctl.clock import get_clock, to_ms
         from spotctl.errors import UsageError
-        from spotctl.services.economics import record_bench, run_bench
+        from spotctl.services.economics import bench as run
 
         cfg = get_config(ctx)
-        t = cfg.tier(tier)
+        cfg.tier(tier)  # an unknown tier is exit 2 before the progress bar shows
+        if max_concurrency < 1:
+            raise UsageError("--max-concurrency must be at least 1")
         total_s = parse_seconds(duration, "--duration")
         step_s = parse_seconds(step, "--step")
         slo_ms = int(parse_seconds(ttft_slo, "--ttft-slo") * 1000)
         items = parse_mix(mix or DEFAULT_MIX_TEXT)
-        if max_concurrency < 1:
-            raise UsageError("--max-concurrency must be at least 1")
         if engine_version is not None:
             engine_version = engine_version.strip() or None
-        url = gateway or f"http://{cfg.gateway.listen}"
-        temp_key = None
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise UsageError(f"--api-key-env {api_key_env}: that variable is not set")
-        else:
-            from spotctl.ledger.keys import create_key
-
-            temp_key = f"bench-{tier}-{to_ms(get_clock().now())}"
-            with open_ledger_for(ctx) as ledger:
-                key = create_key(ledger, temp_key, to_ms(get_clock().now()), None)
-        try:
-            if json_out:
-                out = run_bench(cfg, t, gateway_url=url, api_key=key, duration_s=total_s,
-                                step_s=step_s, slo_ttft_ms=slo_ms, mix=items,
-                                max_concurrency=max_concurrency)
-            else:
-                out = _with_progress(cfg, t, url, key, total_s, step_s, slo_ms, items,
-                                     max_concurrency)
-        finally:
-            if temp_key:
-                from spotctl.ledger.keys import revoke_key
-
-                with open_ledger_for(ctx) as ledger:
-                    revoke_key(ledger, temp_key, to_ms(get_clock().now()))
-        if engine_version:
-            out.engine_version = engine_version
-        with open_ledger_for(ctx) as ledger:
-            record_bench(ledger, out)
+        args = dict(gateway_url=gateway, api_key_env=api_key_env, duration_s=total_s,
+                    step_s=step_s, slo_ttft_ms=slo_ms, mix=items,
+                    max_concurrency=max_concurrency, engine_version=engine_version)
         if json_out:
-            emit_json(out.to_json())
+            emit_json(run(cfg, tier, **args).to_json())
             return
+        with _progress(tier) as progress:
+            out = run(cfg, tier, progress=progress, **args)
         _print(out)
 
 
-def _with_progress(cfg, t, url, key, total_s, step_s, slo_ms, items, max_concurrency):
+@contextmanager
+def _progress(tier: str):
+    """A progress bar on stderr, and the callback that moves it."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from spotctl.services.economics import run_bench
 
     with Progress(TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
                   console=err_console(), transient=False) as bar:
-        task = bar.add_task(f"{t.name}: starting", total=1.0)
+        task = bar.add_task(f"{tier}: starting", total=1.0)
 
         def progress(fraction, conc, last) -> None:
             seen = ""
@@ -104,11 +78,9 @@ def _with_progress(cfg, t, url, key, total_s, step_s, slo_ms, items, max_concurr
                         f"{last.output_tokens_per_s:,.0f} tok/s, TTFT p90 "
                         f"{'—' if p90 is None else f'{p90:,.0f} ms'}")
             bar.update(task, completed=fraction,
-                       description=f"{t.name}: {conc} concurrent stream(s){seen}")
+                       description=f"{tier}: {conc} concurrent stream(s){seen}")
 
-        return run_bench(cfg, t, gateway_url=url, api_key=key, duration_s=total_s,
-                         step_s=step_s, slo_ttft_ms=slo_ms, mix=items,
-                         max_concurrency=max_concurrency, progress=progress)
+        yield progress
 
 
 def _print(out) -> None:

@@ -63,10 +63,9 @@ def register(app: typer.Typer) -> None:
 
         cfg = get_config(ctx)
         with open_ledger_for(ctx, readonly=True) as ledger:
-            rows = service.health(cfg, ledger, to_ms(get_clock().now()))
-            orphans = service.orphans(ledger)
-            unquoted = service.no_launch_quote(cfg, ledger)
-        unresolved = [o for found in orphans.values() for o in found if not o.resolved]
+            found = service.status(cfg, ledger, to_ms(get_clock().now()))
+        rows, orphans, unresolved = found.providers, found.orphans, found.unresolved
+        unquoted = found.no_launch_quote
         if json_out:
             emit_json({"providers": [{**r.to_json(), "orphans": [
                 o.to_json() for o in orphans.get(r.provider, [])],

@@ -105,11 +105,9 @@ def register(app: typer.Typer) -> None:
                 f"deleted {len(report.deleted)} orphan machine(s): {', '.join(report.deleted)}"
                 if report.deleted else "no orphan machine"))
             return
-        fleet.fleet_tier(cfg, tier)
-        if delete_storage and not yes and not typer.confirm(
-                f"Delete the weights storage of {tier!r} too? The next up re-downloads them."):
+        if fleet.down(cfg, tier, delete_storage, _waiting(tier),
+                      confirm=None if yes else typer.confirm) is None:
             raise typer.Exit(1)
-        fleet.down(cfg, tier, delete_storage, _waiting(tier))
         console().print(f"tier {tier}: down" + (" (storage deleted)" if delete_storage else
                                                 " (weights storage kept)"))
 

@@ -46,40 +46,25 @@ def register(app: typer.Typer) -> None:
         (only rows not yet there are copied); then `ledger check` on both. Exit 0, else 1."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from spotctl.errors import UsageError
-        from spotctl.ledger.check import check_ledger
-        from spotctl.ledger.db import Ledger
-        from spotctl.ledger.migrate import migrate_sqlite_to_postgres
+        from spotctl.services.ledger import migrate as run
 
-        cfg = get_config(ctx)
-        if cfg.ledger.url:
-            raise UsageError("[ledger] already names a PostgreSQL url; migrate copies the SQLite "
-                             "ledger at [ledger] path")
-        if not to.startswith(("postgresql://", "postgres://")):
-            raise UsageError(f"--to: expected a postgresql:// URL, got {to.split(':', 1)[0]!r}")
-        from pydantic import ValidationError
+        tasks: dict[str, object] = {}
+        bar = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(),
+                       console=err_console(), transient=True, disable=json_out)
 
-        from spotctl.config import LedgerConfig
+        def progress(table: str, done: int, total: int) -> None:
+            if not tasks:  # shown once rows move: a usage error stays one line
+                bar.start()
+            if table not in tasks:
+                tasks[table] = bar.add_task(table, total=total or 1)
+            bar.update(tasks[table], completed=done if total else 1)
 
         try:
-            LedgerConfig(url=to)
-        except ValidationError as exc:  # its message never repeats the URL (a password)
-            msg = exc.errors(include_url=False)[0].get("msg", "invalid URL")
-            raise UsageError(f"--to: {msg.removeprefix('Value error, ')}") from None
-        tasks: dict[str, object] = {}
-        with Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(),
-                      console=err_console(), transient=True, disable=json_out) as bar:
-            def progress(table: str, done: int, total: int) -> None:
-                if table not in tasks:
-                    tasks[table] = bar.add_task(table, total=total or 1)
-                bar.update(tasks[table], completed=done if total else 1)
-
-            result = migrate_sqlite_to_postgres(cfg.ledger_path, to, progress)
-        checks = {}
-        for where, target in (("source", cfg.ledger_target), ("destination", to)):
-            with Ledger(target, readonly=True) as led:
-                checks[where] = check_ledger(led)
-        ok = all(r.ok for rs in checks.values() for r in rs)
+            outcome = run(get_config(ctx), to, progress)
+        finally:
+            if tasks:
+                bar.stop()
+        result, checks, ok = outcome.result, outcome.checks, outcome.ok
         if json_out:
             emit_json({"source": result.source, "destination": result.dest, "ok": ok,
                        "copied_rows": result.copied_rows,

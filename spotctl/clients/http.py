@@ -53,7 +53,6 @@ from spotctl.errors import (
     ProviderUnreachable,
 )
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _SSL_CONTEXT = None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from spotctl.clock import FileClock, from_ms, iso, real_epoch, to_ms
+from spotctl.clock import FileClock, iso, real_epoch, to_ms
 from spotctl.demo.scenario import DAY, DayScenario
 from spotctl.errors import UsageError
 from spotctl.localcloud.engines import free_port
@@ -152,10 +152,10 @@ class Demo:
                    f"127.0.0.1:{self.cloud_port}", "--speed", f"{self.speed:.4f}", "--start",
                    iso(self.day_start), "--clock-file", str(self.clock_file), "--engine",
                    "builtin", "--dark-hang-s", "1")
-        self._wait_http(f"{self.control}/health")
+        self.wait_http(f"{self.control}/health")
         self.clock = FileClock(self.clock_file)
 
-    def _wait_http(self, url: str, timeout_s: float = 30) -> None:
+    def wait_http(self, url: str, timeout_s: float = 30) -> None:
         waited = 0.0
         while waited < timeout_s:
             try:
@@ -272,19 +272,4 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def spend_so_far(config_path: Path, end_ms: int) -> tuple[int, str]:
-    from spotctl.accounting.spend import spend_between
-    from spotctl.config import load_config
-    from spotctl.ledger.db import Ledger
-
-    cfg = load_config(config_path)
-    with Ledger(cfg.ledger_path, readonly=True) as led:
-        r = spend_between(led, end_ms - 86_400_000, end_ms, cfg)
-    return r.micros, r.status
-
-
-def format_sim(ms: int) -> str:
-    return iso(from_ms(ms))[:16].replace("T", " ")
-
-
-__all__ = ["Demo", "format_sim", "spend_so_far", "to_ms"]
+__all__ = ["Demo", "to_ms"]

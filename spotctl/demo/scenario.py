@@ -43,10 +43,3 @@ class DayScenario:
         phase = 2 * math.pi * (hour - self.peak_h) / 24.0
         shape = 0.5 + 0.5 * math.cos(phase)
         return self.peak_requests_per_min * max(0.1, shape)
-
-    def expected_requests(self, step: timedelta = timedelta(minutes=1)) -> float:
-        total, t = 0.0, timedelta(0)
-        while t < DAY:
-            total += self.rate_per_min(t) * step.total_seconds() / 60.0
-            t += step
-        return total

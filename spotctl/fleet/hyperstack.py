@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from spotctl.billing.base import TIER_LABEL_PREFIX, resource_name_for
 from spotctl.clients.http import Sent
 from spotctl.clients.hyperstack import Flavor, HyperstackClient, Vm, Volume
 from spotctl.clock import Clock
@@ -59,6 +58,7 @@ from spotctl.fleet.base import (
     no_progress,
 )
 from spotctl.fleet.cloudinit import render_user_data
+from spotctl.naming import TIER_LABEL_PREFIX, resource_name_for
 
 SPOT_SUFFIX = "-spot"
 VOLUME_TYPE = "Cloud-SSD"

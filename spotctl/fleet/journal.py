@@ -20,7 +20,6 @@ from spotctl.ledger.journal import (
     FleetEntry,
     append_fleet_event,
     current_fleet_resource,
-    fleet_events,
     fleet_operation,
     last_fleet_event,
 )
@@ -43,8 +42,6 @@ STARTED_SERVING = frozenset({"ready", "woke", "returned_to_spot"})
 UNFINISHED = frozenset({"launching", "launched", "waking", "hibernating", "preempted",
                         "fell_back", "returning_to_spot", "draining", "relaunching",
                         "restarting_engine"})
-# A launch whose end is missing: relaunch (spot / on-demand by the retry window) if nothing runs.
-LAUNCHING = frozenset({"launching", "launched", "preempted", "fell_back"})
 # The journal says a machine exists (serving, hibernated, or an operation on it under way).
 EXISTS = SERVING | frozenset({"hibernated", "waking", "hibernating", "preempted", "fell_back",
                               "returning_to_spot", "draining"})
@@ -106,11 +103,6 @@ class Journal:
         of its newest entry that names one, unless the tier is down since."""
         with Ledger(self.ledger_path) as led:
             return current_fleet_resource(led, tier, SERVING | {"launched", "hibernated"})
-
-
-def read_events(ledger: Ledger, tier: str | None = None, since_ms: int = 0) -> list[JournalEntry]:
-    """The journal, oldest first (``spotctl events``)."""
-    return fleet_events(ledger, tier, since_ms)
 
 
 def derived_state(last: JournalEntry | None, backend: TierStatus) -> TierStatus:

@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-from spotctl.billing.base import resource_name_for
 from spotctl.config import TierConfig
 from spotctl.engine.vllm_cmd import WEIGHTS_MOUNT, shell_command
+from spotctl.naming import resource_name_for
 
 SAFETY_AUTODOWN_MIN_IDLE = 60
 

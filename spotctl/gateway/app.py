@@ -117,10 +117,6 @@ class Gateway:
     def _state_dir(self, what: str) -> Path:
         return self.ledger_path.with_name(f"{self.ledger_path.name}.{what}")
 
-    @property
-    def tier_state(self):
-        return self.board.state
-
     # -- lifecycle --------------------------------------------------------------------------
     def start_background(self) -> None:
         try:

@@ -126,7 +126,7 @@ class PollWatch:
 
 def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch | None = None,
                   keys: list[KeyInfo] | None = None) -> GateState:
-    from spotctl.accounting.spend import spend_between
+    from spotctl.accounting.spend import spend_of
     from spotctl.billing.health import KNOWN_SPEND, provider_health
     from spotctl.money import to_micros
 
@@ -174,7 +174,10 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
                              None, budget, start_ms, retry, now_ms)
         return closed(BILLING_STALE, "a budget is set but no billing provider is configured")
     end_ms = max(now_ms, start_ms + 1, min(watch.latest_stamp_ms() or 0, end_of_day_ms(end)))
-    spend = spend_between(ledger, start_ms, end_ms, cfg)
+    from spotctl.ledger.queries import read_configured_window
+
+    spend = spend_of(read_configured_window(ledger, cfg, start_ms, end_ms, tokens=False,
+                                            fleet=False), cfg)
     if not spend.complete:
         return closed(BILLING_STALE, "today's spend is incomplete: " +
                       "; ".join(spend.reasons[:2]), spend.micros, billing_age)

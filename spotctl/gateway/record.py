@@ -11,7 +11,7 @@ estimated (completion = data events relayed, prompt = request bytes ÷ 4) and th
 from __future__ import annotations
 
 from spotctl.gateway.usagetap import UsageTap
-from spotctl.ledger.usage import UsageRow
+from spotctl.ledger.records import UsageRecord
 
 
 class RequestRecord:
@@ -47,7 +47,7 @@ class RequestRecord:
     def estimated(self) -> bool:
         return self.reached_engine and (not self.usage_seen or self.usage_invalid)
 
-    def to_row(self, completed_ms: int, now_mono: float) -> UsageRow:
+    def to_row(self, completed_ms: int, now_mono: float) -> UsageRecord:
         """The usage row; estimates what the engine did not report (see the module doc)."""
         tap = self.tap
         if tap is not None:
@@ -57,7 +57,7 @@ class RequestRecord:
             events = tap.events if tap is not None else 0
             completion = max(completion, events)
             prompt = prompt or max(1, self.body_len // 4)
-        return UsageRow(
+        return UsageRecord(
             self.rid, self.started_ms, max(completed_ms, self.started_ms),
             self.status or "error", self.key, self.tier, self.model, prompt, completion,
             self.http_status, int((now_mono - self.t0) * 1000),

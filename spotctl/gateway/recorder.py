@@ -23,9 +23,7 @@ from typing import Any
 from spotctl.gateway.errors import scrub
 from spotctl.gateway.spool import Spool
 from spotctl.ledger.records import UsageRecord
-from spotctl.ledger.usage import UsageRow, open_writer, record_usage, touch_tiers
-
-Row = UsageRecord | UsageRow
+from spotctl.ledger.usage import open_writer, record_usage, touch_tiers
 
 BATCH_S = 0.2  # rows wait at most this long before their write starts
 WRITE_BUSY_MS = 500  # a ledger write waits this long for a lock, then the batch is spooled
@@ -38,11 +36,11 @@ class UsageRecorder:
                  log: Callable[[str], None] | None = None) -> None:
         self.ledger_path = ledger_path  # a SQLite path or [ledger] (PostgreSQL)
         self.spool = spool
-        self._q: queue.SimpleQueue[Row | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self._log = log or (lambda msg: None)
         self._ledger = None
-        self._pending: list[Row] = []
+        self._pending: list[UsageRecord] = []
         self.durable = True  # False while rows exist that neither the ledger nor spool took
         self.written = 0  # rows this process put in the ledger (replays included)
         self.spooled = 0  # rows this process put in the spool
@@ -51,7 +49,7 @@ class UsageRecorder:
         self._wake = threading.Event()
 
     # -- the request path ---------------------------------------------------------------------
-    def record(self, row: Row) -> None:
+    def record(self, row: UsageRecord) -> None:
         self._q.put(row)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ class UsageRecorder:
                     first = self._q.get(timeout=REPLAY_EVERY_S if not self._pending else 0.2)
                 except queue.Empty:
                     first = False
-                batch: list[Row] = []
+                batch: list[UsageRecord] = []
                 if first is None:
                     stopping = True
                 elif first:
@@ -107,7 +105,7 @@ class UsageRecorder:
                 with contextlib.suppress(Exception):
                     self._ledger.close()
 
-    def _ledger_write(self, rows: list[Row]) -> int:
+    def _ledger_write(self, rows: list[UsageRecord]) -> int:
         if self._ledger is None:
             self._ledger = open_writer(self.ledger_path, WRITE_BUSY_MS)
         try:
@@ -164,7 +162,7 @@ class UsageRecorder:
         except Exception as exc:
             self.last_error = f"replay: {type(exc).__name__}: {scrub(str(exc))}"
 
-    def _replay_rows(self, rows: list[Row]) -> None:
+    def _replay_rows(self, rows: list[UsageRecord]) -> None:
         self.written += self._ledger_write(rows)
 
     def _adopt_orphans(self) -> None:

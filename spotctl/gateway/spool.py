@@ -14,7 +14,6 @@ the bound is refused like a full disk, and the gateway closes its gate (``usage_
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 from pathlib import Path
@@ -22,16 +21,15 @@ from pathlib import Path
 import orjson
 
 from spotctl.ledger.records import UsageRecord
-from spotctl.ledger.usage import UsageRow
 
-_FIELDS = [f.name for f in dataclasses.fields(UsageRecord)]
+_FIELDS = UsageRecord._fields
 
 
 class SpoolFull(OSError):
     """The spool's size bound would be passed."""
 
 
-def encode(rows: list[UsageRecord | UsageRow]) -> bytes:
+def encode(rows: list[UsageRecord]) -> bytes:
     return b"".join(orjson.dumps([getattr(r, f) for f in _FIELDS]) + b"\n" for r in rows)
 
 
@@ -74,7 +72,7 @@ class Spool:
         except OSError:
             return 0
 
-    def append(self, rows: list[UsageRecord | UsageRow]) -> None:
+    def append(self, rows: list[UsageRecord]) -> None:
         """Make ``rows`` durable in the spool (written and fsync'ed), or raise OSError."""
         data = encode(rows)
         if self.size() + len(data) > self.max_bytes:

@@ -29,8 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from spotctl.ledger.records import CumulativeKind
+
+if TYPE_CHECKING:
+    from spotctl.config import Config
 
 SeriesKey = tuple[str, str, str]  # (provider, account, resource_id)
 _first = itemgetter(0)
@@ -172,6 +176,29 @@ class WindowData:
             return [self.start_ms]
         first = self.bucket_start(self.start_ms)
         return list(range(first, self.end_ms, self.bucket_ms))
+
+
+def watched_providers(cfg: Config, polled: list[str]) -> list[str]:
+    """Providers whose coverage matters: the configured ones (or, with none configured, every
+    provider the ledger has polled, so a ledger can be read without its config). Lambda's
+    estimates have no coverage to speak of."""
+    if cfg.providers:
+        return [p.name for p in cfg.providers if p.kind != "lambda"]
+    return polled
+
+
+def read_configured_window(
+    ledger, cfg: Config, start_ms: int, end_ms: int, bucket_ms: int | None = None, *,
+    providers: set[str] | None = None, tokens: bool = True, fleet: bool = True,
+    arrivals: bool = False, closures: bool = False,
+) -> WindowData:
+    """:func:`read_window` with the watched providers taken from the config (every command,
+    the gateway's gate, reconcile and the demo read a window this way)."""
+    polled = [] if cfg.providers else polled_providers(ledger.conn)
+    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
+    return read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
+                       watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals,
+                       closures=closures)
 
 
 def read_window(

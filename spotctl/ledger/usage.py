@@ -16,31 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
 
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.records import UsageRecord
-
-
-class UsageRow(NamedTuple):
-    """A usage row as the gateway builds it per request: :class:`UsageRecord`'s fields in its
-    order, as a tuple (a tenth of the frozen dataclass's construction cost on the request path).
-    Every function here takes either."""
-
-    id: str
-    started_ms: int
-    completed_ms: int
-    status: str
-    key_id: str | None = None
-    tier: str | None = None
-    model: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    http_status: int | None = None
-    latency_ms: int | None = None
-    ttft_ms: int | None = None
-    stream: bool = False
-    tokens_estimated: bool = False
 
 MINUTE_MS = 60_000
 # open_requests: a gateway that stopped heart-beating while it had requests in flight is
@@ -82,13 +60,13 @@ def open_writer(path: str | os.PathLike[str], busy_timeout_ms: int) -> Ledger:
     return ledger
 
 
-def record_usage(ledger: Ledger, rows: Iterable[UsageRecord | UsageRow]) -> int:
+def record_usage(ledger: Ledger, rows: Iterable[UsageRecord]) -> int:
     """Insert usage rows and their per-minute rollups in one transaction; returns rows added.
 
     A row whose id is already in the ledger (a replayed spool, a retried batch) is skipped and
     not counted twice in the rollups: replaying the same rows any number of times adds them once.
     """
-    by_id: dict[str, UsageRecord | UsageRow] = {}
+    by_id: dict[str, UsageRecord] = {}
     for r in rows:
         by_id.setdefault(r.id, r)
     if not by_id:

@@ -2,8 +2,8 @@
 
 The arrows run one way::
 
-    cli/  ──►  services/  ──►  fleet/ · gateway/ · billing/ · accounting/ · ledger/ · localcloud/
-                                   └──────────────►  config · clock · money · errors
+    cli/  ──►  services/  ──►  fleet/ · gateway/ · billing/ · accounting/ · ledger/ · localcloud/ · demo/
+                                   └──────────────►  config · clock · money · errors · naming
 
 A command parses its options, makes one call into a service, and renders the result (a table
 for people, JSON for scripts). Services open resources (the ledger, provider clients, backends),

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from spotctl.accounting.spend import spend_between
 from spotctl.billing.reconcile import provider_day_total
 from spotctl.clock import Clock, to_ms
 from spotctl.config import Config
 from spotctl.errors import ProviderError
 from spotctl.ledger.db import Ledger
 from spotctl.money import usd_str
+from spotctl.services.cost import spend_between
 
 
 def reconcile_day(cfg: Config, ledger: Ledger, day: date, end: date) -> list[dict]:
@@ -76,11 +76,26 @@ def run_poll_daemon(cfg: Config, ledger: Ledger, clock: Clock, log) -> None:
     log("stopped")
 
 
-def health(cfg: Config, ledger: Ledger, now_ms: int) -> list:
-    """Per provider: fresh / stale / failing / regressed / never, from the ledger alone."""
+@dataclass(frozen=True)
+class BillingStatus:
+    """``spotctl billing status``: each provider's health and its recorded orphan machines."""
+
+    providers: list  # billing.health.ProviderHealth, one per provider
+    orphans: dict[str, list[Orphan]]  # provider → its orphan machines, oldest first
+    no_launch_quote: dict[str, list[str]]  # provider → live machines launched without a quote
+
+    @property
+    def unresolved(self) -> list[Orphan]:
+        return [o for found in self.orphans.values() for o in found if not o.resolved]
+
+
+def status(cfg: Config, ledger: Ledger, now_ms: int) -> BillingStatus:
+    """Per provider: fresh / stale / failing / regressed / never, its orphan machines and the
+    live machines launched without a quote, from the ledger alone."""
     from spotctl.billing.health import provider_health
 
-    return provider_health(ledger, cfg, now_ms)
+    return BillingStatus(provider_health(ledger, cfg, now_ms), orphans(ledger),
+                         no_launch_quote(cfg, ledger))
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Cost for a window: one snapshot read from the ledger, then the pure accounting.
 
 ``cost``, ``price``, ``report``, ``compare`` and ``advise`` call these; each reads the ledger
-exactly once (:func:`spotctl.ledger.queries.read_window`, one transaction), so spend, tokens
+exactly once (:func:`spotctl.ledger.queries.read_configured_window`, one transaction), so spend, tokens
 and the fleet journal always describe the same moment.
 """
 
@@ -20,7 +20,7 @@ from spotctl.accounting.economics import (
     wakes,
 )
 from spotctl.accounting.report import CostReport, build_report
-from spotctl.accounting.spend import SpendResult, compute_spend, watched_providers
+from spotctl.accounting.spend import SpendResult, spend_of
 from spotctl.config import HyperstackTier
 from spotctl.ledger import queries
 from spotctl.money import usd_str
@@ -30,22 +30,8 @@ if TYPE_CHECKING:
     from spotctl.ledger.db import Ledger
 
 
-def read_window(ledger: Ledger, cfg: Config, start_ms: int, end_ms: int,
-                bucket_ms: int | None, *, providers: set[str] | None = None,
-                tokens: bool = True, fleet: bool = True, arrivals: bool = False,
-                closures: bool = False) -> queries.WindowData:
-    polled = [] if cfg.providers else queries.polled_providers(ledger.conn)
-    watched = [p for p in watched_providers(cfg, polled) if providers is None or p in providers]
-    return queries.read_window(ledger, start_ms, end_ms, bucket_ms, providers=providers,
-                               watched=watched, tokens=tokens, fleet=fleet, arrivals=arrivals,
-                               closures=closures)
-
-
-def spend_of(data: queries.WindowData, cfg: Config, *, providers: set[str] | None = None,
-             tiers: set[str] | None = None) -> SpendResult:
-    return compute_spend(data, gap_after_ms=cfg.billing.gap_after_s * 1000,
-                         stale_after_ms=cfg.billing.stale_after_s * 1000,
-                         providers=providers, tiers=tiers)
+# One snapshot of a window (the watched providers from the config), and the spend in it.
+read_window = queries.read_configured_window
 
 
 def spend_between(
@@ -53,7 +39,8 @@ def spend_between(
     providers: set[str] | None = None, tiers: set[str] | None = None,
     bucket_ms: int | None = None,
 ) -> SpendResult:
-    """Invoice-true spend in (start_ms, end_ms], with its observability."""
+    """Invoice-true spend in (start_ms, end_ms], with its observability: one snapshot read
+    (spend only), then the pure :func:`spotctl.accounting.spend.spend_of`."""
     data = read_window(ledger, cfg, start_ms, end_ms, bucket_ms, providers=providers,
                        tokens=False, fleet=False)
     return spend_of(data, cfg, providers=providers, tiers=tiers)

@@ -233,6 +233,49 @@ def run_bench(
     return out
 
 
+def bench(
+    cfg: Config, tier: str, *, gateway_url: str | None, api_key_env: str | None,
+    duration_s: float, step_s: float, slo_ttft_ms: int, mix: list[MixItem],
+    max_concurrency: int = 512, engine_version: str | None = None,
+    progress: BenchProgress | None = None,
+) -> BenchOutcome:
+    """``spotctl bench``: load the tier through the gateway (default: the ``[gateway]`` listen
+    address) with the key in ``api_key_env``, else with a temporary key created in the ledger
+    and revoked afterwards (also on failure); record the outcome in the ledger."""
+    import os
+
+    from spotctl.clock import get_clock, to_ms
+    from spotctl.ledger.db import Ledger
+    from spotctl.ledger.keys import create_key, revoke_key
+
+    t = cfg.tier(tier)
+    if max_concurrency < 1:
+        raise UsageError("--max-concurrency must be at least 1")
+    url = gateway_url or f"http://{cfg.gateway.listen}"
+    temp_key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise UsageError(f"--api-key-env {api_key_env}: that variable is not set")
+    else:
+        temp_key = f"bench-{tier}-{to_ms(get_clock().now())}"
+        with Ledger(cfg.ledger_target) as ledger:
+            key = create_key(ledger, temp_key, to_ms(get_clock().now()), None)
+    try:
+        out = run_bench(cfg, t, gateway_url=url, api_key=key, duration_s=duration_s,
+                        step_s=step_s, slo_ttft_ms=slo_ttft_ms, mix=mix,
+                        max_concurrency=max_concurrency, progress=progress)
+    finally:
+        if temp_key:
+            with Ledger(cfg.ledger_target) as ledger:
+                revoke_key(ledger, temp_key, to_ms(get_clock().now()))
+    if engine_version:
+        out.engine_version = engine_version
+    with Ledger(cfg.ledger_target) as ledger:
+        record_bench(ledger, out)
+    return out
+
+
 def record_bench(ledger, out: BenchOutcome) -> int:
     from spotctl.ledger.queries import BenchRecord, record_bench_run
 

@@ -10,6 +10,7 @@ the gateway).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from spotctl.clock import Clock, get_clock, parse_iso, to_ms
 from spotctl.config import Config, TierConfig
@@ -75,8 +76,15 @@ def wake(cfg: Config, name: str, progress: Progress = no_progress,
 
 
 def down(cfg: Config, name: str, delete_storage: bool = False,
-         on_wait: Waiting | None = None) -> TierStatus:
-    return fleet_manager(cfg, on_wait=on_wait).down(fleet_tier(cfg, name), delete_storage)
+         on_wait: Waiting | None = None,
+         confirm: Callable[[str], bool] | None = None) -> TierStatus | None:
+    """Tear the tier down. With ``delete_storage``, ``confirm`` (when given) is asked first,
+    once the tier is known to be one spotctl manages; None when it says no (nothing done)."""
+    tier = fleet_tier(cfg, name)
+    if delete_storage and confirm is not None and not confirm(
+            f"Delete the weights storage of {name!r} too? The next up re-downloads them."):
+        return None
+    return fleet_manager(cfg, on_wait=on_wait).down(tier, delete_storage)
 
 
 def delete_orphans(cfg: Config, name: str, on_wait: Waiting | None = None) -> OrphanReport:
