@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from spotctl.config import Config
 from spotctl.ledger.billing_reads import RateMismatch, health_facts
 from spotctl.ledger.db import Ledger
+from spotctl.ledger.usage import newest_ok_polls
 
 FRESH, STALE, FAILING, REGRESSED, NEVER = "fresh", "stale", "failing", "regressed", "never"
 SUSPECT = "suspect"
@@ -59,6 +60,9 @@ class ProviderHealth:
 
 def provider_health(ledger: Ledger, cfg: Config, now_ms: int) -> list[ProviderHealth]:
     out = []
+    # each provider's newest successful poll by insertion order (as the gate's PollWatch sees
+    # it): after a step back, a live poller's new polls count, not the old ones stamped "later"
+    newest_stamps = {p: f for _, p, f in newest_ok_polls(ledger, 0)}
     for prov in cfg.providers:
         name = prov.name
         f = health_facts(ledger, name)
@@ -77,7 +81,7 @@ def provider_health(ledger: Ledger, cfg: Config, now_ms: int) -> list[ProviderHe
             status = STALE
         else:
             status = REGRESSED if f.regressed_since_good else FRESH
-        newest = _newest_good_stamp_ms(ledger, name)
+        newest = newest_stamps.get(name)
         if newest is not None and newest > now_ms + int(cfg.gateway.clock_skew_s * 1000):
             ahead = newest - now_ms
             out.append(ProviderHealth(
@@ -88,13 +92,3 @@ def provider_health(ledger: Ledger, cfg: Config, now_ms: int) -> list[ProviderHe
         out.append(ProviderHealth(name, status, good, f.last_finished_ms, last_error,
                                   f.rate_mismatch_since_good))
     return out
-
-
-def _newest_good_stamp_ms(ledger: Ledger, provider: str) -> int | None:
-    """The stamp of the provider's newest successful poll by insertion order (as the gate's
-    PollWatch sees it): after a step back a live poller's new polls count, not the old ones
-    stamped "later"."""
-    row = ledger.conn.execute(
-        "SELECT finished_ms FROM billing_polls WHERE provider=? AND outcome='ok' "
-        "ORDER BY id DESC LIMIT 1", (provider,)).fetchone()
-    return None if row is None else int(row[0])
