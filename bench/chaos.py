@@ -1,10 +1,13 @@
 """Chaos on the local cloud (issue 11's bar): real processes (the local cloud, the gateway, the
 daemon) on one simulated timeline, traffic through the gateway, and faults for the whole run:
 
-- preemptions: "abrupt" (the spot VM is reclaimed, spot capacity stays: recovery on spot) and
-  "capacity loss" (spot capacity withdrawn, then the VM reclaimed: recovery falls back to
-  on-demand, and returns to spot when capacity comes back). The local cloud gives no
-  preemption notice, so neither is announced in advance;
+- preemptions: "abrupt" (the spot VM is reclaimed at once, spot capacity stays: recovery on
+  spot), "graceful" (the VM is shut down first: its engine gets SIGTERM and drains its requests
+  in flight with ``--shutdown-timeout``, refusing new ones, then the VM is reclaimed) and
+  "capacity loss" (spot capacity withdrawn, then the VM reclaimed, abruptly or gracefully:
+  recovery falls back to on-demand, and returns to spot when capacity comes back). Whether
+  Hyperstack gives any notice before it reclaims a spot VM is unverified (none is documented),
+  so none of them is announced to spotctl in advance: "graceful" is only the shutdown window;
 - engine kills (SIGKILL: the engine process dies) and hangs (SIGSTOP: it keeps its port and
   answers nothing) on the serving VM;
 - ``kill -9`` of the daemon while a fleet operation it runs is unfinished in the journal (every
@@ -585,14 +588,18 @@ def engine_signal(world: World, sig: int) -> bool:
     return True
 
 
-def preempt(world: World, withdraw_capacity: bool) -> bool:
+def preempt(world: World, withdraw_capacity: bool, graceful: bool = False) -> bool:
+    """Reclaim every spot VM: at once, or ``graceful`` (the local cloud's shutdown window: the
+    engine drains, then the VM goes; provider notice is unverified for Hyperstack)."""
     spot = [vm for vm in operator_vms(world) if vm.get("spot")]
     if not spot:
         return False
     if withdraw_capacity:
         world.control_post("/spot", available=False)
+    mode = "graceful" if graceful else "abrupt"
     for vm in spot:
-        world.control_post(f"/vms/{vm['id']}/preempt")
+        world.control_post(f"/vms/{vm['id']}/preempt", mode=mode)
+    world.stats[f"preemptions ({mode})"] += 1
     return True
 
 
@@ -621,7 +628,8 @@ def reap_extra_daemons(world: World) -> None:
 
 
 FAULTS = {  # kind: weight
-    "preempt": 2, "preempt_capacity": 3, "engine_kill": 1, "engine_hang": 1, "clock_step": 1,
+    "preempt": 2, "preempt_graceful": 2, "preempt_capacity": 3, "engine_kill": 1,
+    "engine_hang": 1, "clock_step": 1,
     "idle_gap": 2, "second_daemon": 1, "cli_hibernate": 1, "ledger_lock": 2, "disk_full": 2,
     "host_clock": 2, "gateway_kill": 1,
 }
@@ -687,8 +695,10 @@ def chaos(world: World, traffic: Traffic, minutes: float) -> None:
             done = True
             if fault == "preempt":
                 done = preempt(world, withdraw_capacity=False)
+            elif fault == "preempt_graceful":
+                done = preempt(world, withdraw_capacity=False, graceful=True)
             elif fault == "preempt_capacity":
-                done = preempt(world, withdraw_capacity=True)
+                done = preempt(world, withdraw_capacity=True, graceful=rng.random() < 0.5)
                 spot_back_at = now + rng.randint(6, 15) * 60_000
             elif fault == "engine_kill":
                 done = engine_signal(world, signal.SIGKILL)

@@ -44,6 +44,7 @@ malformed); a subclass without its own inherits its base's.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -185,3 +186,32 @@ class ThresholdCrossed(SpotctlError):
 
 class ObservabilityLost(SpotctlError):
     exit_code = ExitCode.OBSERVABILITY
+
+
+# -- foreign text made safe -------------------------------------------------------------------
+_SECRETISH = re.compile(
+    r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+|token[\"'=:\s]+|authorization[\"'=:\s]+|"
+    r"password[\"'=:\s]+|secret[\"'=:\s]+)[^\s\"',;&]+")
+_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-]{32,}\b")
+
+
+def scrub(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """A message from a foreign system (a provider, SkyPilot, an engine), safe for a log line,
+    the journal or an error: known secrets, bearer tokens, ``api_key=…``-style values and long
+    opaque tokens are replaced, and it is one short line."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    text = _SECRETISH.sub(lambda m: m.group(1) + "***", text)
+    text = _LONG_TOKEN.sub("***", text)
+    text = " ".join(text.split())
+    return text[:300]
+
+
+def scrub_error(exc: SpotctlError, secrets: tuple[str, ...] | list[str] = ()) -> SpotctlError:
+    """``exc`` with its message scrubbed in place (for re-raising at a boundary)."""
+    clean = scrub(exc.message, secrets)
+    if clean != exc.message:
+        exc.message = clean
+        exc.args = (clean,)
+    return exc

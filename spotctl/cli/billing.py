@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
     @billing.command("status")
     @json_option
     def status(ctx: typer.Context, json_out: bool = False) -> None:
-        """Per provider: fresh / stale / failing / regressed, last good sample, last error, a
+        """Per provider: fresh / stale / failing / regressed / suspect (the newest poll is
+        stamped in the future beyond [gateway] clock_skew_s), last good sample, last error, a
         billed rate off its launch quote (rate_mismatch), and orphan machines (billing for a
         tier in no journal state, recorded by the daemon; resolved once deleted or ended). Exit
         4 when any provider is not fresh or an orphan is unresolved. ``no_launch_quote``: live

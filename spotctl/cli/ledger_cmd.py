@@ -15,11 +15,20 @@ def register(app: typer.Typer) -> None:
     @json_option
     def check(ctx: typer.Context, json_out: bool = False) -> None:
         """SQLite's integrity check and the ledger's invariants. Exit 0 when all hold, else 1."""
-        from spotctl.ledger.check import check_ledger
+        from spotctl.errors import ExitCode, LedgerError
+        from spotctl.ledger.check import check_ledger, unreadable
 
-        with open_ledger_for(ctx, readonly=True) as ledger:
-            results = check_ledger(ledger)
-            path = ledger.where
+        try:
+            with open_ledger_for(ctx, readonly=True) as ledger:
+                results = check_ledger(ledger)
+                path = ledger.where
+        except LedgerError as exc:  # not a database, a damaged header: the check fails
+            cfg = get_config(ctx)
+            # a missing file is exit 2; PostgreSQL that cannot be reached is an error
+            if cfg.ledger.url or exc.exit_code != ExitCode.ERROR:
+                raise
+            path = str(cfg.ledger_path)
+            results = unreadable(exc.message)
         ok = all(r.ok for r in results)
         if json_out:
             emit_json({"ledger": path, "ok": ok,

@@ -32,7 +32,7 @@ from typing import Any
 from spotctl.clock import Clock, SystemClock, to_ms
 from spotctl.config import Config, TierConfig
 from spotctl.engine.readiness import Probe, probe_engine
-from spotctl.errors import FleetError, NoSpotCapacity, SpotctlError, UsageError
+from spotctl.errors import FleetError, NoSpotCapacity, SpotctlError, UsageError, scrub, scrub_error
 from spotctl.fleet.base import (
     CapacityKind,
     EnumeratesMachines,
@@ -82,6 +82,13 @@ def no_spot(exc: SpotctlError) -> bool:
     return isinstance(exc, NoSpotCapacity)
 
 
+def fleet_secrets(cfg: Config) -> tuple[str, ...]:
+    """The values of every key the configuration names (providers' and engines'), read from the
+    environment now: a provider's or SkyPilot's error text may echo any of them."""
+    names = {p.api_key_env for p in cfg.providers} | {t.api_key_env for t in cfg.tiers}
+    return tuple(sorted(v for n in names if n and (v := os.environ.get(n))))
+
+
 def tier_policy(tier: TierConfig, cfg: Config | None = None) -> TierPolicy:
     fleet = cfg.fleet if cfg is not None else None
     if fleet is None:
@@ -107,37 +114,56 @@ class OrphanReport:
 class _Acting:
     """The provider calls that start or stop billing (launch, wake, hibernate, delete), each
     preceded by the tier lease's fence: a process whose lease was taken asks the provider for
-    nothing. Reads (``status``, ``machines``) go to the backend itself."""
+    nothing. Reads (``status``, ``machines``) go to the backend itself.
 
-    def __init__(self, backend: Any, lease: TierLease) -> None:
+    The boundary for a provider's error text too: an error a call raises has its message
+    scrubbed (:func:`~spotctl.errors.scrub`, the configured keys included) before anyone
+    journals, logs or shows it."""
+
+    def __init__(self, backend: Any, lease: TierLease, secrets: tuple[str, ...] = ()) -> None:
         self._backend = backend
         self._lease = lease
+        self._secrets = secrets
+
+    @contextmanager
+    def _scrubbed(self) -> Iterator[None]:
+        try:
+            yield
+        except SpotctlError as exc:
+            scrub_error(exc, self._secrets)
+            raise
 
     def up(self, tier: TierConfig, capacity: CapacityKind, progress: Progress = no_progress
            ) -> tuple[TierStatus, PhaseTimings]:
         self._lease.fence()
-        return self._backend.up(tier, capacity, progress)
+        with self._scrubbed():
+            return self._backend.up(tier, capacity, progress)
 
     def wake(self, tier: TierConfig, progress: Progress = no_progress
              ) -> tuple[TierStatus, PhaseTimings]:
         self._lease.fence()
-        return self._backend.wake(tier, progress)
+        with self._scrubbed():
+            return self._backend.wake(tier, progress)
 
     def hibernate(self, tier: TierConfig) -> tuple[TierStatus, PhaseTimings]:
         self._lease.fence()
-        return self._backend.hibernate(tier)
+        with self._scrubbed():
+            return self._backend.hibernate(tier)
 
     def down(self, tier: TierConfig, *, delete_storage: bool = False) -> TierStatus:
         self._lease.fence()
-        return self._backend.down(tier, delete_storage=delete_storage)
+        with self._scrubbed():
+            return self._backend.down(tier, delete_storage=delete_storage)
 
     def delete_machine(self, tier: TierConfig, resource_id: str) -> None:
         self._lease.fence()
-        self._backend.delete_machine(tier, resource_id)
+        with self._scrubbed():
+            self._backend.delete_machine(tier, resource_id)
 
     def restart_engine(self, tier: TierConfig) -> TierStatus:
         self._lease.fence()
-        return self._backend.restart_engine(tier)
+        with self._scrubbed():
+            return self._backend.restart_engine(tier)
 
 
 class FleetManager:
@@ -217,6 +243,8 @@ class FleetManager:
                 timings: PhaseTimings | None = None, detail: str | None = None, *,
                 operation: str | None = None) -> JournalEntry:
         lease = self._leases.get(tier)
+        if detail is not None:  # it may quote a provider's or an engine's error text
+            detail = scrub(detail, fleet_secrets(self.cfg))
         return self.journal_.record(tier, event, op, status, timings.phases if timings else None,
                                     detail, operation=operation,
                                     fence=lease.journal_fence() if lease is not None else None)
@@ -229,7 +257,7 @@ class FleetManager:
 
     def _act(self, tier: TierConfig) -> _Acting:
         """The tier's backend for calls that start or stop billing, fenced by the lease."""
-        return _Acting(self.backend(tier), self.lease(tier))
+        return _Acting(self.backend(tier), self.lease(tier), fleet_secrets(self.cfg))
 
     # -- the tier's lease -------------------------------------------------------------------
     def lease(self, tier: TierConfig) -> TierLease:

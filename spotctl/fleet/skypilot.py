@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
-from spotctl.errors import ExitCode, NoSpotCapacity, SpotctlError
+from spotctl.errors import ExitCode, NoSpotCapacity, SpotctlError, scrub
 from spotctl.fleet.base import CapacityKind, PhaseTimings, Progress, TierState, TierStatus, no_progress
 from spotctl.fleet.skypilot_task import cluster_name, task_config
 
@@ -20,10 +20,13 @@ def _exc_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def map_sky_error(exc: BaseException, tier: str) -> SpotctlError:
-    """SkyPilot's exceptions as one-line messages with documented exit codes."""
+def map_sky_error(exc: BaseException, tier: str, secrets: tuple[str, ...] = ()) -> SpotctlError:
+    """SkyPilot's exceptions as one-line messages with documented exit codes. SkyPilot's text
+    (it may quote a cloud's answer, a key included) is scrubbed here, where it enters spotctl:
+    ``secrets`` (the configured keys' values) and anything that looks like a credential."""
     name = _exc_name(exc)
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else name
+    first = scrub(first, secrets)
     if name == "ResourcesUnavailableError":
         return SpotctlError(f"tier {tier!r}: no capacity: {first}", ExitCode.ERROR)
     if name == "ClusterDoesNotExist":
@@ -54,6 +57,11 @@ class SkyPilotBackend:
             sdk = SkySDK()
         self.sdk = sdk
 
+    def _secrets(self) -> tuple[str, ...]:
+        from spotctl.fleet.manager import fleet_secrets
+
+        return fleet_secrets(self.cfg)
+
     def _single_capacity(self, tier: TierConfig, capacity: CapacityKind) -> dict:
         only = tier.model_copy(update={"capacity": "spot" if capacity == "spot" else
                                        "on-demand"})
@@ -67,7 +75,7 @@ class SkyPilotBackend:
         try:
             self.sdk.launch(self._single_capacity(tier, capacity), cluster_name(tier))
         except Exception as exc:
-            err = map_sky_error(exc, tier.name)
+            err = map_sky_error(exc, tier.name, self._secrets())
             if _exc_name(exc) == "ResourcesUnavailableError" and capacity == "spot":
                 err = NoSpotCapacity(f"tier {tier.name!r}: no spot capacity: {err.message}")
             raise err from None
@@ -84,7 +92,7 @@ class SkyPilotBackend:
             state = TierState.HIBERNATED
         except Exception as exc:
             if _exc_name(exc) != "NotSupportedError":
-                raise map_sky_error(exc, tier.name) from None
+                raise map_sky_error(exc, tier.name, self._secrets()) from None
             # spot on most clouds cannot be stopped: down it, the weights stay in the bucket
             self.down(tier)
             state = TierState.HIBERNATED
@@ -100,7 +108,7 @@ class SkyPilotBackend:
             self.sdk.start(cluster_name(tier))
         except Exception as exc:
             if _exc_name(exc) != "ClusterDoesNotExist":
-                raise map_sky_error(exc, tier.name) from None
+                raise map_sky_error(exc, tier.name, self._secrets()) from None
             raise SpotctlError(f"tier {tier.name!r}: nothing to restart (it was downed); "
                                "relaunching") from None
         timings.phases["restoring"] = self.clock.monotonic() - t0
@@ -111,7 +119,7 @@ class SkyPilotBackend:
             self.sdk.down(cluster_name(tier))
         except Exception as exc:
             if _exc_name(exc) != "ClusterDoesNotExist":
-                raise map_sky_error(exc, tier.name) from None
+                raise map_sky_error(exc, tier.name, self._secrets()) from None
         return TierStatus(tier.name, TierState.ABSENT)
 
     def status(self, tier: TierConfig) -> TierStatus:
@@ -120,7 +128,7 @@ class SkyPilotBackend:
         except Exception as exc:
             if _exc_name(exc) == "ClusterDoesNotExist":
                 return TierStatus(tier.name, TierState.ABSENT)
-            raise map_sky_error(exc, tier.name) from None
+            raise map_sky_error(exc, tier.name, self._secrets()) from None
         if not records:
             return TierStatus(tier.name, TierState.ABSENT)
         rec = records[0]

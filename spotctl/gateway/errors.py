@@ -25,9 +25,9 @@ or keys): the operator finds those in the gateway's log, scrubbed, and in ``spot
 
 from __future__ import annotations
 
-import re
-
 import orjson
+
+from spotctl.errors import scrub  # noqa: F401 - the gateway's name for it
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
          408: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
@@ -47,21 +47,3 @@ class GatewayError(Exception):
 def error_body(status: int, code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": TYPES.get(status, "api_error"),
                                    "param": None, "code": code}})
-
-
-_SECRETISH = re.compile(
-    r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+|token[\"'=:\s]+|authorization[\"'=:\s]+|"
-    r"password[\"'=:\s]+|secret[\"'=:\s]+)[^\s\"',;&]+")
-_LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-]{32,}\b")
-
-
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """A message from a foreign system, safe for a log line: known secrets, bearer tokens,
-    ``api_key=…``-style values and long opaque tokens are replaced, and it is one short line."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    text = _SECRETISH.sub(lambda m: m.group(1) + "***", text)
-    text = _LONG_TOKEN.sub("***", text)
-    text = " ".join(text.split())
-    return text[:300]

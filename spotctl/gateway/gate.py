@@ -127,7 +127,7 @@ class PollWatch:
 def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch | None = None,
                   keys: list[KeyInfo] | None = None) -> GateState:
     from spotctl.accounting.spend import spend_of
-    from spotctl.billing.health import KNOWN_SPEND, provider_health
+    from spotctl.billing.health import KNOWN_SPEND, SUSPECT, provider_health
     from spotctl.money import to_micros
 
     now = clock.now()
@@ -152,6 +152,8 @@ def evaluate_gate(ledger: Ledger, cfg: Config, clock: Clock, *, watch: PollWatch
     mismatched = serving_rate_mismatches(ledger, health, start_ms)
     ages = []
     for h in health:
+        if h.status == SUSPECT:  # a poll stamped in the future: the check below, from the ledger
+            return closed(BILLING_STALE, f"billing for {h.provider} is suspect: {h.last_error}")
         if h.status not in KNOWN_SPEND:
             return closed(BILLING_STALE, f"billing for {h.provider} is {h.status}; spend cannot "
                           "be known")

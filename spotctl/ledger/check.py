@@ -166,24 +166,64 @@ _INVARIANTS: list[tuple[str, str]] = [
 
 
 def check_ledger(ledger: Ledger) -> list[CheckResult]:
+    """Every check, in order. On SQLite a damaged file fails the checks that cannot read it
+    ("database disk image is malformed" is a finding, not an error of the command); the rest
+    still run."""
+    import sqlite3
+
     conn = ledger.conn
     results: list[CheckResult] = []
+
+    def run(name: str, check) -> None:
+        try:
+            results.append(check())
+        except sqlite3.DatabaseError as exc:
+            results.append(CheckResult(name, False, f"cannot be read: {exc}"))
+
     if ledger.backend == POSTGRESQL:
         version_row = conn.execute("SHOW server_version").fetchone()
         results.append(CheckResult("postgresql server", True, f"PostgreSQL {version_row[0]}"))
         types = _PG_TYPES
     else:
-        rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-        results.append(CheckResult("sqlite integrity_check", rows == ["ok"],
-                                   "; ".join(rows[:3])))
-        fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-        results.append(CheckResult("foreign keys", not fk,
-                                   f"{len(fk)} violation(s)" if fk else ""))
+        results.append(_sqlite_integrity(conn))
+
+        def fk_check() -> CheckResult:
+            fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+            return CheckResult("foreign keys", not fk, f"{len(fk)} violation(s)" if fk else "")
+
+        run("foreign keys", fk_check)
         types = _SQLITE_TYPES
-    version = ledger.schema_version()
-    results.append(CheckResult("schema version", version == SCHEMA_VERSION,
-                               f"v{version} (expected v{SCHEMA_VERSION})"))
+
+    def version_check() -> CheckResult:
+        version = ledger.schema_version()
+        return CheckResult("schema version", version == SCHEMA_VERSION,
+                           f"v{version} (expected v{SCHEMA_VERSION})")
+
+    run("schema version", version_check)
     for name, sql in [*types, *_INVARIANTS]:
-        bad = conn.execute(sql).fetchone()[0]
-        results.append(CheckResult(name, bad == 0, f"{bad} row(s) break it" if bad else ""))
+        def invariant(name: str = name, sql: str = sql) -> CheckResult:
+            bad = conn.execute(sql).fetchone()[0]
+            return CheckResult(name, bad == 0, f"{bad} row(s) break it" if bad else "")
+
+        run(name, invariant)
     return results
+
+
+def _sqlite_integrity(conn) -> CheckResult:
+    """``PRAGMA integrity_check``: its findings, and the error that stopped it, if one did (a
+    malformed page can stop it after it reported a few)."""
+    import sqlite3
+
+    rows: list[str] = []
+    try:
+        for r in conn.execute("PRAGMA integrity_check"):
+            rows.append(str(r[0]))
+    except sqlite3.DatabaseError as exc:
+        rows.append(str(exc))
+    return CheckResult("sqlite integrity_check", rows == ["ok"], "; ".join(rows[:3]))
+
+
+def unreadable(message: str) -> list[CheckResult]:
+    """The report for a ledger that cannot even be opened (not a database, a damaged header):
+    the check fails, it is not an error of the command."""
+    return [CheckResult("ledger opens", False, message)]

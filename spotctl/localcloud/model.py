@@ -155,6 +155,7 @@ class LocalCloud:
                  on_vm_inactive: Callable[[Resource], None] | None = None,
                  on_attach: Callable[[Resource, Resource], None] | None = None,
                  on_detach: Callable[[Resource, Resource], None] | None = None,
+                 on_vm_drain: Callable[[Resource], None] | None = None,
                  org_id: int = 7613, ip_net: int | None = None) -> None:
         import random
 
@@ -179,6 +180,8 @@ class LocalCloud:
         self.on_vm_inactive = on_vm_inactive or (lambda vm: None)
         self.on_attach = on_attach or (lambda vm, vol: None)
         self.on_detach = on_detach or (lambda vm, vol: None)
+        # a graceful preemption's shutdown: stop the VM's units and wait (blocking, no lock)
+        self.on_vm_drain = on_vm_drain or (lambda vm: None)
 
     # -- time and billing -----------------------------------------------------------------
     def now_ms(self) -> int:
@@ -326,12 +329,25 @@ class LocalCloud:
             self.events.append(Event(now, f"vm:{vm.id}", reason))
             return vm
 
-    def preempt(self, vm_id: int) -> Resource:
-        """Spot capacity reclaimed: the VM is deleted (its final total stays in deleted=true)."""
+    def preempt(self, vm_id: int, *, graceful: bool = False) -> Resource:
+        """Spot capacity reclaimed: the VM is deleted (its final total stays in deleted=true).
+
+        ``graceful``: first the VM is shut down as an OS shutdown would (its units get SIGTERM,
+        so ``vllm serve --shutdown-timeout`` drains the requests in flight and accepts no new
+        ones), while it is still listed ACTIVE and billing; then it is deleted. This blocks for
+        the drain (up to the units' TimeoutStopSec): call it off the server's event loop.
+        Whether Hyperstack gives any notice or shutdown window before it reclaims a machine is
+        unverified (none is documented that we found); ``abrupt`` (the default) is no
+        notice: the VM is gone from the API and its bill at once (its processes are stopped as
+        at any halt)."""
         with self._lock:
             vm = self._vm(vm_id)
             if not vm.spot:
                 raise CloudError(400, "Only spot VMs can be preempted", "not_spot")
+            if not graceful:
+                return self.delete_vm(vm_id, reason="preempted")
+        self.on_vm_drain(vm)  # outside the lock: the cloud keeps answering meanwhile
+        with self._lock:
             return self.delete_vm(vm_id, reason="preempted")
 
     # -- volumes --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def make_state(clock: Clock, api_key: str, launcher: VmRunner | NoBoot | None = 
     launcher = launcher or NoBoot()
     cloud = LocalCloud(clock, on_vm_active=launcher.on_active,
                        on_vm_inactive=launcher.on_inactive, on_attach=launcher.on_attach,
-                       on_detach=launcher.on_detach)
+                       on_detach=launcher.on_detach, on_vm_drain=launcher.drain)
     return ServerState(cloud, api_key, dark_hang_s=dark_hang_s, control=control), launcher
 
 

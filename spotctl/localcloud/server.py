@@ -16,9 +16,11 @@ before), ``vanish`` (a resource missing from usage, live and deleted lists alike
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -582,11 +584,33 @@ def build_app(state: ServerState) -> Starlette:
         return JSONResponse(_vm_json(cloud, vm), 201)
 
     async def c_preempt(request: Request) -> Response:
+        """``{"mode": "abrupt"}`` (the default: gone at once) or ``"graceful"`` (the VM's
+        engine gets SIGTERM and drains, then the VM goes; answered at once, the drain runs in
+        the background). Provider notice is unverified for Hyperstack: see LocalCloud.preempt."""
+        vm_id = int(request.path_params["vm_id"])
+        raw = await request.body()
         try:
-            vm = cloud.preempt(int(request.path_params["vm_id"]))
+            mode = (json.loads(raw) if raw.strip() else {}).get("mode", "abrupt")
+        except (ValueError, AttributeError):
+            return JSONResponse({"error": "body: expected a JSON object"}, 400)
+        if mode not in ("abrupt", "graceful"):
+            return JSONResponse({"error": "mode: expected abrupt or graceful"}, 400)
+        try:
+            if mode == "abrupt":
+                vm = cloud.preempt(vm_id)
+                return JSONResponse({"preempted": vm.id, "mode": mode})
+            vm = cloud.get_vm(vm_id)
+            if not vm.spot:
+                raise CloudError(400, "Only spot VMs can be preempted", "not_spot")
         except CloudError as exc:
             return JSONResponse({"error": exc.message}, exc.status)
-        return JSONResponse({"preempted": vm.id})
+
+        def graceful() -> None:
+            with contextlib.suppress(CloudError):  # deleted meanwhile: nothing left to reclaim
+                cloud.preempt(vm_id, graceful=True)
+
+        threading.Thread(target=graceful, daemon=True, name=f"preempt-vm-{vm_id}").start()
+        return JSONResponse({"preempting": vm_id, "mode": mode}, 202)
 
     async def c_rate(request: Request) -> Response:
         body = await request.json()
