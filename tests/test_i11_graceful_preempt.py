@@ -107,3 +107,39 @@ def test_preempt_modes_are_checked(localcloud):
     assert r.status_code == 400 and "abrupt or graceful" in r.text
     assert localcloud.control("POST", f"/vms/{vm.id}/preempt") == {"preempted": vm.id,
                                                                     "mode": "abrupt"}
+
+
+def test_an_abrupt_preemption_cuts_the_stream_in_flight(localcloud_engines, tmp_path):
+    """No notice: the engine dies with its machine (SIGKILL, no drain), so a stream in flight is
+    cut short, as a host that vanishes cuts it. Before, the engine got SIGTERM after the VM was
+    deleted and drained every request in flight to its end: kinder than a real preemption."""
+    lc = localcloud_engines
+    cfg = _cfg(lc, tmp_path)
+    st = FleetManager(cfg, lc.clock).up(cfg.tiers[0])
+    assert st.state == TierState.READY and st.capacity == "spot"
+    vm_id = int(st.resource_id.split(":")[1])
+    prompt, n_tokens = _long_prompt()
+    lines: list[str] = []
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", f"{st.endpoint}/v1/completions", timeout=30, json={
+                    "model": "tiny", "prompt": prompt, "max_tokens": 4000, "stream": True,
+                    "stream_options": {"include_usage": True}}) as r:
+                for line in r.iter_lines():
+                    if line:
+                        lines.append(line)
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    while len(lines) < 3 and t.is_alive():
+        time.sleep(0.005)  # clock-ok: the first tokens arrived
+    assert lc.control("POST", f"/vms/{vm_id}/preempt") == {"preempted": vm_id, "mode": "abrupt"}
+    t.join(30)
+    assert not t.is_alive()
+    # cut: an error on the connection, or at least no [DONE] and fewer tokens than asked
+    assert errors or (lines[-1] != "data: [DONE]")
+    assert sum('"finish_reason":null' in ln.replace(" ", "") for ln in lines) < n_tokens - 1

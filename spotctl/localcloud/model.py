@@ -100,6 +100,7 @@ class Resource:
     ip: str | None = None  # this VM's own loopback address (its network), set by the server
     volume_ids: list[int] = field(default_factory=list)  # attached volumes, in order
     booted: bool = False  # has run its first boot (cloud-init runs once per instance)
+    power_lost: bool = False  # reclaimed with no notice: its processes die at once (no drain)
     rate_factor_pct: int = 100  # control API: bill this % of the quoted rate (price truth)
     # volumes
     size_gb: int = 0
@@ -338,13 +339,16 @@ class LocalCloud:
         the drain (up to the units' TimeoutStopSec): call it off the server's event loop.
         Whether Hyperstack gives any notice or shutdown window before it reclaims a machine is
         unverified (none is documented that we found); ``abrupt`` (the default) is no
-        notice: the VM is gone from the API and its bill at once (its processes are stopped as
-        at any halt)."""
+        notice: the VM is gone from the API and its bill at once, and its processes are killed
+        (SIGKILL: nothing drains, requests in flight are cut)."""
         with self._lock:
             vm = self._vm(vm_id)
             if not vm.spot:
                 raise CloudError(400, "Only spot VMs can be preempted", "not_spot")
             if not graceful:
+                # No notice: the machine is gone, and so are its processes, at once (SIGKILL,
+                # no --shutdown-timeout drain): open connections reset, as when a host vanishes.
+                vm.power_lost = True
                 return self.delete_vm(vm_id, reason="preempted")
         self.on_vm_drain(vm)  # outside the lock: the cloud keeps answering meanwhile
         with self._lock:

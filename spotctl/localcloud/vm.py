@@ -195,6 +195,11 @@ class VmRunner:
                 pid = int(pidfile.read_text())
             except (OSError, ValueError):
                 continue
+            if vm.power_lost:  # an abrupt preemption: the host is gone, nothing drains
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                pidfile.unlink(missing_ok=True)
+                continue
             timeout = self._stop_timeout(vm, pidfile.name.removesuffix(".pid"))
             t = threading.Thread(target=stop_pid, args=(pid, timeout), daemon=True)
             t.start()
