@@ -48,7 +48,11 @@ PY = sys.executable
 LC_KEY = "lc-shared-key-3e7b"
 GATE_CACHE_S = 0.5
 MAX_TOKENS = 8
-JUMP_MIN = 12  # simulated minutes between the last warm-up poll and the crossing poll
+# Simulated minutes between the last warm-up poll and the crossing poll. After the crossing,
+# b's traffic dilutes a's share (spend x a's tokens / all tokens) while the spend stays flat
+# until the next poll; a large jump keeps a's share far above its budget meanwhile (a refused
+# key whose share falls back under its budget is admitted again: that is the attribution).
+JUMP_MIN = 120
 # A gate evaluation in a gateway runs on a loaded 2-core machine next to the other processes
 # of this test; this much scheduling slack is allowed on top of the bound's terms.
 SLACK_S = 1.0
@@ -141,7 +145,8 @@ def world(tmp_path, monkeypatch, ledger_target):
                 port = free_port()
                 cfg = write_config(tmp_path / name, {
                     "ledger": ledger,
-                    "billing": {"poll_interval_s": 60, "stale_after_s": 900, "timeout_s": 2},
+                    "billing": {"poll_interval_s": 60, "timeout_s": 2,
+                                "stale_after_s": (JUMP_MIN + 5) * 60},  # over the jump
                     "providers": [{"name": "lc", "kind": "localcloud", "api_key_env": "LC_KEY",
                                    "base_url": lc.base_url}],
                     "tiers": [{"name": "fixed", "model": "tiny", "endpoint": engine.url,
