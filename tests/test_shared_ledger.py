@@ -18,6 +18,7 @@ admit the key for ``gate_cache_s`` + one gate evaluation after the closing state
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -329,3 +330,39 @@ def test_two_hosts_share_one_ledger_exactly_and_a_key_budget_holds_on_both(world
         assert polls == [("ok", 2 * rounds)]
     assert dupes == 0
     assert all(r.ok for r in checks), [r for r in checks if not r.ok]
+
+
+def test_a_tier_going_busy_does_not_delay_the_gate_past_gate_cache_s(scripted, tmp_path):
+    """The bound above assumes each gateway re-reads the gate every ``gate_cache_s``. A tier
+    going from 0 to 1 request in flight makes the gate thread publish open requests and pause
+    ``BUSY_PUBLISH_S``; when that happened just before the gate was due, the re-read came that
+    pause late (0.75 s apart instead of 0.5 s here, every cycle)."""
+    from spotctl.config import parse_config
+    from spotctl.testing import running_gateway
+    from tests.fixtures_engines import tier_toml
+
+    _engine, url = scripted
+    cfg = parse_config(tier_toml("s", "scripted", url), tmp_path / "spotctl.toml")
+    refresh_s = 0.5
+    starts: list[float] = []
+    with running_gateway(cfg, refresh_s=refresh_s) as gw:
+        app = gw.app
+        read_gate = app.refresh_gate
+
+        def timed() -> None:  # the real re-read, its start noted
+            starts.append(time.monotonic())  # clock-ok: the gate thread's real pacing
+            read_gate()
+
+        app.refresh_gate = timed
+        deadline = time.monotonic() + 30  # clock-ok
+        seen = 0
+        while len(starts) < 10:
+            assert time.monotonic() < deadline, starts  # clock-ok
+            if len(starts) > seen:  # busy 20 ms before the next re-read is due
+                seen = len(starts)
+                time.sleep(max(0.0, starts[-1] + refresh_s - 0.02 - time.monotonic()))  # clock-ok
+                app.board.became_busy.set()
+            time.sleep(0.001)  # clock-ok
+    gaps = sorted(b - a for a, b in itertools.pairwise(starts))
+    print(f"gate re-reads every {gaps[len(gaps) // 2]:.3f} s (median), at most {gaps[-1]:.3f} s")
+    assert gaps[len(gaps) // 2] <= refresh_s + 0.1
