@@ -1,5 +1,6 @@
 """RunPod, Vast.ai and Lambda adapters through the real poller and ledger, with the providers'
-recorded shapes (tests/fixtures/providers) replayed by httpx.MockTransport: no server."""
+recorded shapes (tests/fixtures/providers) replayed by httpx.MockTransport: no server.
+Every test that writes through the ledger runs on SQLite and on PostgreSQL (``ledger_toml``)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ class Replay:
         return got if isinstance(got, httpx.Response) else httpx.Response(200, json=got)
 
 
-def _cfg(tmp_path, monkeypatch, kind: str):
+def _cfg(tmp_path, monkeypatch, kind: str, ledger_toml: str = ""):
     monkeypatch.setenv("P_KEY", KEY)
-    return parse_config(f'[[providers]]\nname = "p"\nkind = "{kind}"\napi_key_env = "P_KEY"\n'
+    return parse_config(f'{ledger_toml}[[providers]]\nname = "p"\nkind = "{kind}"\n'
+                        'api_key_env = "P_KEY"\n'
                         'base_url = "https://replay.test"\n[[tiers]]\nname = "4090-spot"\n'
                         'model = "m"\n', tmp_path / "spotctl.toml")
 
@@ -89,11 +91,11 @@ def _runpod(lifetime: bool):
     return answer
 
 
-def test_runpod_lifetime_spend_is_the_account_running_total(tmp_path, monkeypatch):
+def test_runpod_lifetime_spend_is_the_account_running_total(tmp_path, monkeypatch, ledger_toml):
     replay = Replay(_runpod(lifetime=True))
-    cfg = _cfg(tmp_path, monkeypatch, "runpod")
+    cfg = _cfg(tmp_path, monkeypatch, "runpod", ledger_toml)
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         outcomes, spend = _polled_spend(cfg, clock, led, replay)
         assert all(o.ok for o in outcomes)
         tiers = {t for (t,) in led.conn.execute("SELECT DISTINCT tier FROM billing_samples")}
@@ -104,13 +106,14 @@ def test_runpod_lifetime_spend_is_the_account_running_total(tmp_path, monkeypatc
     assert "4090-spot" in tiers and spot == 1
 
 
-def test_runpod_without_lifetime_spend_still_polls_from_the_balance(tmp_path, monkeypatch):
+def test_runpod_without_lifetime_spend_still_polls_from_the_balance(tmp_path, monkeypatch,
+                                                                   ledger_toml):
     """Defect D5: the unverified field sat in the one query, so a RunPod without it failed
     every poll (GraphQL rejects the whole document). Now only the extras query is lost."""
     replay = Replay(_runpod(lifetime=False))
-    cfg = _cfg(tmp_path, monkeypatch, "runpod")
+    cfg = _cfg(tmp_path, monkeypatch, "runpod", ledger_toml)
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         outcomes, spend = _polled_spend(cfg, clock, led, replay)
         assert all(o.ok for o in outcomes)
         credits = led.conn.execute("SELECT amount_micros, confirmed FROM credit_events"
@@ -173,7 +176,8 @@ def _vast(users, invoices_pages):
     return answer
 
 
-def test_vast_pages_instances_and_invoices_and_uses_the_credit_feed(tmp_path, monkeypatch):
+def test_vast_pages_instances_and_invoices_and_uses_the_credit_feed(tmp_path, monkeypatch,
+                                                                   ledger_toml):
     """D6/D7: the invoices feed is read to its last page (a credit on page 2 is confirmed, not
     inferred) and instances come from the paged v1 listing, not the deprecated v0 list."""
     user0 = load("vast/users_current.json")
@@ -185,10 +189,10 @@ def test_vast_pages_instances_and_invoices_and_uses_the_credit_feed(tmp_path, mo
                       "next_token": "p2"},
                  "p2": {"results": [credit], "next_token": None}}
     replay = Replay(_vast([user0, user1], [empty, two_pages]))
-    cfg = _cfg(tmp_path, monkeypatch, "vast")
+    cfg = _cfg(tmp_path, monkeypatch, "vast", ledger_toml)
     clock = ManualClock(datetime.fromtimestamp(1791219000, UTC))
     start = to_ms(clock.now()) - 1
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         assert poll_once(cfg, led, clock, {"p": replay.transport})[0].ok
         clock.set(datetime.fromtimestamp(1791220100, UTC))
         [o] = poll_once(cfg, led, clock, {"p": replay.transport})
@@ -204,21 +208,21 @@ def test_vast_pages_instances_and_invoices_and_uses_the_credit_feed(tmp_path, mo
     assert not any(r.url.path == "/api/v0/instances/" for r in replay.seen)
 
 
-def test_vast_account_not_credit_only_is_unknown_not_zero(tmp_path, monkeypatch):
+def test_vast_account_not_credit_only_is_unknown_not_zero(tmp_path, monkeypatch, ledger_toml):
     """D8: a card-billed account's spend does not move `credit`: not $0 but unknown."""
     user = load("vast/users_current.json")
     user["billing_creditonly"] = False
     replay = Replay(_vast([user], [{"": {"results": [], "next_token": None}}]))
-    cfg = _cfg(tmp_path, monkeypatch, "vast")
+    cfg = _cfg(tmp_path, monkeypatch, "vast", ledger_toml)
     clock = ManualClock(datetime.fromtimestamp(1791219000, UTC))
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         outcomes, spend = _polled_spend(cfg, clock, led, replay, n=3)
     assert {(o.ok, o.kind) for o in outcomes} == {(False, "unsupported")}
     assert not spend.complete and spend.status != "ok"
 
 
-def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_path,
-                                                                          monkeypatch):
+def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_path, monkeypatch,
+                                                                          ledger_toml):
     """D11: unhealthy and terminating bill (from launch until terminate), booting does not,
     and an instance gone between two polls accrues up to the poll that finds it gone."""
     doc = load("lambda/instances.json")
@@ -233,9 +237,9 @@ def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_pat
         return {"data": [] if status is None else [{**inst, "status": status}]}
 
     replay = Replay(answer)
-    cfg = _cfg(tmp_path, monkeypatch, "lambda")
+    cfg = _cfg(tmp_path, monkeypatch, "lambda", ledger_toml)
     clock = ManualClock(datetime(2026, 10, 5, tzinfo=UTC))
-    with Ledger(cfg.ledger_path) as led:
+    with Ledger(cfg.ledger_target) as led:
         _, spend = _polled_spend(cfg, clock, led, replay, n=6, step=600)
         rows = led.conn.execute("SELECT state, cumulative_micros FROM billing_samples "
                                 "ORDER BY observed_ms").fetchall()
@@ -246,10 +250,10 @@ def test_lambda_estimate_covers_every_billed_state_and_the_last_interval(tmp_pat
     assert len(rows) == 5  # the closed series gets no further samples
 
 
-def test_malformed_payload_is_a_classified_poll_failure(tmp_path, monkeypatch):
+def test_malformed_payload_is_a_classified_poll_failure(tmp_path, monkeypatch, ledger_toml):
     replay = Replay(lambda req: {"data": {"myself": {"clientBalance": "lots"}}})
-    cfg = _cfg(tmp_path, monkeypatch, "runpod")
-    with Ledger(cfg.ledger_path) as led:
+    cfg = _cfg(tmp_path, monkeypatch, "runpod", ledger_toml)
+    with Ledger(cfg.ledger_target) as led:
         [o] = poll_once(cfg, led, ManualClock(), {"p": replay.transport})
         assert (o.ok, o.kind) == (False, "malformed")
         assert KEY not in (o.message or "")

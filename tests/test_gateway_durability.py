@@ -3,6 +3,12 @@
 Real faults, no mocks: a read-only ledger file (chattr +i as root, mode 0444 otherwise), a full
 disk (RLIMIT_FSIZE on a real gateway process: the kernel answers EFBIG, SQLite "database or
 disk is full"), and a long write lock held by another connection.
+
+The read-only and disk-full cases are SQLite-only: they break the ledger's file, and a
+PostgreSQL ledger has none on this host (its failures -- a restart, a cut network, an exhausted
+pool -- are tests/test_ledger_failures.py). The long write lock runs on both backends: the
+ledger's write lock is SQLite's ``BEGIN IMMEDIATE`` or PostgreSQL's transaction-scoped advisory
+lock (spotctl/ledger/backend.py), which the usage writer waits for just as briefly.
 """
 
 from __future__ import annotations
@@ -135,16 +141,17 @@ def test_when_neither_ledger_nor_spool_can_take_rows_the_gate_closes(scripted, t
     assert [r["status"] for r in rows] == ["ok", "usage_unrecordable", "ok"]
 
 
-def test_a_long_write_lock_does_not_hold_rows_in_memory(scripted, tmp_path, clock):
+def test_a_long_write_lock_does_not_hold_rows_in_memory(scripted, tmp_path, clock, ledger_toml):
     _engine, url = scripted
-    cfg = parse_config(tier_toml("s", "scripted", url), tmp_path / "spotctl.toml")
-    key = gateway_key(cfg.ledger_path)
-    spool_dir = tmp_path / "spotctl.db.spool"
+    spool_dir = tmp_path / "spool"
+    cfg = parse_config(ledger_toml + tier_toml("s", "scripted", url) +
+                       f'[gateway]\nspool_dir = "{spool_dir}"\n', tmp_path / "spotctl.toml")
+    key = gateway_key(cfg.ledger_target)
     h = {"Authorization": f"Bearer {key}"}
 
     async def go():
         async with asgi_gateway(cfg, clock) as (app, c):
-            locker = Ledger(cfg.ledger_path)
+            locker = Ledger(cfg.ledger_target)
             locker.conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             try:
                 codes = [(await c.post("/v1/chat/completions", json=CHAT, headers=h)).status_code
@@ -163,7 +170,7 @@ def test_a_long_write_lock_does_not_hold_rows_in_memory(scripted, tmp_path, cloc
     codes, spooled = asyncio.run(go())
     assert codes == [200] * 8
     assert spooled == 8  # durable within 1.5 s although the ledger was locked
-    rows = wait_rows(cfg.ledger_path, 8)
+    rows = wait_rows(cfg.ledger_target, 8)
     assert len(rows) == 8 and len({r["id"] for r in rows}) == 8
 
 

@@ -38,30 +38,36 @@ def engine(request):
 
 
 @pytest.fixture
-def gw(engine, tmp_path, clock, monkeypatch):
+def gw(engine, tmp_path, clock, monkeypatch, request):
+    """The gateway in front of ``engine``; a test that also takes ``ledger_backend`` runs on
+    SQLite and on PostgreSQL (tests/fixtures_pg.py), the others on the default SQLite file."""
     monkeypatch.setenv("ENGINE_KEY", engine.api_key or "")
+    ledger = (request.getfixturevalue("ledger_toml")
+              if "ledger_backend" in request.fixturenames else "")
     cfg = parse_config(
-        f'[[tiers]]\nname = "fixed"\nmodel = "{engine.model}"\n'
+        f'{ledger}[[tiers]]\nname = "fixed"\nmodel = "{engine.model}"\n'
         f'endpoint = "{engine.base_url}"\napi_key_env = "ENGINE_KEY"\n',
         tmp_path / "spotctl.toml")
-    key = gateway_key(cfg.ledger_path)
+    key = gateway_key(cfg.ledger_target)
     handle = start_gateway(cfg, clock)
+    handle.ledger_path = cfg.ledger_target  # what Ledger() opens, on either backend
     yield handle, key, engine
     handle.stop()
 
 
-def _rows(ledger_path, wait_for: int, timeout: float = 5.0):
+def _rows(ledger_target, wait_for: int, timeout: float = 5.0):
     deadline = time.monotonic() + timeout  # clock-ok
-    with Ledger(ledger_path) as led:
+    with Ledger(ledger_target) as led:
         while True:
             rows = led.conn.execute(
                 "SELECT status, prompt_tokens, completion_tokens, tokens_estimated, stream, tier "
-                "FROM usage ORDER BY started_ms").fetchall()
+                "FROM usage ORDER BY started_ms, id").fetchall()
             if len(rows) >= wait_for or time.monotonic() > deadline:  # clock-ok
                 return rows
             time.sleep(0.05)  # clock-ok
 
 
+@pytest.mark.usefixtures("ledger_backend")
 def test_sync_and_async_sdk_streaming_and_not_count_every_token(gw):
     handle, key, engine = gw
     before = _metrics(engine)

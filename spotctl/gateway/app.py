@@ -229,7 +229,8 @@ class Gateway:
     def _refresh_loop(self) -> None:
         """The gate every ``refresh_s``; in between, when a tier goes from 0 to 1 request in
         flight, only its open requests are published (at most every ``BUSY_PUBLISH_S``), so
-        the fleet learns of it before its next idle check."""
+        the fleet learns of it before its next idle check. That pause never runs past the gate's
+        next re-read: the key-budget overshoot bound counts on one every ``refresh_s``."""
         n = 0
         due = time.monotonic() + self.refresh_s  # clock-ok: real pacing of background work
         while not self._stop.is_set():
@@ -240,7 +241,7 @@ class Gateway:
             if busy and time.monotonic() < due:  # clock-ok
                 self.board.became_busy.clear()
                 self._publish()
-                self._stop.wait(BUSY_PUBLISH_S)
+                self._stop.wait(min(BUSY_PUBLISH_S, max(0.0, due - time.monotonic())))  # clock-ok
                 continue
             due = time.monotonic() + self.refresh_s  # clock-ok
             self.refresh_gate()
