@@ -297,3 +297,37 @@ def test_an_answer_trickling_past_its_deadline_is_a_timeout():
     err, took = asyncio.run(go())
     assert err.kind == "timeout" and not err.before_response and "deadline" in err.detail
     assert 0.5 <= took < 1.5  # the deadline, not the 2 s the engine would take
+
+
+def test_the_request_id_goes_apart_from_the_cached_head():
+    """Each request's id is sent as x-request-id, and the head cache keyed by the headers is hit
+    (before: the id was one of the headers, so every request missed the cache and built its
+    head again)."""
+
+    async def ok(n, reader, writer):
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    async def go():
+        srv = Server(ok)
+        async with srv as url:
+            c = _client()
+            hdrs = (("Content-Type", "application/json"),)
+            for i in range(5):
+                resp = await c.post(f"{url}/v1/completions", b'{"a":1}', hdrs,
+                                    request_id=f"gw-x-{i}")
+                assert await resp.read() == b"{}"
+                resp.release()
+            heads = len(c._heads)
+            await c.close()
+        return srv, heads
+
+    srv, heads = asyncio.run(go())
+    assert heads == 1
+    for i, req in enumerate(srv.requests):
+        head, _, body = req.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"POST /v1/completions HTTP/1.1"
+        assert f"x-request-id: gw-x-{i}".encode() in lines
+        assert b"content-length: 7" in lines and body == b'{"a":1}'

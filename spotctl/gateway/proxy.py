@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -26,6 +26,7 @@ from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
 from spotctl.gateway.client import RelaysBody, UpstreamClient, UpstreamError
 from spotctl.gateway.errors import GatewayError
+from spotctl.gateway.h1client import H1Client
 from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.tiers import TierBoard
 from spotctl.gateway.upstreams import Upstream
@@ -59,6 +60,9 @@ class Proxy:
         self.client = client
         self.log = log
         self._hdrs: dict[str | None, tuple[tuple[str, str], ...]] = {}
+        # the h1 client takes the request id apart, so that its cached request head (keyed
+        # by the headers) is not missed on every request
+        self._own_id = isinstance(client, H1Client)
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
                       rec: RequestRecord, tiers: list[TierConfig], t_start: float,
@@ -109,10 +113,11 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _headers(self, up: Upstream, rid: str) -> tuple[tuple[str, str], ...]:
-        """The engine's request headers: the key's part cached per key; the request's id goes
-        too (vLLM takes it as its own request id), so its logs name the same request as the
-        ledger."""
+    def _post(self, up: Upstream, path: str, raw: bytes, rid: str,
+              total_s: float | None = None) -> Awaitable:
+        """Send the request to the engine. Its headers: the key's part cached per key; the
+        request's id goes too (vLLM takes it as its own request id), so its logs name the same
+        request as the ledger."""
         hdrs = self._hdrs.get(up.api_key)
         if hdrs is None:
             hdrs = (("Content-Type", "application/json"),)
@@ -121,15 +126,17 @@ class Proxy:
             if len(self._hdrs) > 64:
                 self._hdrs.clear()
             self._hdrs[up.api_key] = hdrs
-        return (*hdrs, ("X-Request-Id", rid))
+        url = up.endpoint + path
+        if self._own_id:
+            return self.client.post(url, raw, hdrs, total_s, request_id=rid)
+        return self.client.post(url, raw, (*hdrs, ("X-Request-Id", rid)), total_s)
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
                      t_start: float, writer=None) -> None:
         t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid),
-                                          self.cfg.gateway.total_timeout_s)
+            resp = await self._post(up, path, raw, rec.rid, self.cfg.gateway.total_timeout_s)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -172,7 +179,7 @@ class Proxy:
         t_up = time.perf_counter()  # clock-ok
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid))
+            resp = await self._post(up, path, raw, rec.rid)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
