@@ -331,3 +331,33 @@ def test_the_request_id_goes_apart_from_the_cached_head():
         assert lines[0] == b"POST /v1/completions HTTP/1.1"
         assert f"x-request-id: gw-x-{i}".encode() in lines
         assert b"content-length: 7" in lines and body == b'{"a":1}'
+
+
+def test_one_parser_reads_chunked_then_sized_answers_on_a_kept_alive_connection():
+    """The response parser is kept across the answers of a kept-alive connection."""
+
+    async def mixed(n, reader, writer):
+        if n % 2:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\n"
+                         b"content-length: 3\r\n\r\nxyz")
+        await writer.drain()
+        return True
+
+    async def go():
+        srv = Server(mixed)
+        got = []
+        async with srv as url:
+            c = _client()
+            for _ in range(4):
+                resp = await c.post(f"{url}/v1/completions", b"{}", {})
+                got.append((resp.status, resp.content_type, await resp.read()))
+                resp.release()
+            await c.close()
+        return srv, got
+
+    srv, got = asyncio.run(go())
+    assert srv.connections == 1
+    assert got == [(200, b"application/json", b"abcde"), (201, b"text/plain", b"xyz")] * 2

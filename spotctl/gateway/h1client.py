@@ -186,8 +186,12 @@ class _Conn(asyncio.Protocol):
 
     # -- one exchange -------------------------------------------------------------------------
     async def request(self, data: bytes, deadline: float) -> None:
+        # after a complete answer the parser waits at the start of the next message (kept
+        # alive); a new connection's parser is fresh too
+        fresh = self.complete or not self.got_bytes
         self._reset()
-        self.parser = httptools.HttpResponseParser(self)
+        if not fresh:
+            self.parser = httptools.HttpResponseParser(self)
         self._head = self.loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
@@ -274,6 +278,14 @@ class UpstreamResponse:
         self.content_type = conn.content_type
 
     async def read(self) -> bytes:
+        conn = self._conn
+        if conn.complete and conn.error is None:  # the common case: it all came in one read
+            body = conn.body
+            piece = body.popleft() if len(body) == 1 else b"".join(body)
+            body.clear()
+            conn.buffered = 0
+            conn.resume()
+            return piece
         parts = []
         while piece := await self._conn.next_piece():
             parts.append(piece)
