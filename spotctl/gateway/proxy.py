@@ -51,6 +51,12 @@ def request_id_header(rec: RequestRecord) -> tuple[bytes, bytes]:
     return (b"x-request-id", rec.rid.encode())
 
 
+def _deadline(seconds: float, t_start: float) -> float:
+    """``seconds`` after ``t_start`` (perf_counter), as the running loop's time."""
+    elapsed = time.perf_counter() - t_start  # clock-ok: real time, like the loop's
+    return asyncio.get_running_loop().time() + seconds - elapsed
+
+
 class Proxy:
     def __init__(self, cfg: Config, clock: Clock, board: TierBoard, client: UpstreamClient,
                  log: Callable[[str], None]) -> None:
@@ -75,12 +81,18 @@ class Proxy:
                 raw = orjson.dumps({**req, "stream_options": {
                     **(opts if isinstance(opts, dict) else {}), "include_usage": True}})
                 added_usage = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + g.wake_timeout_s  # real time, like the network timeouts
+        # the wake deadline: wake_timeout_s from the request's start, on the loop's clock (real
+        # time, like the network timeouts); read only when needed (a pick that has to wait or
+        # wake, a retry), since asyncio.get_running_loop() costs a getpid() call
+        deadline = None
         attempts = 0
         while True:
-            tier, up = self.board.serving(tiers) or await self.board.pick(tiers,
-                                                                          deadline=deadline)
+            picked = self.board.serving(tiers)
+            if picked is None:
+                if deadline is None:
+                    deadline = _deadline(g.wake_timeout_s, t_start)
+                picked = await self.board.pick(tiers, deadline=deadline)
+            tier, up = picked
             if rec.tier != tier.name:
                 if rec.tier is not None:
                     self.board.end(rec.tier, rec.started_ms)
@@ -101,7 +113,9 @@ class Proxy:
                 if err.kind == "timeout":
                     raise GatewayError(504, "upstream_timeout",
                                        "the engine did not answer in time") from None
-                if attempts > g.retry_attempts or loop.time() >= deadline:
+                if deadline is None:
+                    deadline = _deadline(g.wake_timeout_s, t_start)
+                if attempts > g.retry_attempts or asyncio.get_running_loop().time() >= deadline:
                     raise GatewayError(502, "upstream_unreachable",
                                        f"the engine for tier {tier.name!r} could not be "
                                        f"reached ({err.kind})") from None
