@@ -30,6 +30,7 @@ Row = UsageRecord | UsageRow
 BATCH_S = 0.2  # rows wait at most this long before their write starts
 WRITE_BUSY_MS = 500  # a ledger write waits this long for a lock, then the batch is spooled
 REPLAY_EVERY_S = 1.0
+CHUNK = 512  # rows per transaction: the GIL held under a millisecond at a time (_ledger_write)
 ADOPT_EVERY_S = 10.0
 
 
@@ -108,17 +109,31 @@ class UsageRecorder:
                     self._ledger.close()
 
     def _ledger_write(self, rows: list[Row]) -> int:
+        """Write ``rows`` in transactions of at most ``CHUNK`` rows; returns the rows added.
+
+        Building a transaction's rows and parameters holds the GIL (a batch of thousands of
+        rows: milliseconds at a stretch), and the event loop waits for it up to the
+        interpreter's switch interval (5 ms): the gateway's latency tail. A chunk holds it under
+        a millisecond, and ``time.sleep(0)`` between chunks releases it. A failure
+        part-way leaves the committed chunks in the ledger; the caller spools (or keeps) every
+        row of the batch, and replays skip the ids already there (exactly once)."""
         if self._ledger is None:
             self._ledger = open_writer(self.ledger_path, WRITE_BUSY_MS)
+        added = 0
         try:
-            added = record_usage(self._ledger, rows)
             last: dict[str, int] = {}
-            for r in rows:
-                if r.tier:
-                    last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
+            for i in range(0, len(rows), CHUNK):
+                if i:
+                    time.sleep(0)  # clock-ok: no wait; releases the GIL for the event loop
+                part = rows[i:i + CHUNK]
+                added += record_usage(self._ledger, part)
+                for r in part:
+                    if r.tier:
+                        last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
             touch_tiers(self._ledger, last)
             return added
         except Exception:
+            self.written += added  # the chunks committed before the failure
             # reopen next time: the file may have changed under us (permissions, a new inode)
             with contextlib.suppress(Exception):
                 self._ledger.close()
