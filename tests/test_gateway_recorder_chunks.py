@@ -84,3 +84,28 @@ def test_a_small_batch_is_one_transaction(tmp_path, monkeypatch, n):
     rec._pending = _rows(n)
     rec._make_durable()
     assert sizes == [n] and _counts(tmp_path) == (n, n, n)
+
+
+def test_a_slow_ledger_takes_the_rest_in_one_transaction(tmp_path, monkeypatch):
+    """Past CHUNK_BUDGET_MS the remaining rows go in one transaction that waits for the lock
+    only what is left of WRITE_BUSY_MS: a batch waits no longer than unchunked."""
+    import time
+
+    sizes = []
+    real = recorder_mod.record_usage
+
+    def slow(led, rows):
+        sizes.append(len(rows))
+        time.sleep(0.06)  # clock-ok: a slow ledger, in real time
+        return real(led, rows)
+
+    monkeypatch.setattr(recorder_mod, "record_usage", slow)
+    rec = _recorder(tmp_path)
+    n = 4 * CHUNK + 10
+    rec._pending = _rows(n)
+    rec._make_durable()
+    assert sizes == [CHUNK, CHUNK, 2 * CHUNK + 10]
+    assert _counts(tmp_path) == (n, n, n)
+    # the writer's connection waits the full WRITE_BUSY_MS again for the next batch
+    busy = rec._ledger.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    assert busy == recorder_mod.WRITE_BUSY_MS
