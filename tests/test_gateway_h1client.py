@@ -297,3 +297,67 @@ def test_an_answer_trickling_past_its_deadline_is_a_timeout():
     err, took = asyncio.run(go())
     assert err.kind == "timeout" and not err.before_response and "deadline" in err.detail
     assert 0.5 <= took < 1.5  # the deadline, not the 2 s the engine would take
+
+
+def test_the_request_id_goes_apart_from_the_cached_head():
+    """Each request's id is sent as x-request-id, and the head cache keyed by the headers is hit
+    (before: the id was one of the headers, so every request missed the cache and built its
+    head again)."""
+
+    async def ok(n, reader, writer):
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    async def go():
+        srv = Server(ok)
+        async with srv as url:
+            c = _client()
+            hdrs = (("Content-Type", "application/json"),)
+            for i in range(5):
+                resp = await c.post(f"{url}/v1/completions", b'{"a":1}', hdrs,
+                                    request_id=f"gw-x-{i}")
+                assert await resp.read() == b"{}"
+                resp.release()
+            heads = len(c._heads)
+            await c.close()
+        return srv, heads
+
+    srv, heads = asyncio.run(go())
+    assert heads == 1
+    for i, req in enumerate(srv.requests):
+        head, _, body = req.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"POST /v1/completions HTTP/1.1"
+        assert f"x-request-id: gw-x-{i}".encode() in lines
+        assert b"content-length: 7" in lines and body == b'{"a":1}'
+
+
+def test_one_parser_reads_chunked_then_sized_answers_on_a_kept_alive_connection():
+    """The response parser is kept across the answers of a kept-alive connection."""
+
+    async def mixed(n, reader, writer):
+        if n % 2:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\n"
+                         b"content-length: 3\r\n\r\nxyz")
+        await writer.drain()
+        return True
+
+    async def go():
+        srv = Server(mixed)
+        got = []
+        async with srv as url:
+            c = _client()
+            for _ in range(4):
+                resp = await c.post(f"{url}/v1/completions", b"{}", {})
+                got.append((resp.status, resp.content_type, await resp.read()))
+                resp.release()
+            await c.close()
+        return srv, got
+
+    srv, got = asyncio.run(go())
+    assert srv.connections == 1
+    assert got == [(200, b"application/json", b"abcde"), (201, b"text/plain", b"xyz")] * 2

@@ -186,8 +186,12 @@ class _Conn(asyncio.Protocol):
 
     # -- one exchange -------------------------------------------------------------------------
     async def request(self, data: bytes, deadline: float) -> None:
+        # after a complete answer the parser waits at the start of the next message (kept
+        # alive); a new connection's parser is fresh too
+        fresh = self.complete or not self.got_bytes
         self._reset()
-        self.parser = httptools.HttpResponseParser(self)
+        if not fresh:
+            self.parser = httptools.HttpResponseParser(self)
         self._head = self.loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
@@ -274,6 +278,14 @@ class UpstreamResponse:
         self.content_type = conn.content_type
 
     async def read(self) -> bytes:
+        conn = self._conn
+        if conn.complete and conn.error is None:  # the common case: it all came in one read
+            body = conn.body
+            piece = body.popleft() if len(body) == 1 else b"".join(body)
+            body.clear()
+            conn.buffered = 0
+            conn.resume()
+            return piece
         parts = []
         while piece := await self._conn.next_piece():
             parts.append(piece)
@@ -388,9 +400,14 @@ class H1Client:
         return got
 
     async def _exchange(self, url: str, method: bytes, body: bytes, headers,
-                        total_s: float | None = None) -> UpstreamResponse:
+                        total_s: float | None = None,
+                        request_id: str | None = None) -> UpstreamResponse:
         pool, head = self._head(method, url, headers)
-        data = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        if request_id is None:
+            data = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        else:  # the per-request header stays out of the cached head
+            data = b"%s%d\r\nx-request-id: %s\r\n\r\n%s" % (
+                head, len(body), request_id.encode("latin-1"), body)
         for attempt in (0, 1):
             conn, reused = pool.take_idle(), True
             if conn is None:
@@ -406,12 +423,14 @@ class H1Client:
             return UpstreamResponse(conn, pool)
         raise AssertionError("unreachable")
 
-    def post(self, url: str, body: bytes, headers, total_s: float | None = None
-             ) -> Coroutine[None, None, UpstreamResponse]:
+    def post(self, url: str, body: bytes, headers, total_s: float | None = None, *,
+             request_id: str | None = None) -> Coroutine[None, None, UpstreamResponse]:
         """Send the request; returns once the response's status and headers arrived.
-        ``headers``: a dict or pairs; ``total_s``: the whole exchange (head and body) must end
-        within it, else the ``timeout`` UpstreamError."""
-        return self._exchange(url, b"POST", body, headers, total_s)
+        ``headers``: a dict or pairs (the same few, over and over: their head is cached);
+        ``request_id``: sent as ``x-request-id``, apart from the cached head (it differs per
+        request); ``total_s``: the whole exchange (head and body) must end within it, else the
+        ``timeout`` UpstreamError."""
+        return self._exchange(url, b"POST", body, headers, total_s, request_id)
 
     async def probe(self, url: str, headers, timeout_s: float) -> int:
         try:

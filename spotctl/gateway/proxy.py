@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -26,6 +26,7 @@ from spotctl.clock import Clock
 from spotctl.config import Config, TierConfig
 from spotctl.gateway.client import RelaysBody, UpstreamClient, UpstreamError
 from spotctl.gateway.errors import GatewayError
+from spotctl.gateway.h1client import H1Client
 from spotctl.gateway.record import RequestRecord
 from spotctl.gateway.tiers import TierBoard
 from spotctl.gateway.upstreams import Upstream
@@ -50,6 +51,12 @@ def request_id_header(rec: RequestRecord) -> tuple[bytes, bytes]:
     return (b"x-request-id", rec.rid.encode())
 
 
+def _deadline(seconds: float, t_start: float) -> float:
+    """``seconds`` after ``t_start`` (perf_counter), as the running loop's time."""
+    elapsed = time.perf_counter() - t_start  # clock-ok: real time, like the loop's
+    return asyncio.get_running_loop().time() + seconds - elapsed
+
+
 class Proxy:
     def __init__(self, cfg: Config, clock: Clock, board: TierBoard, client: UpstreamClient,
                  log: Callable[[str], None]) -> None:
@@ -59,6 +66,9 @@ class Proxy:
         self.client = client
         self.log = log
         self._hdrs: dict[str | None, tuple[tuple[str, str], ...]] = {}
+        # the h1 client takes the request id apart, so that its cached request head (keyed
+        # by the headers) is not missed on every request
+        self._own_id = isinstance(client, H1Client)
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
                       rec: RequestRecord, tiers: list[TierConfig], t_start: float,
@@ -71,12 +81,18 @@ class Proxy:
                 raw = orjson.dumps({**req, "stream_options": {
                     **(opts if isinstance(opts, dict) else {}), "include_usage": True}})
                 added_usage = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + g.wake_timeout_s  # real time, like the network timeouts
+        # the wake deadline: wake_timeout_s from the request's start, on the loop's clock (real
+        # time, like the network timeouts); read only when needed (a pick that has to wait or
+        # wake, a retry), since asyncio.get_running_loop() costs a getpid() call
+        deadline = None
         attempts = 0
         while True:
-            tier, up = self.board.serving(tiers) or await self.board.pick(tiers,
-                                                                          deadline=deadline)
+            picked = self.board.serving(tiers)
+            if picked is None:
+                if deadline is None:
+                    deadline = _deadline(g.wake_timeout_s, t_start)
+                picked = await self.board.pick(tiers, deadline=deadline)
+            tier, up = picked
             if rec.tier != tier.name:
                 if rec.tier is not None:
                     self.board.end(rec.tier, rec.started_ms)
@@ -97,7 +113,9 @@ class Proxy:
                 if err.kind == "timeout":
                     raise GatewayError(504, "upstream_timeout",
                                        "the engine did not answer in time") from None
-                if attempts > g.retry_attempts or loop.time() >= deadline:
+                if deadline is None:
+                    deadline = _deadline(g.wake_timeout_s, t_start)
+                if attempts > g.retry_attempts or asyncio.get_running_loop().time() >= deadline:
                     raise GatewayError(502, "upstream_unreachable",
                                        f"the engine for tier {tier.name!r} could not be "
                                        f"reached ({err.kind})") from None
@@ -109,10 +127,11 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _headers(self, up: Upstream, rid: str) -> tuple[tuple[str, str], ...]:
-        """The engine's request headers: the key's part cached per key; the request's id goes
-        too (vLLM takes it as its own request id), so its logs name the same request as the
-        ledger."""
+    def _post(self, up: Upstream, path: str, raw: bytes, rid: str,
+              total_s: float | None = None) -> Awaitable:
+        """Send the request to the engine. Its headers: the key's part cached per key; the
+        request's id goes too (vLLM takes it as its own request id), so its logs name the same
+        request as the ledger."""
         hdrs = self._hdrs.get(up.api_key)
         if hdrs is None:
             hdrs = (("Content-Type", "application/json"),)
@@ -121,15 +140,17 @@ class Proxy:
             if len(self._hdrs) > 64:
                 self._hdrs.clear()
             self._hdrs[up.api_key] = hdrs
-        return (*hdrs, ("X-Request-Id", rid))
+        url = up.endpoint + path
+        if self._own_id:
+            return self.client.post(url, raw, hdrs, total_s, request_id=rid)
+        return self.client.post(url, raw, (*hdrs, ("X-Request-Id", rid)), total_s)
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
                      t_start: float, writer=None) -> None:
         t_up = time.perf_counter()  # clock-ok: time waiting on the engine (overhead figure)
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid),
-                                          self.cfg.gateway.total_timeout_s)
+            resp = await self._post(up, path, raw, rec.rid, self.cfg.gateway.total_timeout_s)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False
@@ -172,7 +193,7 @@ class Proxy:
         t_up = time.perf_counter()  # clock-ok
         rec.reached_engine = True
         try:
-            resp = await self.client.post(f"{up.endpoint}{path}", raw, self._headers(up, rec.rid))
+            resp = await self._post(up, path, raw, rec.rid)
         except UpstreamError as err:
             if err.kind == "connect":
                 rec.reached_engine = False

@@ -28,6 +28,8 @@ from spotctl.ledger.usage import open_writer, record_usage, touch_tiers
 BATCH_S = 0.2  # rows wait at most this long before their write starts
 WRITE_BUSY_MS = 500  # a ledger write waits this long for a lock, then the batch is spooled
 REPLAY_EVERY_S = 1.0
+CHUNK = 512  # rows per transaction: the GIL held under a millisecond at a time (_ledger_write)
+CHUNK_BUDGET_MS = 100  # past this in one batch's write, its remaining rows go in one transaction
 ADOPT_EVERY_S = 10.0
 
 
@@ -106,17 +108,50 @@ class UsageRecorder:
                     self._ledger.close()
 
     def _ledger_write(self, rows: list[UsageRecord]) -> int:
+        """Write ``rows`` in transactions of at most ``CHUNK`` rows; returns the rows added.
+
+        Building a transaction's rows and parameters holds the GIL (a batch of thousands of
+        rows: milliseconds at a stretch), and the event loop waits for it up to the
+        interpreter's switch interval (5 ms): the gateway's latency tail. A chunk holds it under
+        a millisecond, and ``time.sleep(0)`` between chunks releases it. A failure
+        part-way leaves the committed chunks in the ledger; the caller spools (or keeps) every
+        row of the batch, and replays skip the ids already there (exactly once). A write past
+        ``CHUNK_BUDGET_MS`` (a contended ledger) takes the rest in one transaction with what is
+        left of the lock wait, so a batch is durable (or spooled) as soon as unchunked."""
         if self._ledger is None:
             self._ledger = open_writer(self.ledger_path, WRITE_BUSY_MS)
+        led = self._ledger
+        added = 0
+        started = time.monotonic()  # clock-ok: real time spent waiting on the ledger
+        shortened = False
         try:
-            added = record_usage(self._ledger, rows)
             last: dict[str, int] = {}
-            for r in rows:
-                if r.tier:
-                    last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
-            touch_tiers(self._ledger, last)
+            i = 0
+            while i < len(rows):
+                n = CHUNK
+                if i:
+                    spent_ms = (time.monotonic() - started) * 1000  # clock-ok
+                    if spent_ms > CHUNK_BUDGET_MS:
+                        # a slow or contended ledger: the rest in one transaction, waiting for
+                        # the lock only what is left of WRITE_BUSY_MS, so that a batch waits
+                        # no longer than unchunked (rows durable within a second)
+                        led.set_busy_timeout(max(50, int(WRITE_BUSY_MS - spent_ms)))
+                        shortened = True
+                        n = len(rows) - i
+                    else:
+                        time.sleep(0)  # clock-ok: no wait; releases the GIL for the event loop
+                part = rows[i:i + n]
+                added += record_usage(led, part)
+                for r in part:
+                    if r.tier:
+                        last[r.tier] = max(last.get(r.tier, 0), r.completed_ms)
+                i += n
+            if shortened:
+                led.set_busy_timeout(WRITE_BUSY_MS)
+            touch_tiers(led, last)
             return added
         except Exception:
+            self.written += added  # the chunks committed before the failure
             # reopen next time: the file may have changed under us (permissions, a new inode)
             with contextlib.suppress(Exception):
                 self._ledger.close()

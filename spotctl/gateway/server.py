@@ -424,7 +424,9 @@ class Connection(asyncio.Protocol):
         else:
             q = url.find(b"?")
             raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1:])
-        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        # find(), not `in`: see usagetap.UsageTap.feed
+        path = (unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
+                ).decode("latin-1")
         headers = self.headers
         expect = False
         for name, value in headers:

@@ -107,7 +107,7 @@ class TierBoard:
         n = self.in_flight.get(name, 0)
         self.in_flight[name] = n + 1
         self.last_request_ms[name] = now_ms
-        if n == 0:
+        if n == 0 and not self.became_busy.is_set():  # set() takes a lock and notifies
             self.became_busy.set()
 
     def end(self, name: str, now_ms: int) -> None:

@@ -66,16 +66,18 @@ class UsageTap:
         self.usage_invalid = False  # a usage object was there but unreadable
 
     def feed(self, data: bytes) -> bytes:
+        # find() < 0 rather than `not in`: on Python 3.11 `bytes in bytes` first tries the
+        # needle as an integer and formats a TypeError it then discards (per check, per read)
         buf = self._buf + data if self._buf else data
-        if b"\r" not in buf:
+        if buf.find(b"\r") < 0:
             cut = buf.rfind(b"\n\n")
             if cut < 0:  # no complete event yet
                 self._buf = buf
                 return b"" if self.strip else data
             complete = buf[:cut + 2]
-            if (b'"usage"' not in complete and b"[DONE]" not in complete
-                    and b"\n\n\n" not in complete and not complete.startswith((b":", b"\n"))
-                    and b"\n:" not in complete):
+            if (complete.find(b'"usage"') < 0 and complete.find(b"[DONE]") < 0
+                    and complete.find(b"\n\n\n") < 0 and not complete.startswith((b":", b"\n"))
+                    and complete.find(b"\n:") < 0):
                 # the common read: data events only, nothing to parse or drop
                 self.events += complete.count(b"\n\n")
                 self._buf = buf[cut + 2:]
