@@ -113,7 +113,7 @@ class UsageRecorder:
         Building a transaction's rows and parameters holds the GIL (a batch of thousands of
         rows: milliseconds at a stretch), and the event loop waits for it up to the
         interpreter's switch interval (5 ms): the gateway's latency tail. A chunk holds it under
-        a millisecond, and ``time.sleep(0)`` between chunks releases it. A failure
+        a millisecond, and a zero-length sleep between chunks releases it. A failure
         part-way leaves the committed chunks in the ledger; the caller spools (or keeps) every
         row of the batch, and replays skip the ids already there (exactly once). A write past
         ``CHUNK_BUDGET_MS`` (a contended ledger) takes the rest in one transaction with what is
