@@ -34,6 +34,20 @@ def _long_prompt() -> tuple[str, int]:
     return best, completion_length({"prompt": best, "max_tokens": 4000}, cfg)
 
 
+def _stream(endpoint: str, prompt: str, lines: list[tuple[float, str]],
+            errors: list[BaseException]) -> None:
+    """Stream a long completion, keeping each line with the time it arrived."""
+    try:
+        with httpx.stream("POST", f"{endpoint}/v1/completions", timeout=30, json={
+                "model": "tiny", "prompt": prompt, "max_tokens": 4000, "stream": True,
+                "stream_options": {"include_usage": True}}) as r:
+            for line in r.iter_lines():
+                if line:
+                    lines.append((time.monotonic(), line))  # clock-ok
+    except httpx.HTTPError as exc:
+        errors.append(exc)
+
+
 def test_a_graceful_preemption_drains_the_engine_before_the_vm_goes(localcloud_engines,
                                                                      tmp_path):
     lc = localcloud_engines
@@ -48,17 +62,6 @@ def test_a_graceful_preemption_drains_the_engine_before_the_vm_goes(localcloud_e
     lines: list[tuple[float, str]] = []
     errors: list[BaseException] = []
 
-    def stream() -> None:
-        try:
-            with httpx.stream("POST", f"{st.endpoint}/v1/completions", timeout=30, json={
-                    "model": "tiny", "prompt": prompt, "max_tokens": 4000, "stream": True,
-                    "stream_options": {"include_usage": True}}) as r:
-                for line in r.iter_lines():
-                    if line:
-                        lines.append((time.monotonic(), line))  # clock-ok
-        except httpx.HTTPError as exc:
-            errors.append(exc)
-
     gone: list[float] = []
 
     def watch() -> None:
@@ -69,7 +72,7 @@ def test_a_graceful_preemption_drains_the_engine_before_the_vm_goes(localcloud_e
                 return
             time.sleep(0.01)  # clock-ok
 
-    t = threading.Thread(target=stream, daemon=True)
+    t = threading.Thread(target=_stream, args=(st.endpoint, prompt, lines, errors), daemon=True)
     t.start()
     while len(lines) < 3 and t.is_alive():
         time.sleep(0.005)  # clock-ok: the first tokens arrived
@@ -119,21 +122,9 @@ def test_an_abrupt_preemption_cuts_the_stream_in_flight(localcloud_engines, tmp_
     assert st.state == TierState.READY and st.capacity == "spot"
     vm_id = int(st.resource_id.split(":")[1])
     prompt, n_tokens = _long_prompt()
-    lines: list[str] = []
+    lines: list[tuple[float, str]] = []
     errors: list[BaseException] = []
-
-    def stream() -> None:
-        try:
-            with httpx.stream("POST", f"{st.endpoint}/v1/completions", timeout=30, json={
-                    "model": "tiny", "prompt": prompt, "max_tokens": 4000, "stream": True,
-                    "stream_options": {"include_usage": True}}) as r:
-                for line in r.iter_lines():
-                    if line:
-                        lines.append(line)
-        except httpx.HTTPError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=stream, daemon=True)
+    t = threading.Thread(target=_stream, args=(st.endpoint, prompt, lines, errors), daemon=True)
     t.start()
     while len(lines) < 3 and t.is_alive():
         time.sleep(0.005)  # clock-ok: the first tokens arrived
@@ -141,5 +132,5 @@ def test_an_abrupt_preemption_cuts_the_stream_in_flight(localcloud_engines, tmp_
     t.join(30)
     assert not t.is_alive()
     # cut: an error on the connection, or at least no [DONE] and fewer tokens than asked
-    assert errors or (lines[-1] != "data: [DONE]")
-    assert sum('"finish_reason":null' in ln.replace(" ", "") for ln in lines) < n_tokens - 1
+    assert errors or (lines[-1][1] != "data: [DONE]")
+    assert sum('"finish_reason":null' in ln.replace(" ", "") for _, ln in lines) < n_tokens - 1
