@@ -55,18 +55,20 @@ class Server:
         self.server.close()
 
 
+
+async def _answer_ok(n, reader, writer):
+    """A handler that answers every request with OK and keeps the connection."""
+    writer.write(OK)
+    await writer.drain()
+    return True
+
 def _client(**kw) -> H1Client:
     return H1Client(connect_timeout_s=kw.get("connect", 2.0), read_timeout_s=kw.get("read", 5.0))
 
 
 def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given():
-    async def ok(n, reader, writer):
-        writer.write(OK)
-        await writer.drain()
-        return True
-
     async def go():
-        srv = Server(ok)
+        srv = Server(_answer_ok)
         async with srv as url:
             c = _client()
             for _ in range(10):
@@ -304,13 +306,8 @@ def test_the_request_id_goes_apart_from_the_cached_head():
     (before: the id was one of the headers, so every request missed the cache and built its
     head again)."""
 
-    async def ok(n, reader, writer):
-        writer.write(OK)
-        await writer.drain()
-        return True
-
     async def go():
-        srv = Server(ok)
+        srv = Server(_answer_ok)
         async with srv as url:
             c = _client()
             hdrs = (("Content-Type", "application/json"),)
