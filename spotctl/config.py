@@ -277,6 +277,9 @@ class GatewayConfig(_Section):
     # gateway (issue 15): the upstream HTTP client, chosen by measurement (bench/gateway_overhead.py):
     # "h1" (asyncio + httptools, http:// engines only) or "aiohttp" (also https://).
     upstream_client: Literal["h1", "aiohttp"] = "h1"
+    # where usage rows are written: a process of their own (no GIL time taken from the event
+    # loop; gateway/usageproc.py) or a thread of the gateway's (gateway/recorder.py)
+    usage_writer: Literal["process", "thread"] = "process"
     # gateway (issue 15): worker processes sharing the port (SO_REUSEPORT); 0 = one per core.
     workers: Annotated[int, Field(ge=0, le=256)] = 1
 

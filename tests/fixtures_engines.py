@@ -274,3 +274,18 @@ def wait_rows(ledger_path: Path, n: int, timeout: float = 10.0) -> list[dict]:
         if len(rows) >= n or time.monotonic() > deadline:  # clock-ok
             return rows
         time.sleep(0.05)  # clock-ok
+
+
+def prlimit_tree(pid: int, limits: tuple[int, int]) -> None:
+    """Set RLIMIT_FSIZE on ``pid`` and every process below it (the gateway writes usage rows
+    from a child process: a full disk is full for all of them)."""
+    import resource
+
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(p, resource.RLIMIT_FSIZE, limits)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in task.read_text().split()]

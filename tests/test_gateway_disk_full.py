@@ -20,7 +20,7 @@ from spotctl.config import parse_config
 from spotctl.ledger.check import check_ledger
 from spotctl.ledger.db import Ledger
 from spotctl.localcloud.engines import free_port
-from tests.fixtures_engines import gateway_key, tier_toml, wait_rows
+from tests.fixtures_engines import gateway_key, prlimit_tree, tier_toml, wait_rows
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -63,7 +63,7 @@ def test_a_full_disk_that_refuses_log_lines_loses_no_row_and_closes_the_gate(scr
         with httpx.Client(base_url=base, timeout=10,
                           headers={"Authorization": f"Bearer {key}"}) as c:
             _wait(lambda: _status(c, "/readyz") == 200, 30, "the gateway")
-            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            prlimit_tree(proc.pid, (limit, resource.RLIM_INFINITY))
             codes = []
             # until the spool is full too, and the gate closes: how many rows fit in the 40 KiB
             # of WAL and spool depends on how the writer batched them (~600 when fast)
@@ -75,7 +75,7 @@ def test_a_full_disk_that_refuses_log_lines_loses_no_row_and_closes_the_gate(scr
                     break
             assert proc.poll() is None
             assert codes[-1] == 503, f"the gate never closed ({codes.count(200)} served)"
-            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE,
+            prlimit_tree(proc.pid,
                              (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             _wait(lambda: _status(c, "/readyz") == 200, 20, "the gate to reopen")
             assert c.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -31,7 +31,7 @@ from spotctl.gateway.spool import decode
 from spotctl.ledger.check import check_ledger
 from spotctl.ledger.db import Ledger
 from spotctl.localcloud.engines import free_port
-from tests.fixtures_engines import asgi_gateway, gateway_key, tier_toml, wait_rows
+from tests.fixtures_engines import asgi_gateway, gateway_key, prlimit_tree, tier_toml, wait_rows
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -90,7 +90,7 @@ def test_read_only_ledger_spools_rows_and_replays_them_once(scripted, tmp_path, 
                 with Ledger(cfg.ledger_path, readonly=True) as led:
                     in_ledger = led.conn.execute("SELECT count(*) FROM usage").fetchone()[0]
             for _ in range(100):  # writable again: replayed
-                if app.recorder.spool.rows == 0:
+                if app.recorder.spool_rows == 0:
                     break
                 await asyncio.sleep(0.05)
             return codes, spooled, modes, ready, in_ledger
@@ -162,7 +162,7 @@ def test_a_long_write_lock_does_not_hold_rows_in_memory(scripted, tmp_path, cloc
                 locker.conn.execute("ROLLBACK")
                 locker.close()
             for _ in range(100):
-                if app.recorder.spool.rows == 0:
+                if app.recorder.spool_rows == 0:
                     break
                 await asyncio.sleep(0.05)
             return codes, spooled
@@ -229,7 +229,7 @@ def test_disk_full_spools_then_closes_the_gate_and_loses_nothing(scripted, tmp_p
             in_ledger = led.conn.execute("SELECT count(*) FROM usage").fetchone()[0]
         served = codes.count(200)
         assert served - in_ledger >= 20  # the spool took rows while the ledger could not
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE,
+        prlimit_tree(proc.pid,
                          (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space again
         _wait(lambda: c.get("/readyz").status_code == 200, 20, "the gate to reopen")
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -52,6 +52,7 @@ from spotctl.gateway.recorder import UsageRecorder
 from spotctl.gateway.spool import Spool
 from spotctl.gateway.tiers import TierBoard
 from spotctl.gateway.upstreams import TierRuntime
+from spotctl.gateway.usageproc import ProcessRecorder
 from spotctl.ledger.db import Ledger
 from spotctl.ledger.keys import list_keys
 from spotctl.ledger.usage import forget_gateways, latest_tier_events, publish_tiers
@@ -91,9 +92,15 @@ class Gateway:
                                log=self.log, secrets=self.secrets, on_wake=self._woke)
         self.models = self.board.models
         self.metrics = GatewayMetrics(list(self.models), [t.name for t in cfg.tiers])
-        self.recorder = UsageRecorder(
-            self.ledger_target, Spool(g.spool_dir or self._state_dir("spool"), self.gateway_id,
-                                    g.spool_max_bytes), self.log)
+        spool_dir = g.spool_dir or self._state_dir("spool")
+        self.recorder: UsageRecorder | ProcessRecorder
+        if g.usage_writer == "process":
+            self.recorder = ProcessRecorder(self.ledger_target, spool_dir, self.gateway_id,
+                                            g.spool_max_bytes, self.log)
+        else:
+            self.recorder = UsageRecorder(
+                self.ledger_target, Spool(spool_dir, self.gateway_id, g.spool_max_bytes),
+                self.log)
         client_class = H1Client if g.upstream_client == "h1" else UpstreamClient
         if any((t.endpoint or "").startswith("https:") for t in cfg.tiers):
             client_class = UpstreamClient  # the h1 client speaks plain http:// only
@@ -265,7 +272,7 @@ class Gateway:
         for p in self.cfg.providers:
             m.rate_mismatch.labels(p.name).set(len(gate.rate_mismatches.get(p.name, ())))
         m.not_durable.set(self.recorder.pending)
-        m.spooled.set(self.recorder.spool.rows)
+        m.spooled.set(self.recorder.spool_rows)
         for t, n in self.board.in_flight.items():
             m.in_flight.labels(t).set(n)
 
@@ -338,7 +345,7 @@ class Gateway:
         body = orjson.dumps({"ready": ready, "reason": reason, "gate": status,
                              "tiers": self.board.snapshot(),
                              "usage": {"durable": self.recorder.durable,
-                                       "spooled_rows": self.recorder.spool.rows}})
+                                       "spooled_rows": self.recorder.spool_rows}})
         await _respond(send, 200 if ready else 503, body)
 
     # -- the request path ---------------------------------------------------------------------

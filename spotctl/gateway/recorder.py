@@ -48,7 +48,8 @@ class UsageRecorder:
         self.spooled = 0  # rows this process put in the spool
         self.pending = 0  # rows held in memory, not yet durable
         self.last_error: str | None = None
-        self._wake = threading.Event()
+        self._last_replay: float | None = None
+        self._last_adopt: float | None = None
 
     # -- the request path ---------------------------------------------------------------------
     def record(self, row: UsageRecord) -> None:
@@ -69,7 +70,6 @@ class UsageRecorder:
 
     # -- the writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        last_replay = last_adopt = time.monotonic()  # clock-ok: real pacing of I/O retries
         stopping = False
         try:
             while not stopping:
@@ -92,20 +92,41 @@ class UsageRecorder:
                         stopping = True
                     else:
                         batch.append(item)
-                self._pending.extend(batch)
-                if self._pending:
-                    self._make_durable(final=stopping)
-                now = time.monotonic()  # clock-ok
-                if self.spool.rows and (stopping or now - last_replay >= REPLAY_EVERY_S):
-                    last_replay = now
-                    self._replay()
-                if now - last_adopt >= ADOPT_EVERY_S:
-                    last_adopt = now
-                    self._adopt_orphans()
+                self.write_batch(batch, final=stopping)
+                self.housekeeping(stopping)
         finally:
-            if self._ledger is not None:
-                with contextlib.suppress(Exception):
-                    self._ledger.close()
+            self.close_ledger()
+
+    # -- one step of the writer (the thread above, or the writer process) ----------------------
+    def write_batch(self, rows: list[UsageRecord], final: bool = False) -> None:
+        """Make ``rows`` and any rows still held durable: the ledger, else the spool, else held
+        in memory (``durable`` False)."""
+        self._pending.extend(rows)
+        if self._pending:
+            self._make_durable(final=final)
+
+    def housekeeping(self, stopping: bool = False) -> None:
+        """Replay this process's spool (every ``REPLAY_EVERY_S``, and when stopping) and adopt
+        the spools of processes that ended (every ``ADOPT_EVERY_S``)."""
+        now = time.monotonic()  # clock-ok: real pacing of I/O retries
+        if self._last_replay is None:
+            self._last_replay = self._last_adopt = now
+        if self.spool.rows and (stopping or now - self._last_replay >= REPLAY_EVERY_S):
+            self._last_replay = now
+            self._replay()
+        if now - self._last_adopt >= ADOPT_EVERY_S:
+            self._last_adopt = now
+            self._adopt_orphans()
+
+    def close_ledger(self) -> None:
+        if self._ledger is not None:
+            with contextlib.suppress(Exception):
+                self._ledger.close()
+            self._ledger = None
+
+    @property
+    def spool_rows(self) -> int:
+        return self.spool.rows
 
     def _ledger_write(self, rows: list[UsageRecord]) -> int:
         """Write ``rows`` in transactions of at most ``CHUNK`` rows; returns the rows added.
