@@ -280,8 +280,9 @@ class GatewayConfig(_Section):
     # where usage rows are written: a process of their own (no GIL time taken from the event
     # loop; gateway/usageproc.py) or a thread of the gateway's (gateway/recorder.py)
     usage_writer: Literal["process", "thread"] = "process"
-    # gateway (issue 15): worker processes sharing the port (SO_REUSEPORT); 0 = one per core.
-    workers: Annotated[int, Field(ge=0, le=256)] = 1
+    # gateway (issue 15): worker processes sharing the port (SO_REUSEPORT); 0 = one per core
+    # this process may run on (the default).
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
 
 
 class FleetConfig(_Section):

@@ -199,11 +199,14 @@ def gateway_process(cfg_path: Path, env: dict, fsize: int | None = None):
 
 
 def test_disk_full_spools_then_closes_the_gate_and_loses_nothing(scripted, tmp_path):
+    # one process: the disk is full from the start here, and with workers their shared
+    # metrics files (1 MiB each, prometheus-client's multiprocess mode) cannot even be created;
+    # tests/test_gateway_disk_full.py fills the disk under the default workers once they run
     _engine, url = scripted
     port = free_port()
     cfg_path = tmp_path / "spotctl.toml"
     cfg_path.write_text(tier_toml("s", "scripted", url) +
-                        f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
+                        f'[gateway]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n')
     cfg = parse_config(cfg_path.read_text(), cfg_path)
     key = gateway_key(cfg.ledger_path)
     with Ledger(cfg.ledger_path) as led:

@@ -115,7 +115,7 @@ def test_rows_shipped_before_the_gateway_is_killed_are_written(scripted, tmp_pat
     port = free_port()
     cfg_path = tmp_path / "spotctl.toml"
     cfg_path.write_text(tier_toml("s", "scripted", url) +
-                        f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
+                        f'[gateway]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n')
     cfg = parse_config(cfg_path.read_text(), cfg_path)
     key = gateway_key(cfg.ledger_path)
     env = {**os.environ, "SPOTCTL_CONFIG": str(cfg_path)}

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import pytest
 
 from spotctl.config import parse_config
 from spotctl.gateway.upstreams import HIBERNATED, SERVING, Upstream
@@ -54,7 +55,14 @@ def _up(base: str, timeout: float = 30) -> None:
         time.sleep(0.05)  # clock-ok
 
 
-def test_two_workers_count_every_token_once_and_aggregate_metrics(builtin_engine, tmp_path):
+@pytest.fixture(params=["builtin_engine", pytest.param("vllm_engine", marks=pytest.mark.vllm)])
+def engine(request):
+    """The built-in engine, and the real vLLM-CPU one when it is built (the Makefile)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_two_workers_count_every_token_once_and_aggregate_metrics(engine, tmp_path):
+    builtin_engine = engine  # either engine: both serve "tiny" behind a key
     port = free_port()
     cfg_path = tmp_path / "spotctl.toml"
     cfg_path.write_text(f'[[tiers]]\nname = "f"\nmodel = "tiny"\nendpoint = '

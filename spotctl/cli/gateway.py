@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
                                               "127.0.0.1:8080)."),
         workers: int = typer.Option(None, "--workers", min=0,
                                     help="Worker processes sharing the port (SO_REUSEPORT); "
-                                         "0 = one per core (default [gateway] workers, 1)."),
+                                         "0 = one per core (default [gateway] workers, 0)."),
     ) -> None:
         """Serve the OpenAI-compatible gateway until SIGTERM (pending usage rows are flushed)."""
         from spotctl.services import gateway as service

@@ -56,7 +56,15 @@ def resolve_workers(cfg: Config, workers: int | None) -> int:
     n = cfg.gateway.workers if workers is None else workers
     if n < 0:
         raise UsageError(f"--workers must be 0 (one per core) or more, got {n}")
-    return n or (os.cpu_count() or 1)
+    return n or cores()
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def serve_gateway(cfg: Config, listen: str | None, workers: int | None,
