@@ -111,10 +111,10 @@ class contextlib_suppress:
         return exc[0] is not None and issubclass(exc[0], ProcessLookupError)
 
 
-def nginx_conf(work: Path, port: int, engine_port: int) -> Path:
+def nginx_conf(work: Path, port: int, engine_port: int, workers: int = 1) -> Path:
     conf = work / "nginx.conf"
     conf.write_text(f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of spotctl and of nginx alike (default 1)")
     ap.add_argument("--only", default="plain,stream,paced")
     ap.add_argument("--clients", default="h1",
                     help="spotctl upstream clients to measure, comma-separated (h1,aiohttp)")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             spotctls.append((client, gport, gateway))
         for d in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
             (work / d).mkdir()
-        nginx = start(["nginx", "-c", str(nginx_conf(work, nport, eport)), "-p", str(work)])
+        nginx = start(["nginx", "-c", str(nginx_conf(work, nport, eport, args.workers)), "-p", str(work)])
         procs.append(nginx)
         for _, gport, _ in spotctls:
             wait_http(f"http://127.0.0.1:{gport}/healthz")
@@ -347,11 +348,19 @@ def soak(target: Target, gateway: subprocess.Popen, work: Path, seconds: float) 
     print(f"soak: 256 clients x {seconds:g} s: {s['streams']} streams, {s['errors']} errors, "
           f"{s['events'] / s['seconds']:,.0f} events/s; ledger rows {rows} (ok {ok})")
     print("RSS MB over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in rss))
+    half = [(t, m) for t, m in rss if t >= seconds / 2]
+    if len(half) >= 3:  # least squares over the second half: the warm-up left out
+        mt = statistics.fmean(t for t, _ in half)
+        mm = statistics.fmean(m for _, m in half)
+        slope = (sum((t - mt) * (m - mm) for t, m in half) /
+                 sum((t - mt) ** 2 for t, _ in half))
+        print(f"RSS over the second half: {min(m for _, m in half):.0f}-"
+              f"{max(m for _, m in half):.0f} MB, slope {slope * 60:+.2f} MB/min")
 
 
 def report(results, scenarios, args, names: list[str]) -> None:
     print(f"\nmedians over {args.rounds} rounds of {args.seconds:g} s; spotctl with "
-          f"{args.workers} worker(s), nginx with 1 worker\n")
+          f"{args.workers} worker(s), nginx with as many\n")
     print("| scenario | target | throughput | CPU µs per req/event | p50 ms | p99 ms | "
           "added p50 ms | added p99 ms | in time | spotctl ÷ nginx |")
     print("|---|---|---|---|---|---|---|---|---|---|")
