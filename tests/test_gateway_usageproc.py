@@ -56,7 +56,7 @@ def test_a_writer_killed_mid_traffic_is_restarted_and_no_row_is_lost(scripted, t
                 if i == 30:
                     os.kill(first, signal.SIGKILL)  # rows shipped to it and not yet acked
             for _ in range(100):
-                if rec.writer_pid != first and rec.durable and not rec.pending:
+                if rec.writer_pid != first and rec.durable and not rec.unconfirmed:
                     break
                 await asyncio.sleep(0.05)
             return ids, first, rec.writer_pid, rec.restarts
@@ -91,6 +91,7 @@ def test_a_frozen_writer_closes_the_gate_until_it_confirms_rows(scripted, tmp_pa
                         break
                     await asyncio.sleep(0.05)
                 ready = (await c.get("/readyz")).json()
+                not_durable = app.recorder.pending
             finally:
                 os.kill(pid, signal.SIGCONT)
             for _ in range(100):
@@ -98,9 +99,10 @@ def test_a_frozen_writer_closes_the_gate_until_it_confirms_rows(scripted, tmp_pa
                     break
                 await asyncio.sleep(0.05)
             after = (await c.post("/v1/chat/completions", json=CHAT, headers=h)).status_code
-            return closed, ready, after
+            return closed, ready, after, not_durable
 
-    closed, ready, after = asyncio.run(go())
+    closed, ready, after, not_durable = asyncio.run(go())
+    assert not_durable >= 1  # the metric _usage_rows_not_durable says so too
     assert closed == "usage_unrecordable"
     assert ready["ready"] is False and "confirmed no row" in ready["reason"]
     assert after == 200

@@ -112,6 +112,7 @@ class ProcessRecorder:
         self._own_reason: str | None = None
         self._spawn_error: str | None = None
         self.spool_rows = 0
+        self._held = 0  # rows the writer holds in memory: neither the ledger nor the spool took
         self.written = 0  # rows the writer put in the ledger (its current process)
         self.last_error: str | None = None
         self.restarts = 0
@@ -149,7 +150,15 @@ class ProcessRecorder:
 
     @property
     def pending(self) -> int:
-        """Rows shipped to the writer and not yet durable, plus rows not shipped yet."""
+        """Rows not durable (the metric ``_usage_rows_not_durable``): what the writer holds
+        because neither the ledger nor the spool took it, and, while the writer is not
+        confirming at all, every row it has not confirmed."""
+        return self._held + (self.unconfirmed if self._own_reason else 0)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Rows shipped to the writer and not yet confirmed durable, plus rows not shipped yet
+        (normal in flight: the metric ``_usage_rows_not_durable`` is ``pending``)."""
         with self._lock:
             shipped = sum(n for _, n, _ in self._unacked.values())
         return shipped + len(self._rows)
@@ -180,7 +189,7 @@ class ProcessRecorder:
                 proc.wait(10)
         if sock is not None:
             sock.close()
-        left = self.pending
+        left = self.unconfirmed
         if left:
             self._log(f"{left} usage row(s) could not be made durable before exit")
         return not left
@@ -261,7 +270,7 @@ class ProcessRecorder:
             return
         self._update()
         self._log(f"the usage writer process exited ({code}); starting another, "
-                  f"{self.pending} row(s) to resend")
+                  f"{self.unconfirmed} row(s) to resend")
         while not self._closing:
             self.restarts += 1
             self._spawn()
@@ -279,6 +288,7 @@ class ProcessRecorder:
                 del self._unacked[seq]
         self._writer_durable = st.get("durable", True)
         self.spool_rows = st.get("spool_rows", 0)
+        self._held = st.get("pending", 0)
         self.written = st.get("written", 0)
         if st.get("error") or self._writer_durable:
             self.last_error = st.get("error")
@@ -334,11 +344,12 @@ def child_main(fd: int) -> int:
             continue
         rec.write_batch(rows, final=eof)
         rec.housekeeping(stopping=eof)
-        status = (received if not rec.pending else None, rec.durable, rec.spool.rows,
+        status = (received if not rec.pending else None, rec.pending, rec.durable, rec.spool.rows,
                   rec.written, rec.last_error)
         if logs or status != last_sent:
             last_sent = status
             msg: dict[str, Any] = {"durable": rec.durable, "spool_rows": rec.spool.rows,
+                                   "pending": rec.pending,
                                    "written": rec.written, "error": rec.last_error,
                                    "log": logs}
             if not rec.pending:
