@@ -66,6 +66,7 @@ BUSY_PUBLISH_S = 0.25
 # heartbeat write, publish_tiers): under another writer's long lock, a 15 s wait per cycle
 # left the gate uncomputed, and open, for 15 s after billing went stale.
 GATE_BUSY_MS = 250
+HANDED = "spotctl.handed"  # scope key: a fast-path request handed to _completion for its retry
 
 
 class Gateway:
@@ -107,6 +108,8 @@ class Gateway:
         self.client = client_class(connect_timeout_s=g.connect_timeout_s,
                                    read_timeout_s=g.first_token_timeout_s)
         self.proxy = Proxy(cfg, clock, self.board, self.client, self.log)
+        self._fast = isinstance(self.client, H1Client)  # the fast path needs its post_now
+        self._closing = False
         self.active = 0
         self._now_ms = _ms_reader(clock)
         self._rid = f"gw-{secrets.token_hex(6)}-"
@@ -160,11 +163,16 @@ class Gateway:
         await self.board.start(self.client)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
+        self._closing = True
         deadline = time.monotonic() + grace_s  # clock-ok: real wait for cancelled handlers
         while self.active and time.monotonic() < deadline:  # clock-ok
             await asyncio.sleep(0.01)
         await self.board.stop()
         await self.client.close()
+        # fast-path exchanges the close cut answer from the ready queue: their rows are
+        # recorded (gateway_shutdown) before the usage writer stops
+        for _ in range(2):
+            await asyncio.sleep(0)
         await asyncio.to_thread(self.stop_background)
 
     # -- the gate thread ------------------------------------------------------------------------
@@ -384,9 +392,9 @@ class Gateway:
             raise GatewayError(408, "request_timeout", "the request body did not arrive within "
                                f"{g.body_timeout_s:g} s", [CLOSE]) from None
 
-    async def _completion(self, scope, receive, send, t_start: float) -> None:
-        key = authenticate(self.keys, scope["headers"])
-        raw = await self._read_body(scope, receive)
+    def _admit(self, raw: bytes) -> tuple[dict, bool, list]:
+        """The request body parsed and checked: ``(request, stream, tiers)``, else the
+        GatewayError to answer."""
         try:
             req = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -407,13 +415,27 @@ class Gateway:
         if self.active >= self.cfg.gateway.max_concurrent_requests:
             raise GatewayError(503, "overloaded", "too many requests in flight; retry shortly",
                                [(b"retry-after", b"1")])
-        rec = RequestRecord(f"{self._rid}{next(self._seq):x}", key.name, model,
-                            self._now_ms(), self.clock.monotonic(), stream, len(raw))
+        return req, stream, tiers
+
+    def _record(self, key, req: dict, raw: bytes, stream: bool) -> RequestRecord:
+        return RequestRecord(f"{self._rid}{next(self._seq):x}", key.name, req["model"],
+                             self._now_ms(), self.clock.monotonic(), stream, len(raw))
+
+    async def _completion(self, scope, receive, send, t_start: float) -> None:
+        handed = scope.get(HANDED)
+        if handed is None:
+            key = authenticate(self.keys, scope["headers"])
+            raw = await self._read_body(scope, receive)
+            req, stream, tiers = self._admit(raw)
+            rec = self._record(key, req, raw, stream)
+            attempts = 0
+        else:  # the fast path's exchange failed before any byte: retried here
+            key, req, raw, rec, tiers, t_start, attempts = handed
         self.active += 1
         try:
             self._check_gate(key)
             await self.proxy.forward(scope["path"], receive, send, req, raw, rec, tiers, t_start,
-                                     scope.get("extensions", {}).get(BODY_WRITER))
+                                     scope.get("extensions", {}).get(BODY_WRITER), attempts)
         except GatewayError as exc:
             rec.status, rec.http_status = exc.code, exc.status
             if not rec.sent_bytes:
@@ -429,6 +451,113 @@ class Gateway:
             if rec.tier is not None:
                 self.board.end(rec.tier, now_ms)
             self._finish(rec, t_start, now_ms)
+
+    # -- the fast path (our server, the h1 client) ---------------------------------------------
+    def fast(self, cycle) -> bool:
+        """A non-streaming completion whose body is here, for an open gate and a serving tier
+        with a kept-alive engine connection, answered from read callbacks: no task, no
+        coroutine (issue 15: the task and its steps were the largest fixed cost per request).
+        Anything else (an error to answer, a wake, a stream, a new connection) returns False
+        and goes through :meth:`_completion`, which answers it the same way; an exchange that
+        fails before any byte continues there as its retry (:meth:`_fast_ended`)."""
+        scope = cycle.scope
+        if not self._fast or self._closing or scope["method"] != "POST" or \
+                scope["path"] not in COMPLETION_PATHS:
+            return False
+        t_start = time.perf_counter()  # clock-ok: the gateway's own time, for overhead
+        parts = cycle.body
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(raw) > self.cfg.gateway.max_body_bytes:
+            return False
+        try:
+            key = authenticate(self.keys, scope["headers"])
+            req, stream, tiers = self._admit(raw)
+        except GatewayError:
+            return False
+        gate = self.gate
+        if stream or not self.recorder.durable or gate.status != OPEN or \
+                key.name in gate.closed_keys:
+            return False
+        picked = self.board.serving(tiers)
+        if picked is None:
+            return False
+        tier, up = picked
+        rec = self._record(key, req, raw, False)
+        rec.tier = tier.name
+        self.active += 1
+        self.board.begin(tier.name, rec.started_ms)
+        t_up = time.perf_counter()  # clock-ok
+
+        def ended(conn) -> None:  # from the engine's read callback: answer from the ready
+            conn.loop.call_soon(answer, conn)  # queue (see server.Connection._launch)
+
+        def answer(conn) -> None:
+            rec.upstream_s += time.perf_counter() - t_up  # clock-ok
+            try:
+                self._fast_ended(cycle, conn, key, req, raw, rec, tiers, t_start)
+            except Exception as exc:  # a defect: answer 500, record the row, keep serving
+                self.log(f"error in the fast path: {type(exc).__name__}: {exc}")
+                if not rec.sent_bytes:
+                    self._fast_error(cycle, rec, t_start, GatewayError(
+                        500, "internal_error", "internal error"))
+                else:
+                    self._fast_end(cycle, rec, t_start)
+
+        if not self.proxy.send_now(scope["path"], raw, up, rec, ended):
+            self.active -= 1
+            self.board.end(tier.name, rec.started_ms)
+            return False
+        return True
+
+    def _fast_ended(self, cycle, conn, key, req, raw, rec, tiers, t_start) -> None:
+        if conn.complete:  # a whole answer (even if the engine closed the socket since)
+            body = conn.take_body()
+            status = conn.status
+            headers = self.proxy.answered(rec, status, conn.content_type, body, t_start)
+            cycle.respond(status, headers, body)
+            self.client.release(conn)  # after respond: a pipelined request may start there
+            self._fast_end(cycle, rec, t_start)
+            return
+        err = conn.error
+        conn._close()
+        if self._closing:  # the gateway stops (it closed the engine connections)
+            rec.status = "gateway_shutdown"
+            self._fast_end(cycle, rec, t_start)
+            return
+        if err.kind == "timeout":
+            self.board.report_failure(rec.tier, err)
+            self._fast_error(cycle, rec, t_start, GatewayError(
+                504, "upstream_timeout", "the engine did not answer in time"))
+            return
+        attempts = 0
+        if not (err.before_response and not conn.got_bytes):  # not a stale kept-alive socket
+            self.board.report_failure(rec.tier, err)
+            attempts = 1
+            if attempts > self.cfg.gateway.retry_attempts:
+                self._fast_error(cycle, rec, t_start, GatewayError(
+                    502, "upstream_unreachable", f"the engine for tier {rec.tier!r} could not "
+                    f"be reached ({err.kind})"))
+                return
+            self.log(f"tier {rec.tier}: request failed before any byte was sent "
+                     f"({err.kind}: {err.detail}); retrying (1)")
+        self.active -= 1  # _completion counts it again
+        cycle.scope[HANDED] = (key, req, raw, rec, tiers, t_start, attempts)
+        cycle.run_app()
+
+    def _fast_error(self, cycle, rec: RequestRecord, t_start: float, exc: GatewayError) -> None:
+        rec.status, rec.http_status = exc.code, exc.status
+        rec.overhead_s = time.perf_counter() - t_start - rec.upstream_s  # clock-ok
+        body = error_body(exc.status, exc.code, exc.message)
+        cycle.respond(exc.status, [*JSON, *exc.headers, request_id_header(rec),
+                                   (b"content-length", str(len(body)).encode())], body)
+        self._fast_end(cycle, rec, t_start)
+
+    def _fast_end(self, cycle, rec: RequestRecord, t_start: float) -> None:
+        self.active -= 1
+        now_ms = self._now_ms()
+        self.board.end(rec.tier, now_ms)
+        self._finish(rec, t_start, now_ms)
+        cycle.end()
 
     def _check_gate(self, key) -> None:
         if not self.recorder.durable:

@@ -27,8 +27,8 @@ HIGH_WATER = 1 << 20  # pause reading from the engine past 1 MiB not yet relayed
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("_done", "_head", "_paused", "_wake", "activity", "body", "buffered", "closed",
-                 "complete", "content_type", "deadline", "error", "got_bytes", "keep_alive",
-                 "loop", "parser", "pool", "sink", "status", "transport")
+                 "complete", "content_type", "deadline", "ended", "error", "got_bytes",
+                 "keep_alive", "loop", "parser", "pool", "sink", "status", "transport")
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
@@ -54,6 +54,8 @@ class _Conn(asyncio.Protocol):
         self.deadline = 0.0  # loop time the whole exchange must end by (0: none)
         self.sink = None  # relay(): body pieces go straight to it, in the read callback
         self._done: asyncio.Future | None = None
+        self.ended = None  # start(): called once, with this connection, when the answer is whole
+        # or has failed
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -118,6 +120,10 @@ class _Conn(asyncio.Protocol):
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended(self)
 
     # -- helpers ------------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -137,6 +143,10 @@ class _Conn(asyncio.Protocol):
         done = self._done
         if done is not None and not done.done():
             done.set_exception(err)
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended(self)
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
@@ -199,6 +209,29 @@ class _Conn(asyncio.Protocol):
         self.deadline = deadline
         self.pool.client.watch(self)
         await self._head
+
+    def start(self, data: bytes, deadline: float, ended) -> None:
+        """:meth:`request` without a future: ``ended(self)`` is called once, from the read
+        callback, when the whole answer arrived (``complete``) or the exchange failed
+        (``error``). The gateway's fast path for non-streaming requests."""
+        fresh = self.complete or not self.got_bytes
+        self._reset()
+        if not fresh:
+            self.parser = httptools.HttpResponseParser(self)
+        self.ended = ended
+        assert self.transport is not None
+        self.transport.write(data)
+        self.activity = self.loop.time()
+        self.deadline = deadline
+        self.pool.client.watch(self)
+
+    def take_body(self) -> bytes:
+        """The whole body of a complete answer (after ``ended``)."""
+        body = self.body
+        piece = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.buffered = 0
+        return piece
 
     async def next_piece(self) -> bytes:
         """Everything of the body that arrived since the last call (one piece per read, not
@@ -280,10 +313,7 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         conn = self._conn
         if conn.complete and conn.error is None:  # the common case: it all came in one read
-            body = conn.body
-            piece = body.popleft() if len(body) == 1 else b"".join(body)
-            body.clear()
-            conn.buffered = 0
+            piece = conn.take_body()
             conn.resume()
             return piece
         parts = []
@@ -422,6 +452,25 @@ class H1Client:
                 raise
             return UpstreamResponse(conn, pool)
         raise AssertionError("unreachable")
+
+    def post_now(self, url: str, body: bytes, headers, total_s: float | None, request_id: str,
+                 ended) -> _Conn | None:
+        """Send the request on a kept-alive connection now, without a task: ``ended(conn)``
+        is called when the answer is whole or failed (see :meth:`_Conn.start`); the caller
+        then takes the body and calls :meth:`release`. ``None`` when no connection is idle
+        (the caller goes the usual way, which connects)."""
+        pool, head = self._head(b"POST", url, headers)
+        conn = pool.take_idle()
+        if conn is None:
+            return None
+        conn.start(b"%s%d\r\nx-request-id: %s\r\n\r\n%s" % (
+            head, len(body), request_id.encode("latin-1"), body),
+            conn.loop.time() + total_s if total_s else 0.0, ended)
+        return conn
+
+    @staticmethod
+    def release(conn: _Conn) -> None:
+        conn.pool.release(conn)
 
     def post(self, url: str, body: bytes, headers, total_s: float | None = None, *,
              request_id: str | None = None) -> Coroutine[None, None, UpstreamResponse]:

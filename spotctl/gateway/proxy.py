@@ -72,7 +72,7 @@ class Proxy:
 
     async def forward(self, path: str, receive, send, req: dict, raw: bytes,
                       rec: RequestRecord, tiers: list[TierConfig], t_start: float,
-                      writer=None) -> None:
+                      writer=None, attempts: int = 0) -> None:
         g = self.cfg.gateway
         added_usage = False
         if rec.stream:
@@ -85,7 +85,6 @@ class Proxy:
         # time, like the network timeouts); read only when needed (a pick that has to wait or
         # wake, a retry), since asyncio.get_running_loop() costs a getpid() call
         deadline = None
-        attempts = 0
         while True:
             picked = self.board.serving(tiers)
             if picked is None:
@@ -127,11 +126,7 @@ class Proxy:
                 raise GatewayError(504, "upstream_timeout",
                                    "the engine did not answer in time") from None
 
-    def _post(self, up: Upstream, path: str, raw: bytes, rid: str,
-              total_s: float | None = None) -> Awaitable:
-        """Send the request to the engine. Its headers: the key's part cached per key; the
-        request's id goes too (vLLM takes it as its own request id), so its logs name the same
-        request as the ledger."""
+    def _headers(self, up: Upstream) -> tuple[tuple[str, str], ...]:
         hdrs = self._hdrs.get(up.api_key)
         if hdrs is None:
             hdrs = (("Content-Type", "application/json"),)
@@ -140,10 +135,54 @@ class Proxy:
             if len(self._hdrs) > 64:
                 self._hdrs.clear()
             self._hdrs[up.api_key] = hdrs
+        return hdrs
+
+    def _post(self, up: Upstream, path: str, raw: bytes, rid: str,
+              total_s: float | None = None) -> Awaitable:
+        """Send the request to the engine. Its headers: the key's part cached per key; the
+        request's id goes too (vLLM takes it as its own request id), so its logs name the same
+        request as the ledger."""
+        hdrs = self._headers(up)
         url = up.endpoint + path
         if self._own_id:
             return self.client.post(url, raw, hdrs, total_s, request_id=rid)
         return self.client.post(url, raw, (*hdrs, ("X-Request-Id", rid)), total_s)
+
+    def send_now(self, path: str, raw: bytes, up: Upstream, rec: RequestRecord, ended) -> bool:
+        """The fast path's exchange (non-streaming, the h1 client, a kept-alive connection):
+        sent now, ``ended(conn)`` called from the read callback when the answer is whole or
+        failed. False when it cannot go this way (the caller goes the usual way)."""
+        if not self._own_id:
+            return False
+        conn = self.client.post_now(up.endpoint + path, raw, self._headers(up),
+                                    self.cfg.gateway.total_timeout_s, rec.rid, ended)
+        if conn is None:
+            return False
+        rec.reached_engine = True
+        return True
+
+    def answered(self, rec: RequestRecord, status: int, content_type: bytes, body: bytes,
+                 t_start: float) -> list[tuple[bytes, bytes]]:
+        """A whole non-streaming answer: its usage into ``rec``; the headers to send."""
+        rec.http_status = status
+        rec.ttft_s = self.clock.monotonic() - rec.t0
+        if status == 200:
+            usage = None
+            invalid = False
+            try:
+                obj = orjson.loads(body)
+                if isinstance(obj, dict) and obj.get("usage") is not None:
+                    usage = read_usage(obj["usage"])
+                    invalid = usage is None
+            except orjson.JSONDecodeError:
+                invalid = True
+            rec.take_usage(usage, invalid)
+            rec.status = "ok"
+        else:
+            rec.status = f"upstream_http_{status}"
+        rec.sent_bytes = True
+        return [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+                _overhead_header(rec, t_start), request_id_header(rec)]
 
     async def _plain(self, path: str, send, raw: bytes, up: Upstream, rec: RequestRecord,
                      t_start: float, writer=None) -> None:
@@ -161,26 +200,7 @@ class Proxy:
         finally:
             resp.release()
             rec.upstream_s += time.perf_counter() - t_up  # clock-ok
-        rec.http_status = resp.status
-        rec.ttft_s = self.clock.monotonic() - rec.t0
-        if resp.status == 200:
-            usage = None
-            invalid = False
-            try:
-                obj = orjson.loads(body)
-                if isinstance(obj, dict) and obj.get("usage") is not None:
-                    usage = read_usage(obj["usage"])
-                    invalid = usage is None
-            except orjson.JSONDecodeError:
-                invalid = True
-            rec.take_usage(usage, invalid)
-            rec.status = "ok"
-        else:
-            rec.status = f"upstream_http_{resp.status}"
-        rec.sent_bytes = True
-        headers = [(b"content-type", resp.content_type),
-                   (b"content-length", str(len(body)).encode()), _overhead_header(rec, t_start),
-                   request_id_header(rec)]
+        headers = self.answered(rec, resp.status, resp.content_type, body, t_start)
         if writer is not None:  # our server: one write, no ASGI messages
             writer.respond(resp.status, headers, body)
             return

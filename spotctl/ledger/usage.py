@@ -54,7 +54,13 @@ ON CONFLICT (minute_ms, key_id) DO UPDATE SET
 
 def open_writer(path: str | os.PathLike[str], busy_timeout_ms: int) -> Ledger:
     """A ledger connection for the usage writer: it waits ``busy_timeout_ms`` for a write lock
-    (short: a batch that cannot be written promptly goes to the spool instead)."""
+    and, on PostgreSQL, as long for a connection (short: a batch that cannot be written promptly
+    goes to the spool instead; with ``[ledger] pool_timeout_s``, 10 s, a database restarting
+    held the rows in memory, not durable, for 10 s)."""
+    from spotctl.config import LedgerConfig
+
+    if isinstance(path, LedgerConfig) and path.url:  # [ledger] naming a PostgreSQL server
+        path = path.model_copy(update={"pool_timeout_s": max(0.1, busy_timeout_ms / 1000)})
     ledger = Ledger(path)
     ledger.set_busy_timeout(busy_timeout_ms)
     return ledger
