@@ -289,3 +289,21 @@ def prlimit_tree(pid: int, limits: tuple[int, int]) -> None:
         for task in Path(f"/proc/{p}/task").glob("*/children"):
             with contextlib.suppress(OSError):
                 todo += [int(c) for c in task.read_text().split()]
+
+
+def gateway_process_config(tmp_path: Path, url: str, gateway_toml: str = ""):
+    """A workspace for ``spotctl gateway`` run as a process in front of the engine at ``url``
+    (model "scripted"): ``(config path, config, gateway key, environment, port)``."""
+    import os
+
+    from spotctl.config import parse_config
+
+    port = free_port()
+    cfg_path = tmp_path / "spotctl.toml"
+    cfg_path.write_text(tier_toml("s", "scripted", url) +
+                        f'[gateway]\nlisten = "127.0.0.1:{port}"\n{gateway_toml}')
+    cfg = parse_config(cfg_path.read_text(), cfg_path)
+    key = gateway_key(cfg.ledger_path)
+    env = {**os.environ, "SPOTCTL_CONFIG": str(cfg_path)}
+    env.pop("SPOTCTL_CLOCK", None)
+    return cfg_path, cfg, key, env, port

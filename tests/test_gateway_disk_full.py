@@ -7,7 +7,6 @@ its rows never written (80 rows lost in a 3-minute run).
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
@@ -16,11 +15,9 @@ import time
 
 import httpx
 
-from spotctl.config import parse_config
 from spotctl.ledger.check import check_ledger
 from spotctl.ledger.db import Ledger
-from spotctl.localcloud.engines import free_port
-from tests.fixtures_engines import gateway_key, prlimit_tree, tier_toml, wait_rows
+from tests.fixtures_engines import gateway_process_config, prlimit_tree, wait_rows
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -42,16 +39,9 @@ def _status(c: httpx.Client, path: str) -> int:
 def test_a_full_disk_that_refuses_log_lines_loses_no_row_and_closes_the_gate(scripted,
                                                                            tmp_path):
     _engine, url = scripted
-    port = free_port()
-    cfg_path = tmp_path / "spotctl.toml"
-    cfg_path.write_text(tier_toml("s", "scripted", url) +
-                        f'[gateway]\nlisten = "127.0.0.1:{port}"\n')
-    cfg = parse_config(cfg_path.read_text(), cfg_path)
-    key = gateway_key(cfg.ledger_path)
+    _, cfg, key, env, port = gateway_process_config(tmp_path, url)
     with Ledger(cfg.ledger_path) as led:
         led.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    env = {**os.environ, "SPOTCTL_CONFIG": str(cfg_path)}
-    env.pop("SPOTCTL_CLOCK", None)
     log = tmp_path / "gateway.log"
     log.write_bytes(b"an earlier run's lines\n" * 4000)  # ~90 KiB: past the limit below
     limit = 40 * 1024

@@ -30,8 +30,14 @@ from spotctl.config import parse_config
 from spotctl.gateway.spool import decode
 from spotctl.ledger.check import check_ledger
 from spotctl.ledger.db import Ledger
-from spotctl.localcloud.engines import free_port
-from tests.fixtures_engines import asgi_gateway, gateway_key, prlimit_tree, tier_toml, wait_rows
+from tests.fixtures_engines import (
+    asgi_gateway,
+    gateway_key,
+    gateway_process_config,
+    prlimit_tree,
+    tier_toml,
+    wait_rows,
+)
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -203,16 +209,9 @@ def test_disk_full_spools_then_closes_the_gate_and_loses_nothing(scripted, tmp_p
     # metrics files (1 MiB each, prometheus-client's multiprocess mode) cannot even be created;
     # tests/test_gateway_disk_full.py fills the disk under the default workers once they run
     _engine, url = scripted
-    port = free_port()
-    cfg_path = tmp_path / "spotctl.toml"
-    cfg_path.write_text(tier_toml("s", "scripted", url) +
-                        f'[gateway]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n')
-    cfg = parse_config(cfg_path.read_text(), cfg_path)
-    key = gateway_key(cfg.ledger_path)
+    cfg_path, cfg, key, env, port = gateway_process_config(tmp_path, url, "workers = 1\n")
     with Ledger(cfg.ledger_path) as led:
         led.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    env = {**os.environ, "SPOTCTL_CONFIG": str(cfg_path)}
-    env.pop("SPOTCTL_CLOCK", None)
     base = f"http://127.0.0.1:{port}"
     limit = 40 * 1024  # no file may grow past 40 KiB: the WAL takes a batch or two, no more
     with gateway_process(cfg_path, env, fsize=limit) as proc, \

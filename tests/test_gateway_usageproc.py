@@ -19,8 +19,13 @@ from spotctl.config import parse_config
 from spotctl.gateway import usageproc
 from spotctl.ledger.check import check_ledger
 from spotctl.ledger.db import Ledger
-from spotctl.localcloud.engines import free_port
-from tests.fixtures_engines import asgi_gateway, gateway_key, tier_toml, wait_rows
+from tests.fixtures_engines import (
+    asgi_gateway,
+    gateway_key,
+    gateway_process_config,
+    tier_toml,
+    wait_rows,
+)
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -114,14 +119,7 @@ def test_a_frozen_writer_closes_the_gate_until_it_confirms_rows(scripted, tmp_pa
 def test_rows_shipped_before_the_gateway_is_killed_are_written(scripted, tmp_path):
     """SIGKILL to the gateway: the writer still writes what it was shipped, then exits."""
     _engine, url = scripted
-    port = free_port()
-    cfg_path = tmp_path / "spotctl.toml"
-    cfg_path.write_text(tier_toml("s", "scripted", url) +
-                        f'[gateway]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n')
-    cfg = parse_config(cfg_path.read_text(), cfg_path)
-    key = gateway_key(cfg.ledger_path)
-    env = {**os.environ, "SPOTCTL_CONFIG": str(cfg_path)}
-    env.pop("SPOTCTL_CLOCK", None)
+    _, cfg, key, env, port = gateway_process_config(tmp_path, url, "workers = 1\n")
     proc = subprocess.Popen([sys.executable, "-m", "spotctl", "gateway"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
