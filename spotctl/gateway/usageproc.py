@@ -55,7 +55,11 @@ import orjson
 from spotctl.ledger.records import UsageRecord
 
 SHIP_S = 0.05  # rows wait at most this long in the gateway before they are shipped
-STUCK_S = 2.0  # a frame unacknowledged this long: rows are not durable (the gate closes)
+# a frame unacknowledged this long: rows are not durable (the gate closes). Not 1 s: with the
+# ledger down, one turn of the writer is a failed write (up to WRITE_BUSY_MS waiting for a lock
+# or a connection), the spool, and a failed replay (as long again), so a frame that arrives
+# during a turn waits for the next one; at 2 s a PostgreSQL restart closed the gate (CI)
+STUCK_S = 5.0
 RESTART_PAUSE_S = 0.5  # between starts of a writer that keeps dying
 _LEN = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")

@@ -681,10 +681,19 @@ def _new_pool(settings: PgSettings) -> Any:
     def reset(conn: Any) -> None:
         conn.execute("RESET ALL")
 
+    check_s = min(settings.pool_timeout_s, settings.query_timeout_s or settings.pool_timeout_s)
+
+    def check(conn: Any) -> None:
+        # the pool checks an idle connection before lending it: under the client-side
+        # deadline too, or a cut network holds getconn() for tcp_user_timeout (15 s), past
+        # pool_timeout_s (seen: a gate refresh of 16 s in test_ledger_failures)
+        with _Deadline(conn, check_s):
+            ConnectionPool.check_connection(conn)
+
     pool = ConnectionPool(
         settings.url, kwargs=kwargs, min_size=1, max_size=max(1, settings.pool_size),
         timeout=settings.pool_timeout_s, open=False, configure=_configure_adapters,
-        check=ConnectionPool.check_connection, reset=reset, name="spotctl-ledger",
+        check=check, reset=reset, name="spotctl-ledger",
         reconnect_timeout=max(30.0, settings.pool_timeout_s * 3), max_idle=120)
     pool.open(wait=False)
     return pool
