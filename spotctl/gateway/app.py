@@ -66,6 +66,7 @@ BUSY_PUBLISH_S = 0.25
 # heartbeat write, publish_tiers): under another writer's long lock, a 15 s wait per cycle
 # left the gate uncomputed, and open, for 15 s after billing went stale.
 GATE_BUSY_MS = 250
+ADMITTED = "spotctl.admitted"  # scope key: a request the fast path authenticated and parsed
 HANDED = "spotctl.handed"  # scope key: a fast-path request handed to _completion for its retry
 
 
@@ -424,9 +425,13 @@ class Gateway:
     async def _completion(self, scope, receive, send, t_start: float) -> None:
         handed = scope.get(HANDED)
         if handed is None:
-            key = authenticate(self.keys, scope["headers"])
-            raw = await self._read_body(scope, receive)
-            req, stream, tiers = self._admit(raw)
+            admitted = scope.get(ADMITTED)
+            if admitted is None:
+                key = authenticate(self.keys, scope["headers"])
+                raw = await self._read_body(scope, receive)
+                req, stream, tiers = self._admit(raw)
+            else:  # the fast path checked and parsed it, then declined (a stream, a wake...)
+                key, raw, req, stream, tiers = admitted
             rec = self._record(key, req, raw, stream)
             attempts = 0
         else:  # the fast path's exchange failed before any byte: retried here
@@ -474,6 +479,8 @@ class Gateway:
             req, stream, tiers = self._admit(raw)
         except GatewayError:
             return False
+        # declined from here on: _completion takes these as they are (no second parse)
+        scope[ADMITTED] = (key, raw, req, stream, tiers)
         gate = self.gate
         if stream or not self.recorder.durable or gate.status != OPEN or \
                 key.name in gate.closed_keys:
